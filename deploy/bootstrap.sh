@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtualenv (.venv) with MedLedger and its dev tools.
+# Safe to run twice: it reinstalls only when pyproject.toml changed.
+set -euo pipefail
+LOG_TAG=bootstrap
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+py="${PYTHON:-python3}"
+command -v "$py" >/dev/null || die "Python 3.11+ is required: apt-get install python3 python3-venv"
+"$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python 3.11+ is required (found $("$py" -V))"
+if [ ! -x "$MEDLEDGER_VENV/bin/python" ]; then
+  log "creating virtualenv in $MEDLEDGER_VENV"
+  "$py" -m venv "$MEDLEDGER_VENV" || die "cannot create a venv: apt-get install python3-venv"
+fi
+stamp="$MEDLEDGER_VENV/.medledger-installed"
+if [ ! -f "$stamp" ] || [ "$MEDLEDGER_ROOT/pyproject.toml" -nt "$stamp" ]; then
+  log "installing MedLedger and its dependencies into the venv"
+  "$MEDLEDGER_VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
+  "$MEDLEDGER_VENV/bin/pip" install -q --disable-pip-version-check -e "$MEDLEDGER_ROOT[dev]"
+  touch "$stamp"
+fi

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The settings the local stack runs with. Source it; every value can be overridden
+# from the environment. Services read only MEDLEDGER_* variables (see README).
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+export MEDLEDGER_KAFKA_BOOTSTRAP="${MEDLEDGER_KAFKA_BOOTSTRAP:-127.0.0.1:$MEDLEDGER_KAFKA_PORT}"
+for _svc in identity consent records ledger; do
+  _var="MEDLEDGER_${_svc^^}_DATABASE_URL"
+  export "$_var"="${!_var:-postgresql://postgres@127.0.0.1:$MEDLEDGER_PG_PORT/medledger_$_svc}"
+done
+export MEDLEDGER_IDENTITY_PORT="${MEDLEDGER_IDENTITY_PORT:-50051}"
+export MEDLEDGER_CONSENT_PORT="${MEDLEDGER_CONSENT_PORT:-50052}"
+export MEDLEDGER_RECORDS_PORT="${MEDLEDGER_RECORDS_PORT:-50053}"
+export MEDLEDGER_LEDGER_PORT="${MEDLEDGER_LEDGER_PORT:-50054}"
+export MEDLEDGER_KEYS_DIR="${MEDLEDGER_KEYS_DIR:-$MEDLEDGER_RUN_DIR/keys}"
+export MEDLEDGER_LEDGER_SIGNING_KEY_FILE="${MEDLEDGER_LEDGER_SIGNING_KEY_FILE:-$MEDLEDGER_KEYS_DIR/ledger-checkpoint.key}"
+export MEDLEDGER_LEDGER_ORIGIN="${MEDLEDGER_LEDGER_ORIGIN:-medledger.local/ledger}"
+MEDLEDGER_VENV="${MEDLEDGER_VENV:-$MEDLEDGER_ROOT/.venv}"
+MEDLEDGER_BIN="$MEDLEDGER_VENV/bin/medledger"
+MEDLEDGER_SERVICES=(identity consent records ledger)
+unset _svc _var

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The whole local stack: a real Kafka broker, a real PostgreSQL, the four services.
+#   stack.sh up      install what is missing, start everything, wait for SERVING
+#   stack.sh down    stop services, Kafka and PostgreSQL
+#   stack.sh status  one line per part
+#   stack.sh logs    tail every log
+#   stack.sh infra   start only Kafka, PostgreSQL and the topics (what tests need)
+set -euo pipefail
+LOG_TAG=stack
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/env.sh"
+SVC_DIR="$MEDLEDGER_RUN_DIR/services"
+
+infra() {
+  bash "$HERE/bootstrap.sh"
+  bash "$HERE/kafka/kafka.sh" start
+  bash "$HERE/postgres/pg.sh" start
+  bash "$HERE/postgres/pg.sh" createdb "${MEDLEDGER_SERVICES[@]/#/medledger_}"
+  "$MEDLEDGER_BIN" topics ensure
+  mkdir -p "$MEDLEDGER_KEYS_DIR"
+  chmod 700 "$MEDLEDGER_KEYS_DIR"
+  if [ ! -f "$MEDLEDGER_LEDGER_SIGNING_KEY_FILE" ]; then
+    log "generating the local checkpoint signing key (never committed) in $MEDLEDGER_LEDGER_SIGNING_KEY_FILE"
+    "$MEDLEDGER_BIN" ledger keygen --out "$MEDLEDGER_LEDGER_SIGNING_KEY_FILE"
+  fi
+}
+
+service_port() { local v="MEDLEDGER_${1^^}_PORT"; echo "${!v}"; }
+
+start_service() {
+  local name="$1" pidfile="$SVC_DIR/$1.pid" port
+  port="$(service_port "$name")"
+  if pid_alive "$pidfile"; then
+    log "$name already running (pid $(cat "$pidfile"))"
+    return
+  fi
+  require_free_port "$port" "the $name service"
+  nohup "$MEDLEDGER_BIN" serve "$name" >>"$SVC_DIR/$name.log" 2>&1 &
+  echo $! >"$pidfile"
+  log "$name started (pid $!), log $SVC_DIR/$name.log"
+}
+
+stop_service() {
+  local name="$1" pidfile="$SVC_DIR/$1.pid" pid i
+  pid_alive "$pidfile" || { rm -f "$pidfile"; return; }
+  pid="$(cat "$pidfile")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+  log "$name stopped"
+}
+
+up() {
+  infra
+  mkdir -p "$SVC_DIR"
+  for s in "${MEDLEDGER_SERVICES[@]}"; do start_service "$s"; done
+  if ! "$MEDLEDGER_BIN" health --wait 90 >/dev/null; then
+    "$MEDLEDGER_BIN" health || true
+    die "not every service became SERVING; see $SVC_DIR/*.log"
+  fi
+  echo
+  echo "MedLedger is up:"
+  echo "  kafka       127.0.0.1:$MEDLEDGER_KAFKA_PORT"
+  echo "  postgresql  postgresql://postgres@127.0.0.1:$MEDLEDGER_PG_PORT/ (databases medledger_<service>)"
+  "$MEDLEDGER_BIN" health | sed 's/^/  /'
+  echo "  logs        make logs    stop: make down"
+}
+
+down() {
+  for s in "${MEDLEDGER_SERVICES[@]}"; do stop_service "$s"; done
+  bash "$HERE/kafka/kafka.sh" stop || true
+  bash "$HERE/postgres/pg.sh" stop || true
+}
+
+status() {
+  local s rc=0
+  bash "$HERE/kafka/kafka.sh" status || rc=1
+  bash "$HERE/postgres/pg.sh" status || rc=1
+  for s in "${MEDLEDGER_SERVICES[@]}"; do
+    if pid_alive "$SVC_DIR/$s.pid"; then
+      echo "$s: running (pid $(cat "$SVC_DIR/$s.pid")) on 127.0.0.1:$(service_port "$s") $("$MEDLEDGER_BIN" health "$s" 2>/dev/null | awk '{print $3}')"
+    else
+      echo "$s: stopped"; rc=1
+    fi
+  done
+  return $rc
+}
+
+logs() {
+  local files=("$SVC_DIR"/*.log)
+  tail -n 50 -F "${files[@]}" "$MEDLEDGER_RUN_DIR"/kafka/logs/server.log "$MEDLEDGER_RUN_DIR"/postgres/*.log 2>/dev/null
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  logs) logs ;;
+  infra) infra ;;
+  start-service) mkdir -p "$SVC_DIR"; start_service "$2" ;;
+  stop-service) stop_service "$2" ;;
+  *) echo "usage: $0 up|down|status|logs|infra" >&2; exit 2 ;;
+esac

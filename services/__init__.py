@@ -1,0 +1,1 @@
+"""MedLedger: patient-controlled medical records with a verifiable event ledger."""

@@ -1,0 +1,1 @@
+"""The consent service (DESIGN.md, Services)."""

@@ -1,0 +1,37 @@
+"""Wires the consent service into the shared host: its gRPC servicer, migrations
+and background work. Its RPCs grow in the consent issue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+
+from medledger.runtime.grpc_server import Registration, full_service_name
+from medledger.runtime.host import ServiceContext
+from medledger.v1 import consent_pb2, consent_pb2_grpc
+
+
+class ConsentApp:
+    name = "consent"
+    service_names = [full_service_name(consent_pb2, "ConsentService")]
+    migrations = Path(__file__).parent / "migrations"
+
+    def __init__(self) -> None:
+        self.ctx: ServiceContext | None = None
+
+    def registrations(self) -> Sequence[Registration]:
+        def register(server: grpc.aio.Server) -> None:
+            consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent_pb2_grpc.ConsentServiceServicer(), server)
+
+        return [register]
+
+    async def on_ready(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+
+    async def on_stop(self) -> None:
+        self.ctx = None
+
+    def ready(self) -> bool:
+        return self.ctx is not None

@@ -1,0 +1,158 @@
+"""LedgerService over gRPC: the read side of the log (DESIGN.md, Ledger contract).
+
+Every instance serves reads from the database, the active sequencer and any
+standby alike. Checkpoints, the verifier key and proofs hold only hashes and
+need no token. Entries reveal who did what to whom; see the README for how
+they are protected once identity tokens exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Callable
+
+import asyncpg
+import grpc
+
+from medledger.ledger import proofs, store
+from medledger.ledger.publisher import checkpoint_message
+from medledger.ledger.settings import LedgerSettings
+from medledger.runtime.errors import DependencyUnavailable, InvalidArgument, NotFound, OutOfRange
+from medledger.v1 import ledger_pb2, ledger_pb2_grpc
+
+MAX_ENTRIES_PER_CALL = 10_000
+ENTRY_PAGE = 500
+
+
+def _entry(e: store.StoredEntry) -> ledger_pb2.Entry:
+    msg = ledger_pb2.Entry(
+        index=e.index, event=e.event, leaf_hash=e.leaf_hash, chain_hash=e.chain_hash, event_id=e.event_id
+    )
+    msg.sequenced_at.FromDatetime(e.sequenced_at)
+    return msg
+
+
+class CheckpointFeed:
+    """Wakes WatchCheckpoints streams: at once when this process signed a
+    checkpoint, otherwise within the poll interval (a standby's watchers)."""
+
+    def __init__(self, poll_s: float = 0.1) -> None:
+        self.poll_s = poll_s
+        self._changed = asyncio.Condition()
+
+    def notify(self) -> None:
+        async def _notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        asyncio.get_running_loop().create_task(_notify())
+
+    async def wait(self) -> None:
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait(), self.poll_s)
+            except asyncio.TimeoutError:
+                pass
+
+
+class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
+    def __init__(self, settings: LedgerSettings, pool: Callable[[], asyncpg.Pool], feed: CheckpointFeed) -> None:
+        self.settings = settings
+        self._pool = pool
+        self.feed = feed
+
+    def pool(self) -> asyncpg.Pool:
+        try:
+            return self._pool()
+        except AttributeError:
+            raise DependencyUnavailable("ledger database not connected yet") from None
+
+    async def _latest(self, conn: store.Conn) -> store.StoredCheckpoint:
+        cp = await store.latest_checkpoint(conn)
+        if cp is None:
+            raise DependencyUnavailable("no checkpoint signed yet; the sequencer is starting")
+        return cp
+
+    async def GetCheckpoint(self, request: ledger_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.Checkpoint:
+        async with self.pool().acquire() as conn:
+            return checkpoint_message(await self._latest(conn))
+
+    async def GetVerifierKey(self, request: ledger_pb2.GetVerifierKeyRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.VerifierKey:
+        return ledger_pb2.VerifierKey(verifier_key=self.settings.signer.verifier_key, origin=self.settings.origin)
+
+    async def GetEntries(self, request: ledger_pb2.GetEntriesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ledger_pb2.Entry]:
+        count = min(request.count or MAX_ENTRIES_PER_CALL, MAX_ENTRIES_PER_CALL)
+        async with self.pool().acquire() as conn:
+            size = await store.tree_size(conn)
+        if request.start >= size:
+            raise OutOfRange(f"start {request.start} is beyond the log of {size} entries")
+        end = min(size, request.start + count)
+        position = request.start
+        while position < end:
+            async with self.pool().acquire() as conn:
+                page = await store.entries_from(conn, position, min(ENTRY_PAGE, end - position))
+            for e in page:
+                yield _entry(e)
+            position = page[-1].index + 1
+
+    async def GetEntryByEventId(self, request: ledger_pb2.GetEntryByEventIdRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.Entry:
+        if not request.event_id:
+            raise InvalidArgument("event_id is required")
+        async with self.pool().acquire() as conn:
+            entry = await store.entry_by_event_id(conn, request.event_id)
+        if entry is None:
+            raise NotFound(f"no ledger entry for event_id {request.event_id}")
+        return _entry(entry)
+
+    async def _sizes(self, conn: store.Conn, requested: int) -> tuple[int, int]:
+        """(size to prove against, committed size); 0 means the latest checkpoint."""
+        current = await store.tree_size(conn)
+        if requested:
+            return requested, current
+        return (await self._latest(conn)).tree_size, current
+
+    async def GetInclusionProof(self, request: ledger_pb2.GetInclusionProofRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.InclusionProof:
+        async with self.pool().acquire() as conn:
+            size, current = await self._sizes(conn, request.tree_size)
+            proofs.check_inclusion(request.index, size, current)
+            proof = await proofs.inclusion(conn, request.index, size)
+        return ledger_pb2.InclusionProof(
+            leaf_index=request.index, tree_size=size, hashes=proof.hashes, root_hash=proof.roots[0]
+        )
+
+    async def GetInclusionProofByHash(self, request: ledger_pb2.GetInclusionProofByHashRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.InclusionProof:
+        if len(request.leaf_hash) != 32:
+            raise InvalidArgument(f"leaf_hash must be 32 bytes, got {len(request.leaf_hash)}")
+        async with self.pool().acquire() as conn:
+            size, current = await self._sizes(conn, request.tree_size)
+            if size > current:
+                raise OutOfRange(f"tree_size {size} is beyond the current tree of {current} entries")
+            index = await store.index_of_leaf(conn, request.leaf_hash, size)
+            if index is None:
+                raise NotFound(f"no leaf with hash {request.leaf_hash.hex()} in the tree of {size} entries")
+            proof = await proofs.inclusion(conn, index, size)
+        return ledger_pb2.InclusionProof(leaf_index=index, tree_size=size, hashes=proof.hashes, root_hash=proof.roots[0])
+
+    async def GetConsistencyProof(self, request: ledger_pb2.GetConsistencyProofRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.ConsistencyProof:
+        async with self.pool().acquire() as conn:
+            second, current = await self._sizes(conn, request.second_size)
+            proofs.check_consistency(request.first_size, second, current)
+            proof = await proofs.consistency(conn, request.first_size, second)
+        return ledger_pb2.ConsistencyProof(
+            first_size=request.first_size, second_size=second, hashes=proof.hashes,
+            first_root_hash=proof.roots[0], second_root_hash=proof.roots[1],
+        )
+
+    async def WatchCheckpoints(self, request: ledger_pb2.WatchCheckpointsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ledger_pb2.Checkpoint]:
+        last = -1
+        while True:
+            async with self.pool().acquire() as conn:
+                if last < 0:
+                    latest = await store.latest_checkpoint(conn)
+                    fresh = [latest] if latest else []
+                else:
+                    fresh = await store.checkpoints_after(conn, last)
+            for cp in fresh:
+                yield checkpoint_message(cp)
+                last = cp.tree_size
+            await self.feed.wait()

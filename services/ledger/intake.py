@@ -1,0 +1,167 @@
+"""The sequencer's pure core: which Kafka records become ledger entries, and
+what one batch adds to the log. No I/O here.
+
+``plan_batch`` is the ledger's decide step: given the log's state, a batch of
+records in consumption order and which of their event ids the log already
+holds, it returns the entries, tree nodes, rejections and next offsets that
+the store then commits in one transaction, plus the state after the commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from google.protobuf.message import DecodeError
+
+from medledger.ledger import merkle
+from medledger.v1 import events_pb2
+
+MAX_EVENT_BYTES = 1024 * 1024  # DESIGN: a record over 1 MiB is rejected, never sequenced
+
+SourcePartition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """A Kafka record as consumed: where it came from and its exact value bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Admitted:
+    event_id: str
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+
+
+def admit(value: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> Admitted | Refused:
+    """Decide whether a record value may be sequenced; it must be a valid
+    EventEnvelope with event_id and event_type, at most max_bytes long."""
+    if value is None:
+        return Refused("record has no value (tombstone)")
+    if len(value) > max_bytes:
+        return Refused(f"record is {len(value)} bytes, over the {max_bytes}-byte limit")
+    envelope = events_pb2.EventEnvelope()
+    try:
+        envelope.ParseFromString(value)
+    except DecodeError as exc:
+        return Refused(f"not a medledger.v1.EventEnvelope: {exc}")
+    if not envelope.event_id:
+        return Refused("envelope has no event_id")
+    if not envelope.event_type:
+        return Refused("envelope has no event_type")
+    if len(envelope.event_id) > 200:
+        return Refused("event_id longer than 200 characters")
+    return Admitted(envelope.event_id, merkle.leaf_hash(value))
+
+
+@dataclass
+class LogState:
+    """What the sequencer must know to append: the tree frontier, the chain head
+    and the next offset per source partition. Rebuilt from the database."""
+
+    tree: merkle.CompactRange
+    chain_head: bytes
+    offsets: dict[SourcePartition, int]
+
+    @property
+    def size(self) -> int:
+        return self.tree.size
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    index: int
+    event_id: str
+    leaf_hash: bytes
+    chain_hash: bytes
+    event: bytes
+    source: SourceRecord
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    source: SourceRecord
+    value_sha256: bytes
+    value_size: int
+
+
+@dataclass
+class BatchPlan:
+    entries: list[NewEntry] = field(default_factory=list)
+    nodes: list[tuple[merkle.NodeId, bytes]] = field(default_factory=list)  # level >= 1 only
+    rejections: list[Rejection] = field(default_factory=list)
+    duplicates: int = 0
+    offsets: dict[SourcePartition, int] = field(default_factory=dict)  # next offset per partition touched
+
+
+def classify(records: Sequence[SourceRecord]) -> list[Admitted | Refused]:
+    """admit() for each record of a batch, in order."""
+    return [admit(r.value) for r in records]
+
+
+def event_ids(verdicts: Iterable[Admitted | Refused]) -> list[str]:
+    """The event ids in a batch, so the caller can ask the store which exist."""
+    return [v.event_id for v in verdicts if isinstance(v, Admitted)]
+
+
+def _rejection(reason: str, record: SourceRecord) -> Rejection:
+    value = record.value or b""
+    return Rejection(reason, record, hashlib.sha256(value).digest(), len(value))
+
+
+def plan_batch(
+    state: LogState,
+    records: Sequence[SourceRecord],
+    verdicts: Sequence[Admitted | Refused],
+    known: Mapping[str, bytes],
+) -> BatchPlan:
+    """Plan one batch and advance ``state`` in place (callers pass a copy or
+    reload on commit failure).
+
+    ``known`` maps event ids already in the log to their leaf hash. A record
+    already consumed (offset below the stored next offset) is skipped; a
+    repeated event id with the same bytes is a harmless duplicate, and with
+    different bytes it is rejected so an operator sees the conflict.
+    """
+    plan = BatchPlan()
+    seen: dict[str, bytes] = dict(known)
+    for record, verdict in zip(records, verdicts, strict=True):
+        key = (record.topic, record.partition)
+        if record.offset < state.offsets.get(key, 0):
+            continue  # redelivered after a restart: already applied
+        state.offsets[key] = record.offset + 1
+        plan.offsets[key] = record.offset + 1
+        if isinstance(verdict, Refused):
+            plan.rejections.append(_rejection(verdict.reason, record))
+            continue
+        previous = seen.get(verdict.event_id)
+        if previous is not None:
+            if previous == verdict.leaf_hash:
+                plan.duplicates += 1
+            else:
+                plan.rejections.append(
+                    _rejection(f"event_id {verdict.event_id} already sequenced with different content", record)
+                )
+            continue
+        assert record.value is not None
+        seen[verdict.event_id] = verdict.leaf_hash
+        index = state.size
+        chain = merkle.chain_hash(state.chain_head, verdict.leaf_hash)
+        for node_id, node in state.tree.append(verdict.leaf_hash):
+            if node_id[0] > 0:
+                plan.nodes.append((node_id, node))
+        state.chain_head = chain
+        plan.entries.append(NewEntry(index, verdict.event_id, verdict.leaf_hash, chain, record.value, record))
+    return plan

@@ -1,0 +1,57 @@
+"""Proofs served from the database: the pure Merkle plans, the store's node
+fetch, then the pure assembly. Argument checks say which status a caller
+gets: OUT_OF_RANGE beyond the current tree, INVALID_ARGUMENT when the
+arguments contradict each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medledger.ledger import merkle, store
+from medledger.runtime.errors import InvalidArgument, OutOfRange
+
+
+@dataclass(frozen=True)
+class Proof:
+    hashes: list[bytes]
+    roots: tuple[bytes, ...]
+
+
+def check_inclusion(index: int, tree_size: int, current: int) -> None:
+    if tree_size > current:
+        raise OutOfRange(f"tree_size {tree_size} is beyond the current tree of {current} entries")
+    if index >= current:
+        raise OutOfRange(f"index {index} is beyond the current tree of {current} entries")
+    if tree_size == 0:
+        raise OutOfRange("the log is empty: no checkpoint covers any entry yet")
+    if index >= tree_size:
+        raise InvalidArgument(f"index {index} is not inside a tree of {tree_size} entries")
+
+
+def check_consistency(first: int, second: int, current: int) -> None:
+    if second > current:
+        raise OutOfRange(f"second_size {second} is beyond the current tree of {current} entries")
+    if first > current:
+        raise OutOfRange(f"first_size {first} is beyond the current tree of {current} entries")
+    if first == 0:
+        raise InvalidArgument("first_size must be at least 1 (every tree is consistent with the empty one)")
+    if first > second:
+        raise InvalidArgument(f"first_size {first} is larger than second_size {second}")
+
+
+async def _fetch(conn: store.Conn, plan: merkle.ProofPlan, *sizes: int) -> Proof:
+    """One round trip for the proof's nodes and the roots it is checked against."""
+    root_ids = [merkle.root_plan(size) for size in sizes]
+    wanted = list(dict.fromkeys([*plan.ids, *(i for ids in root_ids for i in ids)]))
+    found = dict(zip(wanted, await store.fetch_nodes(conn, wanted)))
+    hashes = merkle.assemble(plan, [found[i] for i in plan.ids])
+    roots = tuple(merkle.root_from([found[i] for i in ids]) for ids in root_ids)
+    return Proof(hashes, roots)
+
+
+async def inclusion(conn: store.Conn, index: int, tree_size: int) -> Proof:
+    return await _fetch(conn, merkle.inclusion_plan(index, tree_size), tree_size)
+
+
+async def consistency(conn: store.Conn, first: int, second: int) -> Proof:
+    return await _fetch(conn, merkle.consistency_plan(first, second), first, second)

@@ -1,0 +1,1 @@
+"""The records service (DESIGN.md, Services)."""

@@ -1,0 +1,116 @@
+"""The grpc.aio server bootstrap every service uses.
+
+It always serves ``grpc.health.v1.Health`` and server reflection, and maps
+MedLedger's caller errors to their gRPC status codes so no handler answers
+INTERNAL for a caller's mistake.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from medledger.runtime.errors import MedLedgerError
+
+log = logging.getLogger(__name__)
+
+Registration = Callable[[grpc.aio.Server], None]
+
+
+async def _abort_with(context: grpc.aio.ServicerContext, error: MedLedgerError) -> None:
+    if error.status == grpc.StatusCode.INTERNAL:
+        log.exception("internal error in handler")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    await context.abort(error.status, str(error))
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns a raised MedLedgerError into its status code and message."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner_uu(request, context)
+                except MedLedgerError as error:
+                    await _abort_with(context, error)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                except MedLedgerError as error:
+                    await _abort_with(context, error)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+class GrpcServer:
+    """A grpc.aio server with health and reflection, NOT_SERVING until told otherwise."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        service_names: Sequence[str],
+        registrations: Sequence[Registration],
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self.address = f"{host}:{port}"
+        self.service_names = list(service_names)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[*interceptors, ErrorMappingInterceptor()],
+            options=[("grpc.max_send_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+        )
+        for register in registrations:
+            register(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(self.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.address}: port in use or not allowed")
+
+    async def start(self) -> None:
+        await self.set_serving(False)
+        await self.server.start()
+        log.info("gRPC listening", extra={"address": f"{self.address.rsplit(':', 1)[0]}:{self.port}"})
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def full_service_name(descriptor_module: Any, service: str) -> str:
+    """'medledger.v1.LedgerService' from a generated *_pb2 module and a short name."""
+    return str(descriptor_module.DESCRIPTOR.services_by_name[service].full_name)

@@ -1,0 +1,149 @@
+"""Process lifecycle shared by every service.
+
+Start order: the gRPC server comes up first and answers NOT_SERVING; PostgreSQL
+(with migrations) and the Kafka producer are then connected with exponential
+backoff; the service's own tasks start; a monitor keeps the health status in
+step with the dependencies. When Kafka or PostgreSQL goes away the process
+keeps running, reports NOT_SERVING and recovers by itself when they return.
+SIGTERM and SIGINT shut down gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from medledger.runtime.errors import DependencyUnavailable
+from medledger.runtime.grpc_server import GrpcServer, Registration
+from medledger.runtime.kafka import kafka_reachable, make_producer, start_producer
+from medledger.runtime.postgres import create_pool, postgres_reachable, prepare_database
+from medledger.runtime.retry import with_backoff
+from medledger.runtime.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceContext:
+    """The live dependencies a service's code works with once connected."""
+
+    settings: CommonSettings
+    pool: asyncpg.Pool
+    producer: AIOKafkaProducer
+
+
+class ServiceApp(Protocol):
+    """What a service plugs into the host."""
+
+    name: str
+    service_names: Sequence[str]
+    migrations: Path
+
+    def registrations(self) -> Sequence[Registration]: ...
+
+    async def on_ready(self, ctx: ServiceContext) -> None:
+        """Dependencies are connected: start background work. Must return promptly."""
+
+    async def on_stop(self) -> None:
+        """Stop background work; called before the dependencies close."""
+
+    def ready(self) -> bool:
+        """Service-specific readiness on top of Kafka and PostgreSQL being reachable."""
+
+
+class ServiceHost:
+    def __init__(self, app: ServiceApp, settings: CommonSettings, monitor_interval: float = 1.0) -> None:
+        self.app = app
+        self.settings = settings
+        self.monitor_interval = monitor_interval
+        self.grpc: GrpcServer | None = None
+        self.stop_event = asyncio.Event()
+        self.serving = False
+
+    async def _connect(self) -> ServiceContext | None:
+        url = self.settings.database_url
+
+        async def database() -> asyncpg.Pool:
+            await prepare_database(url, self.app.migrations)
+            return await create_pool(url)
+
+        pool = await with_backoff("postgresql", database, self.stop_event)
+        if pool is None:
+            return None
+
+        async def producer() -> AIOKafkaProducer:
+            p = make_producer(self.settings.kafka_bootstrap)
+            await start_producer(p)
+            return p
+
+        kafka = await with_backoff("kafka", producer, self.stop_event)
+        if kafka is None:
+            await pool.close()
+            return None
+        return ServiceContext(self.settings, pool, kafka)
+
+    async def _monitor(self, ctx: ServiceContext) -> None:
+        while not self.stop_event.is_set():
+            pg_ok, kafka_ok = await asyncio.gather(
+                postgres_reachable(ctx.pool), kafka_reachable(self.settings.kafka_bootstrap)
+            )
+            serving = pg_ok and kafka_ok and self.app.ready()
+            if serving != self.serving:
+                log.info(
+                    "health changed",
+                    extra={"serving": serving, "postgres": pg_ok, "kafka": kafka_ok, "app": self.app.ready()},
+                )
+                self.serving = serving
+                assert self.grpc is not None
+                await self.grpc.set_serving(serving)
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), self.monitor_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (or stop_event) and then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop_event.set)
+            except (NotImplementedError, RuntimeError):
+                pass  # not the main thread (tests): the caller sets stop_event
+        # grpc.aio binds the server to the running loop: build it here, not in __init__.
+        grpc_server = self.grpc = GrpcServer(
+            self.settings.grpc_host, self.settings.grpc_port, self.app.service_names, self.app.registrations()
+        )
+        await grpc_server.start()
+        ctx = await self._connect()
+        if ctx is None:
+            await grpc_server.stop()
+            return
+        monitor: asyncio.Task[None] | None = None
+        try:
+            await self.app.on_ready(ctx)
+            monitor = asyncio.create_task(self._monitor(ctx))
+            await self.stop_event.wait()
+        finally:
+            log.info("shutting down")
+            await grpc_server.set_serving(False)
+            if monitor:
+                monitor.cancel()
+                await asyncio.gather(monitor, return_exceptions=True)
+            await self.app.on_stop()
+            await grpc_server.stop()
+            await ctx.producer.stop()
+            await ctx.pool.close()
+
+
+def require_context(ctx: ServiceContext | None) -> ServiceContext:
+    """For handlers: UNAVAILABLE until the dependencies are connected."""
+    if ctx is None:
+        raise DependencyUnavailable("service is starting: dependencies not connected yet")
+    return ctx

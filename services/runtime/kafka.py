@@ -1,0 +1,146 @@
+"""Kafka adapters shared by the services: topic creation, an idempotent
+producer, a consumer helper and a liveness probe.
+
+Producers are idempotent with acks=all (DESIGN.md, Events); consumers never
+auto-commit, because every service records what it consumed in its own
+database in the same transaction as its effects (the tracking-row pattern).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from medledger.runtime.errors import DependencyUnavailable
+from medledger.runtime.settings import Topics
+
+log = logging.getLogger(__name__)
+
+FOREVER = "-1"
+MAX_RECORD_BYTES = 1024 * 1024 + 64 * 1024  # the ledger rejects >1 MiB; the broker must still deliver it
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(topics: Topics, event_partitions: int = 3) -> list[TopicSpec]:
+    """Every topic MedLedger uses. Event topics and the ledger's output keep data
+    forever: they are the source of truth the audit tool replays from offset 0.
+    The ledger's own topics have one partition so their order is the log's order."""
+    keep = {"retention.ms": FOREVER, "retention.bytes": FOREVER, "max.message.bytes": str(MAX_RECORD_BYTES)}
+    specs = [TopicSpec(name, event_partitions, dict(keep)) for name in topics.event_topics]
+    specs += [
+        TopicSpec(topics.ledger_entries, 1, dict(keep, **{"max.message.bytes": str(2 * MAX_RECORD_BYTES)})),
+        TopicSpec(topics.ledger_checkpoints, 1, dict(keep)),
+        TopicSpec(topics.ledger_rejected, 1, dict(keep)),
+    ]
+    return specs
+
+
+async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [s for s in specs if s.name not in existing]
+        if not wanted:
+            return []
+        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in wanted]
+        try:
+            await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass  # another process created it between list and create
+        return [s.name for s in wanted]
+    finally:
+        await admin.close()
+
+
+def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
+    """An idempotent producer (enable_idempotence, acks=all) that never loses an
+    acknowledged event and never writes one twice on retry."""
+    options: dict[str, object] = dict(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=2,
+        max_request_size=2 * MAX_RECORD_BYTES,
+        request_timeout_ms=30000,
+    )
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(bootstrap: str, *topics: str, group_id: str | None, **overrides: object) -> AIOKafkaConsumer:
+    """A consumer that starts from the earliest offset and never auto-commits:
+    callers store positions themselves, atomically with their effects."""
+    options: dict[str, object] = dict(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=4 * MAX_RECORD_BYTES,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+async def kafka_reachable(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when the first bootstrap broker accepts a TCP connection and answers
+    a metadata request in time. Used by health checks; never raises."""
+    client_host, _, client_port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(client_host, int(client_port)), timeout)
+        writer.close()
+        await writer.wait_closed()
+        return True
+    except (OSError, asyncio.TimeoutError):
+        return False
+
+
+async def start_producer(producer: AIOKafkaProducer) -> None:
+    """Start a producer, translating connection failures into a retriable error."""
+    try:
+        await producer.start()
+    except (KafkaError, OSError) as exc:
+        try:
+            await producer.stop()
+        except Exception:  # noqa: BLE001 - cleanup of a half-started client
+            pass
+        raise DependencyUnavailable(f"Kafka unavailable: {exc}") from exc
+
+
+async def last_record(bootstrap: str, topic: str, partition: int = 0) -> "ConsumerRecord[bytes, bytes] | None":
+    """The newest record of one partition, or None when it is empty. Lets a
+    single writer resume publishing exactly after what it last wrote."""
+    from aiokafka import TopicPartition
+
+    consumer = make_consumer(bootstrap, group_id=None, isolation_level="read_uncommitted")
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        if end == 0:
+            return None
+        consumer.seek(tp, end - 1)
+        batch = await consumer.getmany(tp, timeout_ms=10000)
+        records = batch.get(tp, [])
+        if not records:
+            raise DependencyUnavailable(f"could not read the last record of {topic}[{partition}]")
+        return records[-1]
+    finally:
+        await consumer.stop()

@@ -1,0 +1,121 @@
+"""Typed settings read from environment variables, parsed once at start-up.
+
+A required variable that is missing stops the process at once with an error
+naming it; defaults exist only where a safe local value exists.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from medledger.runtime.errors import SettingsError
+
+_MISSING = object()
+
+
+def env_str(name: str, default: object = _MISSING, env: Mapping[str, str] | None = None) -> str:
+    """The variable's value; SettingsError naming it when required and missing."""
+    source = os.environ if env is None else env
+    value = source.get(name)
+    if value is None or value == "":
+        if default is _MISSING:
+            raise SettingsError(f"required setting {name} is not set")
+        return str(default)
+    return value
+
+
+def env_int(name: str, default: object = _MISSING, env: Mapping[str, str] | None = None) -> int:
+    raw = env_str(name, default, env)
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"setting {name} must be an integer, got {raw!r}") from None
+
+
+def env_float(name: str, default: object = _MISSING, env: Mapping[str, str] | None = None) -> float:
+    raw = env_str(name, default, env)
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"setting {name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Kafka topic names. A prefix lets tests and parallel stacks use their own topics."""
+
+    prefix: str = ""
+
+    def _name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    @property
+    def identity_events(self) -> str:
+        return self._name("identity.events")
+
+    @property
+    def consent_events(self) -> str:
+        return self._name("consent.events")
+
+    @property
+    def records_events(self) -> str:
+        return self._name("records.events")
+
+    @property
+    def access_events(self) -> str:
+        return self._name("access.events")
+
+    @property
+    def ledger_entries(self) -> str:
+        return self._name("ledger.entries")
+
+    @property
+    def ledger_checkpoints(self) -> str:
+        return self._name("ledger.checkpoints")
+
+    @property
+    def ledger_rejected(self) -> str:
+        return self._name("ledger.rejected")
+
+    @property
+    def event_topics(self) -> tuple[str, ...]:
+        """The four source-of-truth topics the ledger sequences."""
+        return (self.identity_events, self.consent_events, self.records_events, self.access_events)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.event_topics + (self.ledger_entries, self.ledger_checkpoints, self.ledger_rejected)
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """Settings every service reads. Service-specific settings extend these."""
+
+    service: str
+    grpc_host: str
+    grpc_port: int
+    kafka_bootstrap: str
+    database_url: str
+    topics: Topics
+    log_level: str
+    run_dir: Path
+
+    @classmethod
+    def from_env(cls, service: str, default_port: int, env: Mapping[str, str] | None = None) -> "CommonSettings":
+        upper = service.upper()
+        return cls(
+            service=service,
+            grpc_host=env_str(f"MEDLEDGER_{upper}_HOST", "127.0.0.1", env),
+            grpc_port=env_int(f"MEDLEDGER_{upper}_PORT", default_port, env),
+            kafka_bootstrap=env_str("MEDLEDGER_KAFKA_BOOTSTRAP", env=env),
+            database_url=env_str(f"MEDLEDGER_{upper}_DATABASE_URL", env=env),
+            topics=Topics(env_str("MEDLEDGER_TOPIC_PREFIX", "", env)),
+            log_level=env_str("MEDLEDGER_LOG_LEVEL", "INFO", env),
+            run_dir=Path(env_str("MEDLEDGER_RUN_DIR", ".run", env)),
+        )
+
+
+DEFAULT_PORTS: dict[str, int] = {"identity": 50051, "consent": 50052, "records": 50053, "ledger": 50054}

@@ -1,0 +1,118 @@
+"""Session-wide real Kafka and PostgreSQL, started through the project's own
+deploy scripts when they are not running yet; random names per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from medledger.ledger.note import NoteSigner
+from medledger.runtime.kafka import ensure_topics, topic_specs
+from medledger.runtime.postgres import drop_database, ensure_database
+from medledger.runtime.settings import DEFAULT_PORTS, Topics
+from tests.support import (
+    BOOTSTRAP,
+    KAFKA_PORT,
+    PG_PORT,
+    PG_SERVER_URL,
+    ROOT,
+    ServiceProcess,
+    free_port,
+    port_open,
+    unique,
+)
+
+LEDGER_ORIGIN = "test.medledger.local/ledger"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Integration tests get the marker by location; tests that stop the shared
+    broker or database ('disruptive') run last so they cannot disturb others."""
+    for item in items:
+        if "integration" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "disruptive: stops and restarts the shared Kafka or PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def stack() -> None:
+    """Kafka and PostgreSQL, started by deploy/stack.sh infra if not already up."""
+    if not (port_open(KAFKA_PORT) and port_open(PG_PORT)):
+        subprocess.run(["bash", str(ROOT / "deploy" / "stack.sh"), "infra"], check=True)
+    assert port_open(KAFKA_PORT), "Kafka is not listening"
+    assert port_open(PG_PORT), "PostgreSQL is not listening"
+
+
+@pytest.fixture
+async def topics(stack: None) -> Topics:
+    """A fresh set of every MedLedger topic under a random prefix."""
+    t = Topics(unique("t") + ".")
+    await ensure_topics(BOOTSTRAP, topic_specs(t))
+    return t
+
+
+@pytest.fixture
+async def database_factory(stack: None) -> AsyncIterator[Callable[[str], str]]:
+    """Make random databases (dropped after the test); returns their URLs."""
+    made: list[str] = []
+
+    def make(service: str) -> str:
+        url = f"{PG_SERVER_URL}/{unique('test_' + service)}"
+        made.append(url)
+        return url
+
+    yield make
+    for url in made:
+        await drop_database(url)
+
+
+@pytest.fixture
+async def database_url(database_factory: Callable[[str], str]) -> str:
+    url = database_factory("db")
+    await ensure_database(url)
+    return url
+
+
+@pytest.fixture
+def service_env(topics: Topics, database_factory: Callable[[str], str], tmp_path: Path) -> dict[str, str]:
+    """Environment for service processes of one test: own topics, databases, ports."""
+    env = dict(os.environ)
+    env.update(
+        MEDLEDGER_KAFKA_BOOTSTRAP=BOOTSTRAP,
+        MEDLEDGER_TOPIC_PREFIX=topics.prefix,
+        MEDLEDGER_RUN_DIR=str(tmp_path),
+        MEDLEDGER_LOG_LEVEL="INFO",
+    )
+    key_file = tmp_path / "ledger-checkpoint.key"
+    key_file.write_text(NoteSigner.generate(LEDGER_ORIGIN).signer_key + "\n")
+    env["MEDLEDGER_LEDGER_SIGNING_KEY_FILE"] = str(key_file)
+    env["MEDLEDGER_LEDGER_ORIGIN"] = LEDGER_ORIGIN
+    for name in DEFAULT_PORTS:
+        env[f"MEDLEDGER_{name.upper()}_DATABASE_URL"] = database_factory(name)
+        env[f"MEDLEDGER_{name.upper()}_PORT"] = str(free_port())
+    return env
+
+
+@pytest.fixture
+def spawn(service_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start services as real processes; every one is stopped after the test."""
+    started: list[ServiceProcess] = []
+
+    def start(name: str, **overrides: str) -> ServiceProcess:
+        env = dict(service_env, **overrides)
+        port = int(env[f"MEDLEDGER_{name.upper()}_PORT"])
+        proc = ServiceProcess(name, env, port, tmp_path / f"{name}-{len(started)}.log").start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,106 @@
+"""The platform against the real broker and database: envelopes through Kafka,
+migrations in PostgreSQL, every service's health and reflection over gRPC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import asyncpg
+import grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from medledger.ledger.merkle import leaf_hash
+from medledger.runtime.events import envelope, publish
+from medledger.runtime.kafka import make_consumer, make_producer
+from medledger.runtime.postgres import apply_migrations
+from medledger.runtime.settings import Topics
+from medledger.v1 import events_pb2, ledger_pb2
+from tests.support import BOOTSTRAP, ServiceProcess
+
+
+async def test_event_envelope_round_trips_through_the_real_broker(topics: Topics) -> None:
+    payload = ledger_pb2.GetEntriesRequest(start=7, count=3)  # any message works as a payload
+    sent = envelope(payload, aggregate_id="patient-123", producer="test", actor="org-1")
+    producer = make_producer(BOOTSTRAP)
+    await producer.start()
+    try:
+        await publish(producer, topics.consent_events, sent)
+    finally:
+        await producer.stop()
+    consumer = make_consumer(BOOTSTRAP, topics.consent_events, group_id=None)
+    await consumer.start()
+    try:
+        record = await consumer.getone()
+    finally:
+        await consumer.stop()
+    got = events_pb2.EventEnvelope.FromString(record.value)
+    assert record.key == b"patient-123"
+    assert got == sent and got.event_type == "medledger.v1.GetEntriesRequest"
+    unpacked = ledger_pb2.GetEntriesRequest()
+    assert got.payload.Unpack(unpacked) and unpacked.start == 7
+    assert leaf_hash(record.value) == leaf_hash(sent.SerializeToString())
+
+
+async def test_migrations_apply_once_and_in_order(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE a (id int PRIMARY KEY);")
+    (tmp_path / "0002_second.sql").write_text("ALTER TABLE a ADD COLUMN b text;")
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await apply_migrations(conn, tmp_path) == [1, 2]
+        assert await apply_migrations(conn, tmp_path) == []
+        await conn.execute("INSERT INTO a (id, b) VALUES (1, 'x')")
+        rows = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+        assert [(r["version"], r["name"]) for r in rows] == [(1, "first"), (2, "second")]
+    finally:
+        await conn.close()
+
+
+async def test_a_failing_migration_changes_nothing(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "0001_broken.sql").write_text("CREATE TABLE ok (id int); SELECT no_such_function();")
+    conn = await asyncpg.connect(database_url)
+    try:
+        try:
+            await apply_migrations(conn, tmp_path)
+        except asyncpg.PostgresError:
+            pass
+        else:
+            raise AssertionError("a broken migration must fail")
+        assert await conn.fetchval("SELECT to_regclass('ok')") is None
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 0
+    finally:
+        await conn.close()
+
+
+SERVICES = {
+    "identity": "medledger.v1.IdentityService",
+    "consent": "medledger.v1.ConsentService",
+    "records": "medledger.v1.RecordsService",
+    "ledger": "medledger.v1.LedgerService",
+}
+
+
+def _reflected_services(address: str) -> set[str]:
+    with grpc.insecure_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        return {s.name for reply in replies for s in reply.list_services_response.service}
+
+
+def test_every_service_is_healthy_and_discoverable(spawn: Callable[..., ServiceProcess]) -> None:
+    procs = {name: spawn(name) for name in SERVICES}
+    for name, proc in procs.items():
+        proc.wait_serving()
+        from tests.support import health_status
+
+        assert health_status(proc.address, SERVICES[name]) == "SERVING"
+        listed = _reflected_services(proc.address)
+        assert SERVICES[name] in listed
+        assert {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= listed
+    every = set().union(*(_reflected_services(p.address) for p in procs.values()))
+    assert set(SERVICES.values()) <= every
+
+
+def test_sigterm_stops_a_service_cleanly(spawn: Callable[..., ServiceProcess]) -> None:
+    proc = spawn("records").wait_serving()
+    assert proc.stop() == 0
