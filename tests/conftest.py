@@ -98,6 +98,7 @@ def service_env(topics: Topics, database_factory: Callable[[str], str], tmp_path
     for name in DEFAULT_PORTS:
         env[f"MEDLEDGER_{name.upper()}_DATABASE_URL"] = database_factory(name)
         env[f"MEDLEDGER_{name.upper()}_PORT"] = str(free_port())
+    env["MEDLEDGER_IDENTITY_ADDRESS"] = f"127.0.0.1:{env['MEDLEDGER_IDENTITY_PORT']}"
     return env
 
 

@@ -27,6 +27,9 @@ class ConsentApp:
 
         return [register]
 
+    def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
+        return []
+
     async def on_ready(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
 

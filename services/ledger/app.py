@@ -49,6 +49,9 @@ class LedgerApp:
 
         return [register]
 
+    def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
+        return []
+
     async def on_ready(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         s = ctx.settings

@@ -275,7 +275,7 @@ def parse_checkpoint(body: bytes) -> Checkpoint:
         raise NoteError("checkpoint needs origin, size and root lines", lines=len(lines))
     origin, size, root, *extensions = lines
     if len(size) > len(str(MAX_TREE_SIZE)) or not _TREE_SIZE.fullmatch(size):
-        raise NoteError("tree size must be decimal digits without leading zeros", size=size)
+        raise NoteError("tree size must be a decimal number below 2**64 without leading zeros", size=size)
     return Checkpoint(origin, int(size), _b64decode(root, canonical=True), tuple(extensions))
 
 

@@ -28,6 +28,43 @@ async def _abort_with(context: grpc.aio.ServicerContext, error: MedLedgerError) 
     await context.abort(error.status, str(error))
 
 
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    before: Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]],
+) -> grpc.RpcMethodHandler:
+    """A handler that runs ``before`` (in the handler's own task, so context
+    variables it sets are visible to the handler) and maps MedLedgerErrors
+    raised by either to their status codes."""
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                await before(request, context)
+                return await inner_uu(request, context)
+            except MedLedgerError as error:
+                await _abort_with(context, error)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                await before(request, context)
+                async for item in inner_us(request, context):
+                    yield item
+            except MedLedgerError as error:
+                await _abort_with(context, error)
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
+    return handler
+
+
+async def _nothing(request: Any, context: grpc.aio.ServicerContext) -> None:
+    return None
+
+
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns a raised MedLedgerError into its status code and message."""
 
@@ -37,34 +74,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await inner_uu(request, context)
-                except MedLedgerError as error:
-                    await _abort_with(context, error)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    async for item in inner_us(request, context):
-                        yield item
-                except MedLedgerError as error:
-                    await _abort_with(context, error)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        return handler if handler is None else wrap_handler(handler, _nothing)
 
 
 class GrpcServer:

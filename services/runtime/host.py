@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import asyncpg
+import grpc
 from aiokafka import AIOKafkaProducer
 
 from medledger.runtime.errors import DependencyUnavailable
@@ -47,6 +48,9 @@ class ServiceApp(Protocol):
     migrations: Path
 
     def registrations(self) -> Sequence[Registration]: ...
+
+    def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
+        """Server interceptors, e.g. the AuthInterceptor; may be empty."""
 
     async def on_ready(self, ctx: ServiceContext) -> None:
         """Dependencies are connected: start background work. Must return promptly."""
@@ -118,7 +122,11 @@ class ServiceHost:
                 pass  # not the main thread (tests): the caller sets stop_event
         # grpc.aio binds the server to the running loop: build it here, not in __init__.
         grpc_server = self.grpc = GrpcServer(
-            self.settings.grpc_host, self.settings.grpc_port, self.app.service_names, self.app.registrations()
+            self.settings.grpc_host,
+            self.settings.grpc_port,
+            self.app.service_names,
+            self.app.registrations(),
+            self.app.interceptors(),
         )
         await grpc_server.start()
         ctx = await self._connect()

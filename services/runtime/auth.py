@@ -1,0 +1,177 @@
+"""Authentication shared by every service (DESIGN.md, Security model).
+
+The identity service issues short-lived EdDSA (Ed25519) JWTs after a signed
+challenge; every service verifies them offline with the identity service's
+published key. ``AuthInterceptor`` enforces this on every RPC except health,
+reflection and the methods a service declares public, and makes the caller
+available to handlers through ``current_caller()``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Collection, Mapping
+
+import grpc
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from medledger.runtime.errors import PermissionDenied, Unauthenticated
+from medledger.runtime.grpc_server import wrap_handler
+
+ISSUER = "medledger-identity"
+ALGORITHM = "EdDSA"
+MAX_TOKEN_TTL_S = 15 * 60
+ALWAYS_PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+KINDS = ("PATIENT", "PRACTITIONER", "ORGANIZATION", "AUDITOR", "SERVICE")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as the token says: subject id, kind and the
+    organizations where the subject has an active membership."""
+
+    subject: str
+    kind: str
+    organizations: tuple[str, ...] = ()
+    token_id: str = ""
+
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("medledger_caller", default=None)
+
+
+def current_caller() -> Caller:
+    """The authenticated caller of the RPC being handled."""
+    caller = _caller.get()
+    if caller is None:
+        raise Unauthenticated("this method needs a bearer token")
+    return caller
+
+
+def optional_caller() -> Caller | None:
+    return _caller.get()
+
+
+def mint_token(
+    key: Ed25519PrivateKey, key_id: str, caller: Caller, ttl_s: int, now: float | None = None, token_id: str = ""
+) -> str:
+    """Sign a token for caller (used by the identity service only)."""
+    if not 0 < ttl_s <= MAX_TOKEN_TTL_S:
+        raise ValueError(f"token lifetime must be 1..{MAX_TOKEN_TTL_S} s")
+    issued = int(now if now is not None else time.time())
+    claims = {
+        "iss": ISSUER,
+        "sub": caller.subject,
+        "kind": caller.kind,
+        "orgs": list(caller.organizations),
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl_s,
+        "jti": token_id or caller.token_id,
+    }
+    return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": key_id})
+
+
+@dataclass
+class TokenVerifier:
+    """Verifies tokens offline against the identity service's published keys
+    (key id -> Ed25519 public key). ``refresh`` is called when a token names a
+    key id not known yet (the identity service rotated its key)."""
+
+    keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    refresh: Callable[[], Awaitable[Mapping[str, bytes]]] | None = None
+    leeway_s: int = 5
+    _last_refresh: float = 0.0
+
+    def add_key(self, key_id: str, public_key: bytes) -> None:
+        self.keys[key_id] = Ed25519PublicKey.from_public_bytes(public_key)
+
+    async def _key_for(self, key_id: str) -> Ed25519PublicKey:
+        if key_id not in self.keys and self.refresh and time.monotonic() - self._last_refresh > 1.0:
+            self._last_refresh = time.monotonic()
+            for kid, raw in (await self.refresh()).items():
+                self.add_key(kid, raw)
+        try:
+            return self.keys[key_id]
+        except KeyError:
+            raise Unauthenticated(f"token signed by unknown key {key_id!r}") from None
+
+    async def verify(self, token: str) -> Caller:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"malformed token: {exc}") from None
+        if header.get("alg") != ALGORITHM:
+            raise Unauthenticated("token must be signed with EdDSA")
+        key = await self._key_for(str(header.get("kid", "")))
+        try:
+            claims = jwt.decode(
+                token, key, algorithms=[ALGORITHM], issuer=ISSUER, leeway=self.leeway_s,
+                options={"require": ["exp", "iat", "sub", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("token expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from None
+        if claims["exp"] - claims["iat"] > MAX_TOKEN_TTL_S:
+            raise Unauthenticated("token lifetime exceeds 15 minutes")
+        kind = claims.get("kind")
+        if kind not in KINDS:
+            raise Unauthenticated(f"token has unknown identity kind {kind!r}")
+        return Caller(str(claims["sub"]), str(kind), tuple(claims.get("orgs", ())), str(claims.get("jti", "")))
+
+
+def bearer_token(metadata: Any) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, token = str(value).partition(" ")
+            if scheme.lower() == "bearer" and token:
+                return token.strip()
+            raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires a valid bearer token on every method but health, reflection and
+    ``public`` ones. ``allowed_kinds`` maps a full method name
+    (``/medledger.v1.X/Method``) to the identity kinds that may call it;
+    methods not listed are open to any authenticated caller. On a public method
+    a valid token is still read, so handlers can tell who asks."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        public: Collection[str] = (),
+        allowed_kinds: Mapping[str, Collection[str]] | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.public = set(public)
+        self.allowed_kinds = dict(allowed_kinds or {})
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or method.startswith(ALWAYS_PUBLIC_PREFIXES):
+            return handler
+        is_public = method in self.public
+        kinds = self.allowed_kinds.get(method)
+
+        async def authenticate(request: Any, context: grpc.aio.ServicerContext) -> None:
+            token = bearer_token(context.invocation_metadata())
+            if token is None:
+                if is_public:
+                    return
+                raise Unauthenticated(f"{method} needs a bearer token (authorization: Bearer <token>)")
+            caller = await self.verifier.verify(token)
+            if kinds is not None and caller.kind not in kinds and not is_public:
+                raise PermissionDenied(f"a {caller.kind} may not call {method}")
+            _caller.set(caller)
+
+        return wrap_handler(handler, authenticate)
