@@ -120,7 +120,7 @@ def root_from(hashes: Sequence[Hash]) -> Hash:
     return root
 
 
-@dataclass(eq=True)
+@dataclass
 class CompactRange:
     """The right frontier of a tree of ``size`` leaves: the hashes of ``frontier_ids(size)``.
 
@@ -148,6 +148,10 @@ class CompactRange:
         Raises CompactRangeError if the count or a hash length does not fit ``size``.
         """
         return cls(size, list(hashes))
+
+    def copy(self) -> CompactRange:
+        """An independent copy (``copy.copy`` would share the ``hashes`` list)."""
+        return CompactRange(self.size, list(self.hashes))
 
     def append(self, leaf: Hash) -> list[tuple[NodeId, Hash]]:
         """Add leaf hash number ``size``; return every node this completed, bottom-up.

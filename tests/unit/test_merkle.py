@@ -160,6 +160,8 @@ def test_from_nodes_round_trip(size: int) -> None:
     grown = Tree(leaves[:size]).frontier
     resumed = CompactRange.from_nodes(size, Tree(leaves).fetch(frontier_ids(size)))
     assert resumed == grown
+    resumed.copy().append(leaf_hash(b"not kept"))
+    assert resumed == grown
     assert resumed.root() == reference_root(leaves[:size])
     for data in leaves[size:]:
         assert resumed.append(leaf_hash(data)) == grown.append(leaf_hash(data))

@@ -1,0 +1,130 @@
+"""The ledger against the real broker and database, as operators run it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Callable
+
+import grpc
+import pytest
+
+from medledger.ledger import merkle
+from medledger.runtime.settings import Topics
+from medledger.v1 import events_pb2, ledger_pb2
+from tests.ledger_support import audit, consume_all, produce, produce_raw, sample_events, stub, wait_for_checkpoint
+from tests.support import ServiceProcess, wait_until
+
+
+async def test_sequences_events_and_serves_verifiable_proofs(spawn: Callable[..., ServiceProcess], topics: Topics) -> None:
+    ledger_proc = spawn("ledger").wait_serving()
+    events = sample_events(200, topics)
+    await produce(events[:120])
+    channel, ledger = stub(ledger_proc.address)
+    with channel:
+        first = wait_for_checkpoint(ledger, 120)
+        await produce(events[120:])
+        second = wait_for_checkpoint(ledger, 200)
+        entries = audit(ledger, second)
+        assert {e.event_id for e in entries} == {e.event_id for _, e in events}
+        # every entry is the exact bytes produced
+        produced = {e.event_id: e.SerializeToString() for _, e in events}
+        assert all(produced[e.event_id] == e.event for e in entries)
+        for index in (0, 1, 63, 64, 119, 199):
+            proof = ledger.GetInclusionProof(ledger_pb2.GetInclusionProofRequest(index=index, tree_size=200))
+            merkle.verify_inclusion(entries[index].leaf_hash, index, 200, list(proof.hashes), second.root_hash)
+            by_hash = ledger.GetInclusionProofByHash(
+                ledger_pb2.GetInclusionProofByHashRequest(leaf_hash=entries[index].leaf_hash, tree_size=200)
+            )
+            assert by_hash.leaf_index == index and by_hash.hashes == proof.hashes
+        size1 = first.tree_size
+        cons = ledger.GetConsistencyProof(ledger_pb2.GetConsistencyProofRequest(first_size=size1, second_size=200))
+        merkle.verify_consistency(size1, 200, list(cons.hashes), first.root_hash, second.root_hash)
+        found = ledger.GetEntryByEventId(ledger_pb2.GetEntryByEventIdRequest(event_id=entries[5].event_id))
+        assert found == entries[5]
+    # followers: ledger.entries carries every entry once, in order
+    published = await consume_all(topics.ledger_entries, 200)
+    indices = [events_pb2.LedgerEntry.FromString(r.value).index for r in published]
+    assert indices == list(range(200))
+    cps = await consume_all(topics.ledger_checkpoints, 1)
+    sizes = [ledger_pb2.Checkpoint.FromString(r.value).tree_size for r in cps]
+    assert sizes == sorted(set(sizes)) and sizes[-1] == 200
+
+
+async def test_duplicates_and_malformed_records_are_not_sequenced(spawn: Callable[..., ServiceProcess], topics: Topics) -> None:
+    ledger_proc = spawn("ledger").wait_serving()
+    (topic, event), (_, other) = sample_events(2, topics)
+    conflicting = events_pb2.EventEnvelope()
+    conflicting.CopyFrom(other)
+    conflicting.event_id = event.event_id  # same id, different content
+    await produce([(topic, event), (topic, event)])  # a producer that sent the same event twice
+    garbage = b"\xff\x00not a protobuf"
+    no_id = events_pb2.EventEnvelope(event_type="medledger.v1.X").SerializeToString()
+    no_type = events_pb2.EventEnvelope(event_id="e-1").SerializeToString()
+    too_big = events_pb2.EventEnvelope(event_id="big", event_type="medledger.v1.X", aggregate_id="p" * (1024 * 1024)).SerializeToString()
+    await produce_raw(topics.access_events, [garbage, no_id, no_type, too_big])
+    await produce([(topics.records_events, conflicting), (topics.records_events, other)])
+    channel, ledger = stub(ledger_proc.address)
+    with channel:
+        cp = wait_for_checkpoint(ledger, 2)
+        rejected = await consume_all(topics.ledger_rejected, 5)
+        time.sleep(1.0)
+        assert ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest()).tree_size == 2
+        entries = audit(ledger, cp)
+    assert [e.event_id for e in entries] == [event.event_id, other.event_id]
+    reasons = [events_pb2.RejectedRecord.FromString(r.value) for r in rejected]
+    assert len(reasons) == 5
+    by_offset = {(r.source_topic, r.source_offset): r for r in reasons}
+    assert "EventEnvelope" in by_offset[(topics.access_events, 0)].reason
+    assert "event_id" in by_offset[(topics.access_events, 1)].reason
+    assert "event_type" in by_offset[(topics.access_events, 2)].reason
+    assert "limit" in by_offset[(topics.access_events, 3)].reason
+    assert by_offset[(topics.access_events, 0)].value_sha256 == hashlib.sha256(garbage).digest()
+    assert any("different content" in r.reason for r in reasons)
+
+
+def _status(call: Callable[[], object]) -> grpc.StatusCode:
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc.code()
+    raise AssertionError("expected an error status")
+
+
+async def test_bad_proof_requests_get_clear_statuses(spawn: Callable[..., ServiceProcess], topics: Topics) -> None:
+    ledger_proc = spawn("ledger").wait_serving()
+    await produce(sample_events(10, topics))
+    channel, ledger = stub(ledger_proc.address)
+    with channel:
+        wait_for_checkpoint(ledger, 10)
+        R = ledger_pb2
+        assert _status(lambda: ledger.GetInclusionProof(R.GetInclusionProofRequest(index=10, tree_size=10))) == grpc.StatusCode.OUT_OF_RANGE
+        assert _status(lambda: ledger.GetInclusionProof(R.GetInclusionProofRequest(index=0, tree_size=11))) == grpc.StatusCode.OUT_OF_RANGE
+        assert _status(lambda: ledger.GetInclusionProof(R.GetInclusionProofRequest(index=5, tree_size=3))) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _status(lambda: ledger.GetConsistencyProof(R.GetConsistencyProofRequest(first_size=5, second_size=3))) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _status(lambda: ledger.GetConsistencyProof(R.GetConsistencyProofRequest(first_size=0, second_size=3))) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _status(lambda: ledger.GetConsistencyProof(R.GetConsistencyProofRequest(first_size=3, second_size=99))) == grpc.StatusCode.OUT_OF_RANGE
+        assert _status(lambda: list(ledger.GetEntries(R.GetEntriesRequest(start=10, count=1)))) == grpc.StatusCode.OUT_OF_RANGE
+        assert _status(lambda: ledger.GetEntryByEventId(R.GetEntryByEventIdRequest(event_id="nope"))) == grpc.StatusCode.NOT_FOUND
+        assert _status(lambda: ledger.GetInclusionProofByHash(R.GetInclusionProofByHashRequest(leaf_hash=b"\x00" * 32))) == grpc.StatusCode.NOT_FOUND
+        assert _status(lambda: ledger.GetInclusionProofByHash(R.GetInclusionProofByHashRequest(leaf_hash=b"short"))) == grpc.StatusCode.INVALID_ARGUMENT
+        # a good request still works afterwards: bad input changed nothing
+        assert ledger.GetCheckpoint(R.GetCheckpointRequest()).tree_size == 10
+
+
+async def test_watch_checkpoints_streams_each_new_checkpoint(spawn: Callable[..., ServiceProcess], topics: Topics) -> None:
+    ledger_proc = spawn("ledger").wait_serving()
+    channel, ledger = stub(ledger_proc.address)
+    with channel:
+        stream = ledger.WatchCheckpoints(ledger_pb2.WatchCheckpointsRequest(), timeout=60)
+        first = next(stream)
+        assert first.tree_size == 0 and first.root_hash == merkle.EMPTY_ROOT
+        await produce(sample_events(5, topics))
+        sizes = []
+        for cp in stream:
+            sizes.append(cp.tree_size)
+            if cp.tree_size == 5:
+                break
+        stream.cancel()
+    assert sizes == sorted(sizes) and sizes[-1] == 5

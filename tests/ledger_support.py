@@ -1,0 +1,112 @@
+"""Helpers for ledger tests: publishing envelopes, reading the log back and
+verifying it the way an auditor would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Iterable, Sequence
+
+import grpc
+from aiokafka import AIOKafkaProducer
+
+from medledger.audit.verify import LogAuditor
+from medledger.ledger import note
+from medledger.runtime.events import envelope
+from medledger.runtime.kafka import make_consumer, make_producer
+from medledger.runtime.settings import Topics
+from medledger.v1 import events_pb2, ledger_pb2, ledger_pb2_grpc
+from tests.support import BOOTSTRAP
+
+
+def sample_events(n: int, topics: Topics, start: int = 0) -> list[tuple[str, events_pb2.EventEnvelope]]:
+    """n envelopes spread over the four event topics (payloads carry no PHI)."""
+    out = []
+    for i in range(start, start + n):
+        topic = topics.event_topics[i % 4]
+        payload = ledger_pb2.GetEntriesRequest(start=i, count=1)
+        out.append((topic, envelope(payload, aggregate_id=f"patient-{i % 97}", producer="test", actor="tester")))
+    return out
+
+
+async def produce(events: Sequence[tuple[str, events_pb2.EventEnvelope]], producer: AIOKafkaProducer | None = None) -> None:
+    own = producer is None
+    p = producer or make_producer(BOOTSTRAP, linger_ms=5)
+    if own:
+        await p.start()
+    try:
+        futures = [await p.send(t, e.SerializeToString(), key=e.aggregate_id.encode()) for t, e in events]
+        await asyncio.gather(*futures)
+    finally:
+        if own:
+            await p.stop()
+
+
+async def produce_raw(topic: str, values: Iterable[bytes]) -> None:
+    p = make_producer(BOOTSTRAP)
+    await p.start()
+    try:
+        for v in values:
+            await p.send_and_wait(topic, v, key=b"raw")
+    finally:
+        await p.stop()
+
+
+def stub(address: str) -> tuple[grpc.Channel, ledger_pb2_grpc.LedgerServiceStub]:
+    channel = grpc.insecure_channel(address)
+    return channel, ledger_pb2_grpc.LedgerServiceStub(channel)
+
+
+def wait_for_checkpoint(ledger: ledger_pb2_grpc.LedgerServiceStub, size: int, timeout: float = 120) -> ledger_pb2.Checkpoint:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=5)
+            if last.tree_size >= size:
+                return last
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint of size {size} within {timeout}s (last: {last.tree_size if last else None})")
+
+
+def read_entries(ledger: ledger_pb2_grpc.LedgerServiceStub, size: int, metadata: Sequence[tuple[str, str]] = ()) -> list[ledger_pb2.Entry]:
+    entries: list[ledger_pb2.Entry] = []
+    while len(entries) < size:
+        batch = list(ledger.GetEntries(ledger_pb2.GetEntriesRequest(start=len(entries), count=size - len(entries)), metadata=metadata))
+        assert batch, "GetEntries returned nothing"
+        entries += batch
+    return entries
+
+
+def audit(ledger: ledger_pb2_grpc.LedgerServiceStub, checkpoint: ledger_pb2.Checkpoint, metadata: Sequence[tuple[str, str]] = ()) -> list[ledger_pb2.Entry]:
+    """Replay every entry up to the checkpoint and check it as an auditor does,
+    with nothing but the published verifier key."""
+    key = ledger.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest())
+    auditor = LogAuditor(note.NoteVerifier.from_verifier_key(key.verifier_key), origin=key.origin)
+    entries = read_entries(ledger, checkpoint.tree_size, metadata)
+    for e in entries:
+        auditor.add(e.index, e.event, e.leaf_hash, e.chain_hash)
+    auditor.check(checkpoint.checkpoint)
+    return entries
+
+
+async def consume_all(topic: str, expected: int, timeout: float = 60) -> list:  # type: ignore[type-arg]
+    consumer = make_consumer(BOOTSTRAP, topic, group_id=None, isolation_level="read_uncommitted")
+    await consumer.start()
+    records = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                records += recs
+        # give a moment for anything extra (duplicates) to show up
+        batch = await consumer.getmany(timeout_ms=1000)
+        for recs in batch.values():
+            records += recs
+    finally:
+        await consumer.stop()
+    return records
