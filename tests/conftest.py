@@ -117,3 +117,8 @@ def spawn(service_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[...,
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def free_port_factory() -> Callable[[], int]:
+    return free_port
