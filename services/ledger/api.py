@@ -60,6 +60,14 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
         self.settings = settings
         self._pool = pool
         self.feed = feed
+        self._known_size = 0  # the log only grows: a size seen once stays valid
+
+    async def _current_size(self, conn: store.Conn, at_least: int) -> int:
+        """The committed tree size, without a query when ``at_least`` is known valid."""
+        if at_least and at_least <= self._known_size:
+            return self._known_size
+        self._known_size = max(self._known_size, await store.tree_size(conn))
+        return self._known_size
 
     def pool(self) -> asyncpg.Pool:
         try:
@@ -106,10 +114,10 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
 
     async def _sizes(self, conn: store.Conn, requested: int) -> tuple[int, int]:
         """(size to prove against, committed size); 0 means the latest checkpoint."""
-        current = await store.tree_size(conn)
         if requested:
-            return requested, current
-        return (await self._latest(conn)).tree_size, current
+            return requested, await self._current_size(conn, requested)
+        latest = (await self._latest(conn)).tree_size
+        return latest, await self._current_size(conn, latest)
 
     async def GetInclusionProof(self, request: ledger_pb2.GetInclusionProofRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.InclusionProof:
         async with self.pool().acquire() as conn:

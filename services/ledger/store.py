@@ -73,21 +73,19 @@ async def fetch_nodes(conn: Conn, ids: Sequence[merkle.NodeId]) -> list[bytes]:
     """Hashes of perfect nodes, in the order asked. Level 0 comes from entries."""
     if not ids:
         return []
-    leaves = [i for level, i in ids if level == 0]
-    inner = [(level, i) for level, i in ids if level > 0]
-    found: dict[merkle.NodeId, bytes] = {}
-    if leaves:
-        rows = await conn.fetch("SELECT idx, leaf_hash FROM entries WHERE idx = ANY($1::bigint[])", leaves)
-        found.update({(0, r["idx"]): r["leaf_hash"] for r in rows})
-    if inner:
-        rows = await conn.fetch(
-            "SELECT n.level, n.idx, n.hash FROM tree_nodes n"
-            " JOIN unnest($1::smallint[], $2::bigint[]) AS want(level, idx)"
-            " ON n.level = want.level AND n.idx = want.idx",
-            [level for level, _ in inner],
-            [i for _, i in inner],
-        )
-        found.update({(r["level"], r["idx"]): r["hash"] for r in rows})
+    # One round trip: level 0 from entries, higher levels from tree_nodes.
+    rows = await conn.fetch(
+        "SELECT 0::smallint AS level, idx, leaf_hash AS hash FROM entries"
+        " WHERE idx = ANY($1::bigint[])"
+        " UNION ALL"
+        " SELECT n.level, n.idx, n.hash FROM tree_nodes n"
+        " JOIN unnest($2::smallint[], $3::bigint[]) AS want(level, idx)"
+        " ON n.level = want.level AND n.idx = want.idx",
+        [i for level, i in ids if level == 0],
+        [level for level, _ in ids if level > 0],
+        [i for level, i in ids if level > 0],
+    )
+    found: dict[merkle.NodeId, bytes] = {(r["level"], r["idx"]): r["hash"] for r in rows}
     missing = [i for i in ids if i not in found]
     if missing:
         raise MissingNodeError(missing)

@@ -1,0 +1,276 @@
+"""Ledger benchmarks against the real Kafka and PostgreSQL (DESIGN.md targets).
+
+1. Sequencing throughput: N events are produced to the four event topics
+   first, then a fresh ledger process sequences them; the rate is measured
+   from its first committed entry to the last (Kafka -> durable log + tree).
+2. Publish -> signed checkpoint latency at a fixed rate: events are produced
+   at RATE/s while a WatchCheckpoints client records when each checkpoint
+   arrives; an event's latency is the arrival of the first checkpoint that
+   covers its index minus the moment its send was acknowledged.
+3. Inclusion and consistency proof latency over gRPC at N entries (one
+   client, sequential calls, random indices and sizes).
+4. Ledger RSS at N entries.
+
+Everything runs on loopback against a throw-away topic prefix and database.
+Usage: python deploy/bench_ledger.py [--events N] [--rate R] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import grpc
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from medledger.ledger.note import NoteSigner  # noqa: E402
+from medledger.runtime.events import envelope  # noqa: E402
+from medledger.runtime.kafka import ensure_topics, make_producer, topic_specs  # noqa: E402
+from medledger.runtime.postgres import drop_database  # noqa: E402
+from medledger.runtime.settings import Topics  # noqa: E402
+from medledger.v1 import ledger_pb2, ledger_pb2_grpc  # noqa: E402
+from tests.support import BOOTSTRAP, PG_SERVER_URL, ServiceProcess, free_port  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def events_for(topics: Topics, n: int, offset: int = 0) -> list[tuple[str, bytes, bytes]]:
+    """Realistic-size envelopes (ids, type, timestamps; no PHI), pre-serialized."""
+    out = []
+    for i in range(offset, offset + n):
+        env = envelope(
+            ledger_pb2.GetEntriesRequest(start=i, count=1),
+            aggregate_id=f"patient-{i % 5000:05d}",
+            producer="bench",
+            actor=f"practitioner-{i % 300}",
+        )
+        out.append((topics.event_topics[i % 4], env.SerializeToString(), env.aggregate_id.encode()))
+    return out
+
+
+async def produce_all(records: list[tuple[str, bytes, bytes]]) -> None:
+    producer = make_producer(BOOTSTRAP, linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        pending = []
+        for topic, value, key in records:
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= 20000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def count_entries(url: str) -> tuple[int, float | None]:
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow("SELECT count(*) AS n FROM entries")
+        return int(row["n"]), None
+    finally:
+        await conn.close()
+
+
+async def sequencing_window(url: str) -> tuple[int, float]:
+    """(entries, seconds between the first and last commit), from the log itself."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, extract(epoch FROM max(sequenced_at) - min(sequenced_at)) AS span FROM entries"
+        )
+        return int(row["n"]), float(row["span"] or 0.0)
+    finally:
+        await conn.close()
+
+
+def watch_checkpoints(address: str, arrivals: list[tuple[float, int]], stop: threading.Event) -> None:
+    with grpc.insecure_channel(address) as channel:
+        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+        stream = stub.WatchCheckpoints(ledger_pb2.WatchCheckpointsRequest())
+        try:
+            for cp in stream:
+                arrivals.append((time.time(), cp.tree_size))
+                if stop.is_set():
+                    stream.cancel()
+                    return
+        except grpc.RpcError:
+            return  # cancelled at the end of the run
+
+
+async def paced_produce(topics: Topics, rate: int, seconds: float, offset: int) -> dict[str, float]:
+    """Produce at a fixed rate; returns event_id -> ack time."""
+    producer = make_producer(BOOTSTRAP, linger_ms=1)
+    await producer.start()
+    acked: dict[str, float] = {}
+    try:
+        total = int(rate * seconds)
+        records = events_for(topics, total, offset)
+        ids = [_event_id(v) for _, v, _ in records]
+        start = time.monotonic()
+        tick = 0.01
+        per_tick = max(1, int(rate * tick))
+        futures = []
+        for i in range(0, total, per_tick):
+            due = start + (i / rate)
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for j in range(i, min(total, i + per_tick)):
+                topic, value, key = records[j]
+                fut = await producer.send(topic, value, key=key)
+                fut.add_done_callback(lambda _f, eid=ids[j]: acked.__setitem__(eid, time.time()))
+                futures.append(fut)
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return acked
+
+
+async def wait_published(topic: str, n: int) -> None:
+    """Until the follower publisher has put n entries on ledger.entries, so the
+    proof benchmark measures a ledger that is not also publishing a backlog."""
+    from aiokafka import TopicPartition
+
+    from medledger.runtime.kafka import make_consumer
+
+    consumer = make_consumer(BOOTSTRAP, group_id=None)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        while (await consumer.end_offsets([tp]))[tp] < n:
+            await asyncio.sleep(0.5)
+    finally:
+        await consumer.stop()
+
+
+def _event_id(value: bytes) -> str:
+    from medledger.v1 import events_pb2
+
+    return events_pb2.EventEnvelope.FromString(value).event_id
+
+
+def proof_latencies(address: str, size: int, calls: int) -> tuple[list[float], list[float]]:
+    rng = random.Random(1)
+    inc, cons = [], []
+    with grpc.insecure_channel(address) as channel:
+        stub = ledger_pb2_grpc.LedgerServiceStub(channel)
+        for _ in range(50):  # warm up connections and caches
+            stub.GetInclusionProof(ledger_pb2.GetInclusionProofRequest(index=rng.randrange(size), tree_size=size))
+        for _ in range(calls):
+            index = rng.randrange(size)
+            t = time.perf_counter()
+            stub.GetInclusionProof(ledger_pb2.GetInclusionProofRequest(index=index, tree_size=size))
+            inc.append((time.perf_counter() - t) * 1000)
+            first = rng.randrange(1, size)
+            t = time.perf_counter()
+            stub.GetConsistencyProof(ledger_pb2.GetConsistencyProofRequest(first_size=first, second_size=size))
+            cons.append((time.perf_counter() - t) * 1000)
+    return inc, cons
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", "1000000")))
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--proof-calls", type=int, default=2000)
+    args = parser.parse_args()
+    command = "python deploy/bench_ledger.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    topics = Topics(f"bench_{uuid.uuid4().hex[:8]}.")
+    db = f"{PG_SERVER_URL}/bench_ledger_{uuid.uuid4().hex[:8]}"
+    await ensure_topics(BOOTSTRAP, topic_specs(topics))
+    tmp = Path(tempfile.mkdtemp(prefix="medledger-bench-"))
+    key = tmp / "bench.key"
+    key.write_text(NoteSigner.generate("bench.medledger.local/ledger").signer_key + "\n")
+    port = free_port()
+    env = dict(os.environ, MEDLEDGER_KAFKA_BOOTSTRAP=BOOTSTRAP, MEDLEDGER_TOPIC_PREFIX=topics.prefix,
+               MEDLEDGER_LEDGER_DATABASE_URL=db, MEDLEDGER_LEDGER_PORT=str(port), MEDLEDGER_RUN_DIR=str(tmp),
+               MEDLEDGER_LEDGER_SIGNING_KEY_FILE=str(key), MEDLEDGER_LEDGER_ORIGIN="bench.medledger.local/ledger",
+               MEDLEDGER_LOG_LEVEL="WARNING", MEDLEDGER_IDENTITY_ADDRESS="127.0.0.1:1")
+    print(f"# ledger benchmark: {command}", flush=True)
+    print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine", flush=True)
+
+    t = time.monotonic()
+    await produce_all(events_for(topics, args.events))
+    print(f"preloaded {args.events} events into Kafka in {time.monotonic() - t:.1f}s", flush=True)
+
+    ledger = ServiceProcess("ledger", env, port, tmp / "ledger.log").start()
+    try:
+        ledger.wait_serving(120)
+        t = time.monotonic()
+        while True:
+            n, _ = await count_entries(db)
+            if n >= args.events:
+                break
+            if time.monotonic() - t > 1800:
+                raise SystemExit(f"sequencing stalled at {n}")
+            await asyncio.sleep(0.5)
+        n, span = await sequencing_window(db)
+        rate = n / span if span else float("nan")
+        print(f"sequencing throughput: {n} events in {span:.2f}s = {rate:,.0f} events/s (target >= 20,000)", flush=True)
+
+        proc = psutil.Process(ledger.proc.pid)  # type: ignore[union-attr]
+        rss = proc.memory_info().rss / 2**20
+        print(f"ledger RSS at {n:,} entries: {rss:.0f} MB (target <= 300 MB)", flush=True)
+
+        t = time.monotonic()
+        await wait_published(topics.ledger_entries, n)
+        print(f"followers: ledger.entries caught up {time.monotonic() - t:.1f}s after sequencing finished", flush=True)
+        inc, cons = proof_latencies(ledger.address, n, args.proof_calls)
+        print(f"inclusion proof over gRPC at {n:,}: p50 {pct(inc, .5):.2f} ms p99 {pct(inc, .99):.2f} ms ({len(inc)} calls; target p99 <= 2 ms)")
+        print(f"consistency proof over gRPC at {n:,}: p50 {pct(cons, .5):.2f} ms p99 {pct(cons, .99):.2f} ms ({len(cons)} calls; target p99 <= 2 ms)", flush=True)
+
+        arrivals: list[tuple[float, int]] = []
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch_checkpoints, args=(ledger.address, arrivals, stop), daemon=True)
+        watcher.start()
+        await asyncio.sleep(1.0)
+        acked = await paced_produce(topics, args.rate, args.seconds, args.events)
+        await asyncio.sleep(2.0)
+        stop.set()
+        conn = await asyncpg.connect(db)
+        try:
+            rows = await conn.fetch("SELECT idx, event_id FROM entries WHERE idx >= $1", n)
+        finally:
+            await conn.close()
+        latencies = []
+        arrivals.sort()
+        import bisect
+
+        sizes = [s for _, s in arrivals]
+        for r in rows:
+            pos = bisect.bisect_right(sizes, r["idx"])
+            if pos < len(arrivals) and r["event_id"] in acked:
+                latencies.append((arrivals[pos][0] - acked[r["event_id"]]) * 1000)
+        print(
+            f"publish -> signed checkpoint at {args.rate}/s for {args.seconds:.0f}s: p50 {pct(latencies, .5):.0f} ms "
+            f"p99 {pct(latencies, .99):.0f} ms max {max(latencies):.0f} ms ({len(latencies)} events; target p99 <= 250 ms)",
+            flush=True,
+        )
+        print(f"ledger RSS after the latency run: {proc.memory_info().rss / 2**20:.0f} MB")
+    finally:
+        ledger.stop()
+        await drop_database(db)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
