@@ -54,6 +54,10 @@ stop_service() {
 up() {
   infra
   mkdir -p "$SVC_DIR"
+  # Check every port first, so a taken port stops us before anything starts.
+  for s in "${MEDLEDGER_SERVICES[@]}"; do
+    pid_alive "$SVC_DIR/$s.pid" || require_free_port "$(service_port "$s")" "the $s service"
+  done
   for s in "${MEDLEDGER_SERVICES[@]}"; do start_service "$s"; done
   if ! "$MEDLEDGER_BIN" health --wait 90 >/dev/null; then
     "$MEDLEDGER_BIN" health || true
