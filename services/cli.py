@@ -10,7 +10,7 @@ import asyncio
 import importlib
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -35,7 +35,7 @@ APPS = {
 }
 
 
-def _load_app(name: str) -> object:
+def _load_app(name: str) -> Any:
     module, _, attr = APPS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -53,12 +53,12 @@ def serve(name: Annotated[str, typer.Argument(help="identity | consent | records
     try:
         settings = CommonSettings.from_env(name, DEFAULT_PORTS[name])
         factory = _load_app(name)
-        service = factory.from_env() if hasattr(factory, "from_env") else factory()  # type: ignore[attr-defined, operator]
+        service = factory.from_env() if hasattr(factory, "from_env") else factory()
     except SettingsError as exc:
         console.print(f"[red]{name}: {exc}[/red]")
         raise typer.Exit(2) from None
     configure_logging(name, settings.log_level)
-    asyncio.run(ServiceHost(service, settings).run())  # type: ignore[arg-type]
+    asyncio.run(ServiceHost(service, settings).run())
 
 
 @topics_app.command("ensure")

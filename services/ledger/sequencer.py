@@ -120,7 +120,7 @@ class Sequencer:
             raise
         return consumer
 
-    async def _sequence(self, conn: asyncpg.Connection, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
+    async def _sequence(self, conn: asyncpg.Connection, batch: dict[TopicPartition, list]) -> None:
         assert self.state is not None
         records = [
             SourceRecord(tp.topic, tp.partition, r.offset, r.value)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import Sequence, TypeAlias
 
 import asyncpg
 
 from medledger.ledger import merkle
 from medledger.ledger.intake import BatchPlan, LogState
 
-Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+# A plain connection or one lent by a pool; both offer the same query methods.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 
 class MissingNodeError(RuntimeError):
