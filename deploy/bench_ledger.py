@@ -239,6 +239,12 @@ async def main() -> None:
         print(f"inclusion proof over gRPC at {n:,}: p50 {pct(inc, .5):.2f} ms p99 {pct(inc, .99):.2f} ms ({len(inc)} calls; target p99 <= 2 ms)")
         print(f"consistency proof over gRPC at {n:,}: p50 {pct(cons, .5):.2f} ms p99 {pct(cons, .99):.2f} ms ({len(cons)} calls; target p99 <= 2 ms)", flush=True)
 
+        audit_cmd = [str(Path(sys.executable).parent / "medledger"), "audit", "verify", "--ledger", ledger.address]
+        audit_out = subprocess.run(audit_cmd, capture_output=True, text=True, env=env)
+        print(f"audit verify of the whole log over gRPC ({' '.join(audit_cmd[1:])}): "
+              f"{audit_out.stdout.strip().splitlines()[-1] if audit_out.returncode == 0 else audit_out.stderr.strip()} "
+              "(target >= 100,000 entries/s)", flush=True)
+
         arrivals: list[tuple[float, int]] = []
         stop = threading.Event()
         watcher = threading.Thread(target=watch_checkpoints, args=(ledger.address, arrivals, stop), daemon=True)

@@ -128,3 +128,26 @@ async def test_watch_checkpoints_streams_each_new_checkpoint(spawn: Callable[...
                 break
         stream.cancel()
     assert sizes == sorted(sizes) and sizes[-1] == 5
+
+
+async def test_audit_command_verifies_a_live_ledger(spawn: Callable[..., ServiceProcess], topics: Topics) -> None:
+    import subprocess
+
+    from tests.support import MEDLEDGER
+
+    ledger_proc = spawn("ledger").wait_serving()
+    await produce(sample_events(50, topics))
+    channel, ledger = stub(ledger_proc.address)
+    with channel:
+        wait_for_checkpoint(ledger, 50)
+        key = ledger.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest()).verifier_key
+    ok = subprocess.run([MEDLEDGER, "audit", "verify", "--ledger", ledger_proc.address, "--verifier-key", key],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK: 50 entries verified" in ok.stdout
+    from medledger.ledger.note import NoteSigner
+
+    impostor = NoteSigner.generate(key.split("+")[0]).verifier_key
+    bad = subprocess.run([MEDLEDGER, "audit", "verify", "--ledger", ledger_proc.address, "--verifier-key", impostor],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "FAILED" in bad.stderr
