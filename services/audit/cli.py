@@ -14,7 +14,7 @@ from medledger.ledger import note
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 app = typer.Typer(help="Audit tooling: replay and verify the ledger.", no_args_is_help=True)
-PAGE = 10_000
+PAGE = 100_000
 
 
 @app.command()
@@ -37,8 +37,9 @@ def verify(
             while auditor.tree.size < checkpoint.tree_size:
                 count = min(PAGE, checkpoint.tree_size - auditor.tree.size)
                 request = ledger_pb2.GetEntriesRequest(start=auditor.tree.size, count=count)
-                for e in stub.GetEntries(request, metadata=metadata):
-                    auditor.add(e.index, e.event, e.leaf_hash, e.chain_hash)
+                for page in stub.GetEntryPages(request, metadata=metadata):
+                    for e in page.entries:
+                        auditor.add(e.index, e.event, e.leaf_hash, e.chain_hash)
             cp = auditor.check(checkpoint.checkpoint)
         except AuditFailure as failure:
             typer.echo(f"FAILED: {failure}", err=True)

@@ -9,10 +9,12 @@ they are protected once identity tokens exist.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import AsyncIterator, Callable
 
 import asyncpg
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.ledger import proofs, store
 from medledger.ledger.publisher import checkpoint_message
@@ -20,16 +22,27 @@ from medledger.ledger.settings import LedgerSettings
 from medledger.runtime.errors import DependencyUnavailable, InvalidArgument, NotFound, OutOfRange
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
 
-MAX_ENTRIES_PER_CALL = 10_000
-ENTRY_PAGE = 500
+MAX_ENTRIES_PER_CALL = 100_000
+ENTRY_PAGE = 1000
 
 
-def _entry(e: store.StoredEntry) -> ledger_pb2.Entry:
-    msg = ledger_pb2.Entry(
-        index=e.index, event=e.event, leaf_hash=e.leaf_hash, chain_hash=e.chain_hash, event_id=e.event_id
-    )
-    msg.sequenced_at.FromDatetime(e.sequenced_at)
-    return msg
+def entry_messages(entries: list[store.StoredEntry]) -> list[ledger_pb2.Entry]:
+    """Entries as messages; a batch shares one commit time, so each distinct
+    timestamp is converted once."""
+    stamps: dict[datetime, Timestamp] = {}
+    out = []
+    for e in entries:
+        stamp = stamps.get(e.sequenced_at)
+        if stamp is None:
+            stamp = stamps[e.sequenced_at] = Timestamp()
+            stamp.FromDatetime(e.sequenced_at)
+        out.append(
+            ledger_pb2.Entry(
+                index=e.index, event=e.event, leaf_hash=e.leaf_hash, chain_hash=e.chain_hash,
+                event_id=e.event_id, sequenced_at=stamp,
+            )
+        )
+    return out
 
 
 class CheckpointFeed:
@@ -88,7 +101,7 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
     async def GetVerifierKey(self, request: ledger_pb2.GetVerifierKeyRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.VerifierKey:
         return ledger_pb2.VerifierKey(verifier_key=self.settings.signer.verifier_key, origin=self.settings.origin)
 
-    async def GetEntries(self, request: ledger_pb2.GetEntriesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ledger_pb2.Entry]:
+    async def _pages(self, request: ledger_pb2.GetEntriesRequest) -> AsyncIterator[list[ledger_pb2.Entry]]:
         count = min(request.count or MAX_ENTRIES_PER_CALL, MAX_ENTRIES_PER_CALL)
         async with self.pool().acquire() as conn:
             size = await store.tree_size(conn)
@@ -99,9 +112,17 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
         while position < end:
             async with self.pool().acquire() as conn:
                 page = await store.entries_from(conn, position, min(ENTRY_PAGE, end - position))
-            for e in page:
-                yield _entry(e)
+            yield entry_messages(page)
             position = page[-1].index + 1
+
+    async def GetEntries(self, request: ledger_pb2.GetEntriesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ledger_pb2.Entry]:
+        async for page in self._pages(request):
+            for entry in page:
+                yield entry
+
+    async def GetEntryPages(self, request: ledger_pb2.GetEntriesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ledger_pb2.EntryPage]:
+        async for page in self._pages(request):
+            yield ledger_pb2.EntryPage(entries=page)
 
     async def GetEntryByEventId(self, request: ledger_pb2.GetEntryByEventIdRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.Entry:
         if not request.event_id:
@@ -110,7 +131,7 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
             entry = await store.entry_by_event_id(conn, request.event_id)
         if entry is None:
             raise NotFound(f"no ledger entry for event_id {request.event_id}")
-        return _entry(entry)
+        return entry_messages([entry])[0]
 
     async def _sizes(self, conn: store.Conn, requested: int) -> tuple[int, int]:
         """(size to prove against, committed size); 0 means the latest checkpoint."""

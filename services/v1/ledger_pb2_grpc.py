@@ -49,6 +49,11 @@ class LedgerServiceStub:
                 request_serializer=medledger_dot_v1_dot_ledger__pb2.GetEntriesRequest.SerializeToString,
                 response_deserializer=medledger_dot_v1_dot_ledger__pb2.Entry.FromString,
                 _registered_method=True)
+        self.GetEntryPages = channel.unary_stream(
+                '/medledger.v1.LedgerService/GetEntryPages',
+                request_serializer=medledger_dot_v1_dot_ledger__pb2.GetEntriesRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_ledger__pb2.EntryPage.FromString,
+                _registered_method=True)
         self.GetEntryByEventId = channel.unary_unary(
                 '/medledger.v1.LedgerService/GetEntryByEventId',
                 request_serializer=medledger_dot_v1_dot_ledger__pb2.GetEntryByEventIdRequest.SerializeToString,
@@ -95,6 +100,14 @@ class LedgerServiceServicer:
 
     def GetEntries(self, request, context):
         """Entries [start, start+count), in index order. OUT_OF_RANGE if start is beyond the log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEntryPages(self, request, context):
+        """The same entries as GetEntries, many per message: for auditors and followers
+        that replay the whole log (one message per entry costs more than the entry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +165,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetEntries,
                     request_deserializer=medledger_dot_v1_dot_ledger__pb2.GetEntriesRequest.FromString,
                     response_serializer=medledger_dot_v1_dot_ledger__pb2.Entry.SerializeToString,
+            ),
+            'GetEntryPages': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetEntryPages,
+                    request_deserializer=medledger_dot_v1_dot_ledger__pb2.GetEntriesRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_ledger__pb2.EntryPage.SerializeToString,
             ),
             'GetEntryByEventId': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEntryByEventId,
@@ -260,6 +278,33 @@ class LedgerService:
             '/medledger.v1.LedgerService/GetEntries',
             medledger_dot_v1_dot_ledger__pb2.GetEntriesRequest.SerializeToString,
             medledger_dot_v1_dot_ledger__pb2.Entry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntryPages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/medledger.v1.LedgerService/GetEntryPages',
+            medledger_dot_v1_dot_ledger__pb2.GetEntriesRequest.SerializeToString,
+            medledger_dot_v1_dot_ledger__pb2.EntryPage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,10 @@ class LedgerServiceStub:
     """The note verifier key that checks every checkpoint's signature."""
     GetEntries: _grpc.UnaryStreamMultiCallable[_ledger_pb2.GetEntriesRequest, _ledger_pb2.Entry]
     """Entries [start, start+count), in index order. OUT_OF_RANGE if start is beyond the log."""
+    GetEntryPages: _grpc.UnaryStreamMultiCallable[_ledger_pb2.GetEntriesRequest, _ledger_pb2.EntryPage]
+    """The same entries as GetEntries, many per message: for auditors and followers
+    that replay the whole log (one message per entry costs more than the entry).
+    """
     GetEntryByEventId: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryByEventIdRequest, _ledger_pb2.Entry]
     """One entry by its event id. NOT_FOUND if the ledger never sequenced it."""
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetInclusionProofRequest, _ledger_pb2.InclusionProof]
@@ -60,6 +64,10 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """The note verifier key that checks every checkpoint's signature."""
     GetEntries: _aio.UnaryStreamMultiCallable[_ledger_pb2.GetEntriesRequest, _ledger_pb2.Entry]  # type: ignore[assignment]
     """Entries [start, start+count), in index order. OUT_OF_RANGE if start is beyond the log."""
+    GetEntryPages: _aio.UnaryStreamMultiCallable[_ledger_pb2.GetEntriesRequest, _ledger_pb2.EntryPage]  # type: ignore[assignment]
+    """The same entries as GetEntries, many per message: for auditors and followers
+    that replay the whole log (one message per entry costs more than the entry).
+    """
     GetEntryByEventId: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryByEventIdRequest, _ledger_pb2.Entry]  # type: ignore[assignment]
     """One entry by its event id. NOT_FOUND if the ledger never sequenced it."""
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetInclusionProofRequest, _ledger_pb2.InclusionProof]  # type: ignore[assignment]
@@ -95,6 +103,16 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_ledger_pb2.Entry], _abc.AsyncIterator[_ledger_pb2.Entry]]:
         """Entries [start, start+count), in index order. OUT_OF_RANGE if start is beyond the log."""
+
+    @_abc_1.abstractmethod
+    def GetEntryPages(
+        self,
+        request: _ledger_pb2.GetEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ledger_pb2.EntryPage], _abc.AsyncIterator[_ledger_pb2.EntryPage]]:
+        """The same entries as GetEntries, many per message: for auditors and followers
+        that replay the whole log (one message per entry costs more than the entry).
+        """
 
     @_abc_1.abstractmethod
     def GetEntryByEventId(
