@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 
 from medledger.audit import cli as audit_cli
+from medledger.identity import cli as identity_cli
 from medledger.ledger import cli as ledger_cli
 from medledger.runtime.errors import SettingsError
 from medledger.runtime.settings import DEFAULT_PORTS, Topics, env_str
@@ -26,6 +27,7 @@ app = typer.Typer(help="MedLedger: patient-controlled records with a verifiable 
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(ledger_cli.app, name="ledger")
+app.add_typer(identity_cli.app, name="identity")
 app.add_typer(audit_cli.app, name="audit")
 console = Console(stderr=True)
 

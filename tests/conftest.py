@@ -14,6 +14,7 @@ from medledger.ledger.note import NoteSigner
 from medledger.runtime.kafka import ensure_topics, topic_specs
 from medledger.runtime.postgres import drop_database, ensure_database
 from medledger.runtime.settings import DEFAULT_PORTS, Topics
+from tests.identity_support import identity_service  # noqa: F401  (fixture)
 from tests.support import (
     BOOTSTRAP,
     KAFKA_PORT,

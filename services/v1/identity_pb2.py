@@ -22,15 +22,88 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmedledger/v1/identity.proto\x12\x0cmedledger.v12\x11\n\x0fIdentityServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmedledger/v1/identity.proto\x12\x0cmedledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x0c\x44\x65mographics\x12\x12\n\ngiven_name\x18\x01 \x01(\t\x12\x13\n\x0b\x66\x61mily_name\x18\x02 \x01(\t\x12\x12\n\nbirth_date\x18\x03 \x01(\t\x12\r\n\x05phone\x18\x04 \x01(\t\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12\x16\n\x0epostal_address\x18\x06 \x01(\t\"\xcb\x01\n\nMembership\x12\x15\n\rmembership_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x11\n\tmember_id\x18\x05 \x01(\t\x12.\n\ngranted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe2\x03\n\x08Identity\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.medledger.v1.IdentityKind\x12,\n\x06status\x18\x03 \x01(\x0e\x32\x1c.medledger.v1.IdentityStatus\x12-\n\x0bmemberships\x18\x04 \x03(\x0b\x32\x18.medledger.v1.Membership\x12\x17\n\x0f\x61ssurance_level\x18\x05 \x01(\t\x12\x15\n\rregistered_by\x18\x06 \x01(\t\x12\x19\n\x11organization_type\x18\x07 \x01(\t\x12\x31\n\rregistered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11revocation_reason\x18\n \x01(\t\x12\'\n\x04keys\x18\x0b \x03(\x0b\x32\x19.medledger.v1.ResolvedKey\x12\x16\n\x0e\x63urrent_key_id\x18\x0c \x01(\t\x12\x30\n\x0c\x64\x65mographics\x18\r \x01(\x0b\x32\x1a.medledger.v1.Demographics\"\xdc\x01\n\x17RegisterIdentityRequest\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.medledger.v1.IdentityKind\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61ssurance_level\x18\x03 \x01(\t\x12\x19\n\x11organization_type\x18\x04 \x01(\t\x12\x30\n\x0c\x64\x65mographics\x18\x05 \x01(\x0b\x32\x1a.medledger.v1.Demographics\x12\x1d\n\x15medical_record_number\x18\x06 \x01(\t\"W\n\x18RegisterIdentityResponse\x12(\n\x08identity\x18\x01 \x01(\x0b\x32\x16.medledger.v1.Identity\x12\x11\n\tevent_ids\x18\x02 \x03(\t\")\n\x12GetIdentityRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\"8\n\x17\x46indPatientByMrnRequest\x12\x1d\n\x15medical_record_number\x18\x01 \x01(\t\"e\n\x11ResolveKeyRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12+\n\x07\x61t_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"\x81\x02\n\x0bResolvedKey\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12.\n\nvalid_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x06 \x01(\x08\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fprevious_key_id\x18\x08 \x01(\t\";\n\x10RotateKeyRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\"N\n\x11RotateKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.medledger.v1.ResolvedKey\x12\x11\n\tevent_ids\x18\x02 \x03(\t\"7\n\x10RevokeKeyRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"N\n\x11RevokeKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.medledger.v1.ResolvedKey\x12\x11\n\tevent_ids\x18\x02 \x03(\t\"<\n\x15RevokeIdentityRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"U\n\x16RevokeIdentityResponse\x12(\n\x08identity\x18\x01 \x01(\x0b\x32\x16.medledger.v1.Identity\x12\x11\n\tevent_ids\x18\x02 \x03(\t\"R\n\x16GrantMembershipRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\"Z\n\x17GrantMembershipResponse\x12,\n\nmembership\x18\x01 \x01(\x0b\x32\x18.medledger.v1.Membership\x12\x11\n\tevent_ids\x18\x02 \x03(\t\"-\n\x14\x45ndMembershipRequest\x12\x15\n\rmembership_id\x18\x01 \x01(\t\"X\n\x15\x45ndMembershipResponse\x12,\n\nmembership\x18\x01 \x01(\x0b\x32\x18.medledger.v1.Membership\x12\x11\n\tevent_ids\x18\x02 \x03(\t\"7\n\x10\x43hallengeRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"s\n\x11\x43hallengeResponse\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"Z\n\x11IssueTokenRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"S\n\x12IssueTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\" \n\x1eGetTokenVerificationKeyRequest\"A\n\x08TokenKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\talgorithm\x18\x03 \x01(\t\"=\n\x15TokenVerificationKeys\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.medledger.v1.TokenKey\"\x8e\x01\n\x16VerifySignatureRequest\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12+\n\x07\x61t_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x05 \x01(\t\"8\n\x17VerifySignatureResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"\xc2\x01\n\x12IdentityRegistered\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.medledger.v1.IdentityKind\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\x12\x17\n\x0f\x61ssurance_level\x18\x05 \x01(\t\x12\x15\n\rregistered_by\x18\x06 \x01(\t\x12\x19\n\x11organization_type\x18\x07 \x01(\t\"^\n\nKeyRotated\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x17\n\x0fprevious_key_id\x18\x04 \x01(\t\"1\n\nKeyRevoked\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"6\n\x0fIdentityRevoked\x12\x13\n\x0bidentity_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"d\n\x11MembershipGranted\x12\x15\n\rmembership_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\"T\n\x0fMembershipEnded\x12\x15\n\rmembership_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x17\n\x0forganization_id\x18\x03 \x01(\t*x\n\x0cIdentityKind\x12\x1d\n\x19IDENTITY_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07PATIENT\x10\x01\x12\x10\n\x0cPRACTITIONER\x10\x02\x12\x10\n\x0cORGANIZATION\x10\x03\x12\x0b\n\x07\x41UDITOR\x10\x04\x12\x0b\n\x07SERVICE\x10\x05*J\n\x0eIdentityStatus\x12\x1f\n\x1bIDENTITY_STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\x0b\n\x07REVOKED\x10\x02\x32\xfa\x08\n\x0fIdentityService\x12\x61\n\x10RegisterIdentity\x12%.medledger.v1.RegisterIdentityRequest\x1a&.medledger.v1.RegisterIdentityResponse\x12G\n\x0bGetIdentity\x12 .medledger.v1.GetIdentityRequest\x1a\x16.medledger.v1.Identity\x12H\n\nResolveKey\x12\x1f.medledger.v1.ResolveKeyRequest\x1a\x19.medledger.v1.ResolvedKey\x12L\n\tRotateKey\x12\x1e.medledger.v1.RotateKeyRequest\x1a\x1f.medledger.v1.RotateKeyResponse\x12L\n\tRevokeKey\x12\x1e.medledger.v1.RevokeKeyRequest\x1a\x1f.medledger.v1.RevokeKeyResponse\x12[\n\x0eRevokeIdentity\x12#.medledger.v1.RevokeIdentityRequest\x1a$.medledger.v1.RevokeIdentityResponse\x12^\n\x0fGrantMembership\x12$.medledger.v1.GrantMembershipRequest\x1a%.medledger.v1.GrantMembershipResponse\x12X\n\rEndMembership\x12\".medledger.v1.EndMembershipRequest\x1a#.medledger.v1.EndMembershipResponse\x12L\n\tChallenge\x12\x1e.medledger.v1.ChallengeRequest\x1a\x1f.medledger.v1.ChallengeResponse\x12O\n\nIssueToken\x12\x1f.medledger.v1.IssueTokenRequest\x1a .medledger.v1.IssueTokenResponse\x12l\n\x17GetTokenVerificationKey\x12,.medledger.v1.GetTokenVerificationKeyRequest\x1a#.medledger.v1.TokenVerificationKeys\x12^\n\x0fVerifySignature\x12$.medledger.v1.VerifySignatureRequest\x1a%.medledger.v1.VerifySignatureResponse\x12Q\n\x10\x46indPatientByMrn\x12%.medledger.v1.FindPatientByMrnRequest\x1a\x16.medledger.v1.Identityb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medledger.v1.identity_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IDENTITYSERVICE']._serialized_start=45
-  _globals['_IDENTITYSERVICE']._serialized_end=62
+  _globals['_IDENTITYKIND']._serialized_start=3723
+  _globals['_IDENTITYKIND']._serialized_end=3843
+  _globals['_IDENTITYSTATUS']._serialized_start=3845
+  _globals['_IDENTITYSTATUS']._serialized_end=3919
+  _globals['_DEMOGRAPHICS']._serialized_start=79
+  _globals['_DEMOGRAPHICS']._serialized_end=208
+  _globals['_MEMBERSHIP']._serialized_start=211
+  _globals['_MEMBERSHIP']._serialized_end=414
+  _globals['_IDENTITY']._serialized_start=417
+  _globals['_IDENTITY']._serialized_end=899
+  _globals['_REGISTERIDENTITYREQUEST']._serialized_start=902
+  _globals['_REGISTERIDENTITYREQUEST']._serialized_end=1122
+  _globals['_REGISTERIDENTITYRESPONSE']._serialized_start=1124
+  _globals['_REGISTERIDENTITYRESPONSE']._serialized_end=1211
+  _globals['_GETIDENTITYREQUEST']._serialized_start=1213
+  _globals['_GETIDENTITYREQUEST']._serialized_end=1254
+  _globals['_FINDPATIENTBYMRNREQUEST']._serialized_start=1256
+  _globals['_FINDPATIENTBYMRNREQUEST']._serialized_end=1312
+  _globals['_RESOLVEKEYREQUEST']._serialized_start=1314
+  _globals['_RESOLVEKEYREQUEST']._serialized_end=1415
+  _globals['_RESOLVEDKEY']._serialized_start=1418
+  _globals['_RESOLVEDKEY']._serialized_end=1675
+  _globals['_ROTATEKEYREQUEST']._serialized_start=1677
+  _globals['_ROTATEKEYREQUEST']._serialized_end=1736
+  _globals['_ROTATEKEYRESPONSE']._serialized_start=1738
+  _globals['_ROTATEKEYRESPONSE']._serialized_end=1816
+  _globals['_REVOKEKEYREQUEST']._serialized_start=1818
+  _globals['_REVOKEKEYREQUEST']._serialized_end=1873
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=1875
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=1953
+  _globals['_REVOKEIDENTITYREQUEST']._serialized_start=1955
+  _globals['_REVOKEIDENTITYREQUEST']._serialized_end=2015
+  _globals['_REVOKEIDENTITYRESPONSE']._serialized_start=2017
+  _globals['_REVOKEIDENTITYRESPONSE']._serialized_end=2102
+  _globals['_GRANTMEMBERSHIPREQUEST']._serialized_start=2104
+  _globals['_GRANTMEMBERSHIPREQUEST']._serialized_end=2186
+  _globals['_GRANTMEMBERSHIPRESPONSE']._serialized_start=2188
+  _globals['_GRANTMEMBERSHIPRESPONSE']._serialized_end=2278
+  _globals['_ENDMEMBERSHIPREQUEST']._serialized_start=2280
+  _globals['_ENDMEMBERSHIPREQUEST']._serialized_end=2325
+  _globals['_ENDMEMBERSHIPRESPONSE']._serialized_start=2327
+  _globals['_ENDMEMBERSHIPRESPONSE']._serialized_end=2415
+  _globals['_CHALLENGEREQUEST']._serialized_start=2417
+  _globals['_CHALLENGEREQUEST']._serialized_end=2472
+  _globals['_CHALLENGERESPONSE']._serialized_start=2474
+  _globals['_CHALLENGERESPONSE']._serialized_end=2589
+  _globals['_ISSUETOKENREQUEST']._serialized_start=2591
+  _globals['_ISSUETOKENREQUEST']._serialized_end=2681
+  _globals['_ISSUETOKENRESPONSE']._serialized_start=2683
+  _globals['_ISSUETOKENRESPONSE']._serialized_end=2766
+  _globals['_GETTOKENVERIFICATIONKEYREQUEST']._serialized_start=2768
+  _globals['_GETTOKENVERIFICATIONKEYREQUEST']._serialized_end=2800
+  _globals['_TOKENKEY']._serialized_start=2802
+  _globals['_TOKENKEY']._serialized_end=2867
+  _globals['_TOKENVERIFICATIONKEYS']._serialized_start=2869
+  _globals['_TOKENVERIFICATIONKEYS']._serialized_end=2930
+  _globals['_VERIFYSIGNATUREREQUEST']._serialized_start=2933
+  _globals['_VERIFYSIGNATUREREQUEST']._serialized_end=3075
+  _globals['_VERIFYSIGNATURERESPONSE']._serialized_start=3077
+  _globals['_VERIFYSIGNATURERESPONSE']._serialized_end=3133
+  _globals['_IDENTITYREGISTERED']._serialized_start=3136
+  _globals['_IDENTITYREGISTERED']._serialized_end=3330
+  _globals['_KEYROTATED']._serialized_start=3332
+  _globals['_KEYROTATED']._serialized_end=3426
+  _globals['_KEYREVOKED']._serialized_start=3428
+  _globals['_KEYREVOKED']._serialized_end=3477
+  _globals['_IDENTITYREVOKED']._serialized_start=3479
+  _globals['_IDENTITYREVOKED']._serialized_end=3533
+  _globals['_MEMBERSHIPGRANTED']._serialized_start=3535
+  _globals['_MEMBERSHIPGRANTED']._serialized_end=3635
+  _globals['_MEMBERSHIPENDED']._serialized_start=3637
+  _globals['_MEMBERSHIPENDED']._serialized_end=3721
+  _globals['_IDENTITYSERVICE']._serialized_start=3922
+  _globals['_IDENTITYSERVICE']._serialized_end=5068
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from medledger.v1 import identity_pb2 as medledger_dot_v1_dot_identity__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -33,14 +34,249 @@ class IdentityServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.RegisterIdentity = channel.unary_unary(
+                '/medledger.v1.IdentityService/RegisterIdentity',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.RegisterIdentityRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.RegisterIdentityResponse.FromString,
+                _registered_method=True)
+        self.GetIdentity = channel.unary_unary(
+                '/medledger.v1.IdentityService/GetIdentity',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.GetIdentityRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.Identity.FromString,
+                _registered_method=True)
+        self.ResolveKey = channel.unary_unary(
+                '/medledger.v1.IdentityService/ResolveKey',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.ResolveKeyRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.ResolvedKey.FromString,
+                _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/medledger.v1.IdentityService/RotateKey',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.RotateKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/medledger.v1.IdentityService/RevokeKey',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.RevokeKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeIdentity = channel.unary_unary(
+                '/medledger.v1.IdentityService/RevokeIdentity',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.RevokeIdentityRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.RevokeIdentityResponse.FromString,
+                _registered_method=True)
+        self.GrantMembership = channel.unary_unary(
+                '/medledger.v1.IdentityService/GrantMembership',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.GrantMembershipRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.GrantMembershipResponse.FromString,
+                _registered_method=True)
+        self.EndMembership = channel.unary_unary(
+                '/medledger.v1.IdentityService/EndMembership',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.EndMembershipRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.EndMembershipResponse.FromString,
+                _registered_method=True)
+        self.Challenge = channel.unary_unary(
+                '/medledger.v1.IdentityService/Challenge',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.ChallengeRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.ChallengeResponse.FromString,
+                _registered_method=True)
+        self.IssueToken = channel.unary_unary(
+                '/medledger.v1.IdentityService/IssueToken',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.IssueTokenRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.IssueTokenResponse.FromString,
+                _registered_method=True)
+        self.GetTokenVerificationKey = channel.unary_unary(
+                '/medledger.v1.IdentityService/GetTokenVerificationKey',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.GetTokenVerificationKeyRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.TokenVerificationKeys.FromString,
+                _registered_method=True)
+        self.VerifySignature = channel.unary_unary(
+                '/medledger.v1.IdentityService/VerifySignature',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.VerifySignatureRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.VerifySignatureResponse.FromString,
+                _registered_method=True)
+        self.FindPatientByMrn = channel.unary_unary(
+                '/medledger.v1.IdentityService/FindPatientByMrn',
+                request_serializer=medledger_dot_v1_dot_identity__pb2.FindPatientByMrnRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_identity__pb2.Identity.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def RegisterIdentity(self, request, context):
+        """Register a new identity. PATIENT and PRACTITIONER: any active ORGANIZATION.
+        ORGANIZATION, AUDITOR and SERVICE: an active OPERATOR organization (the
+        bootstrap organization, or one it registered). ALREADY_EXISTS for a public
+        key already in use or a medical record number the organization already has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIdentity(self, request, context):
+        """An identity's public record; demographics only for the identity itself,
+        the organization that registered it, or an operator organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveKey(self, request, context):
+        """The key an identity used at a point in time (or the named key), with its
+        validity window. NOT_FOUND if the identity had no key at that time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKey(self, request, context):
+        """Replace the current key. Callable by the identity itself or, for a
+        practitioner, by its registering organization or one it is a member of.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Mark a key revoked (compromised): from now on it signs nothing valid.
+        Same callers as RotateKey.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeIdentity(self, request, context):
+        """Revoke an identity: it gets no new token and its signatures from now on are
+        invalid. Callable by the identity itself, its registering organization or
+        an operator organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantMembership(self, request, context):
+        """Make a practitioner, auditor or service a member of an organization.
+        Callable by that organization or an operator organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndMembership(self, request, context):
+        """End a membership. Callable by the organization, an operator organization or
+        the member itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Challenge(self, request, context):
+        """Public. A single-use nonce the identity signs to obtain a token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueToken(self, request, context):
+        """Public. A short-lived bearer token for a signed challenge. UNAUTHENTICATED
+        for an unknown, used or expired nonce or a bad signature; PERMISSION_DENIED
+        for a revoked identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTokenVerificationKey(self, request, context):
+        """Public. The Ed25519 keys that verify tokens (the current one first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifySignature(self, request, context):
+        """Check an Ed25519 signature by an identity as of a point in time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindPatientByMrn(self, request, context):
+        """ORGANIZATION only: the patient this organization registered under a
+        medical record number (looked up by keyed hash, never stored in clear).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'RegisterIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterIdentity,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.RegisterIdentityRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.RegisterIdentityResponse.SerializeToString,
+            ),
+            'GetIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIdentity,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.GetIdentityRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.Identity.SerializeToString,
+            ),
+            'ResolveKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveKey,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.ResolveKeyRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.ResolvedKey.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.RotateKeyRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.RotateKeyResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.RevokeKeyResponse.SerializeToString,
+            ),
+            'RevokeIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeIdentity,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.RevokeIdentityRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.RevokeIdentityResponse.SerializeToString,
+            ),
+            'GrantMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantMembership,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.GrantMembershipRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.GrantMembershipResponse.SerializeToString,
+            ),
+            'EndMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndMembership,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.EndMembershipRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.EndMembershipResponse.SerializeToString,
+            ),
+            'Challenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Challenge,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.ChallengeRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.ChallengeResponse.SerializeToString,
+            ),
+            'IssueToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueToken,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.IssueTokenRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.IssueTokenResponse.SerializeToString,
+            ),
+            'GetTokenVerificationKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTokenVerificationKey,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.GetTokenVerificationKeyRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.TokenVerificationKeys.SerializeToString,
+            ),
+            'VerifySignature': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifySignature,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.VerifySignatureRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.VerifySignatureResponse.SerializeToString,
+            ),
+            'FindPatientByMrn': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindPatientByMrn,
+                    request_deserializer=medledger_dot_v1_dot_identity__pb2.FindPatientByMrnRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_identity__pb2.Identity.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'medledger.v1.IdentityService', rpc_method_handlers)
@@ -51,3 +287,354 @@ def add_IdentityServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class IdentityService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def RegisterIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/RegisterIdentity',
+            medledger_dot_v1_dot_identity__pb2.RegisterIdentityRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.RegisterIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/GetIdentity',
+            medledger_dot_v1_dot_identity__pb2.GetIdentityRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.Identity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/ResolveKey',
+            medledger_dot_v1_dot_identity__pb2.ResolveKeyRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.ResolvedKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/RotateKey',
+            medledger_dot_v1_dot_identity__pb2.RotateKeyRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.RotateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/RevokeKey',
+            medledger_dot_v1_dot_identity__pb2.RevokeKeyRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.RevokeKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/RevokeIdentity',
+            medledger_dot_v1_dot_identity__pb2.RevokeIdentityRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.RevokeIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/GrantMembership',
+            medledger_dot_v1_dot_identity__pb2.GrantMembershipRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.GrantMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/EndMembership',
+            medledger_dot_v1_dot_identity__pb2.EndMembershipRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.EndMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Challenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/Challenge',
+            medledger_dot_v1_dot_identity__pb2.ChallengeRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.ChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/IssueToken',
+            medledger_dot_v1_dot_identity__pb2.IssueTokenRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.IssueTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTokenVerificationKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/GetTokenVerificationKey',
+            medledger_dot_v1_dot_identity__pb2.GetTokenVerificationKeyRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.TokenVerificationKeys.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifySignature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/VerifySignature',
+            medledger_dot_v1_dot_identity__pb2.VerifySignatureRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.VerifySignatureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindPatientByMrn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.IdentityService/FindPatientByMrn',
+            medledger_dot_v1_dot_identity__pb2.FindPatientByMrnRequest.SerializeToString,
+            medledger_dot_v1_dot_identity__pb2.Identity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

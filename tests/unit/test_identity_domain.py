@@ -1,0 +1,268 @@
+"""The identity domain without I/O: who may do what, key history over time,
+memberships, and that evolve folds exactly what decide decided."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medledger.identity import domain
+from medledger.identity.domain import Identity, Kind
+from medledger.identity.keyfiles import raw_public_key
+from medledger.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def at(minutes: int) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def pub() -> bytes:
+    return raw_public_key(Ed25519PrivateKey.generate())
+
+
+def register(
+    identity_id: str, kind: Kind, actor: Identity | None, when: int = 0, assurance: str = "IAL2", org_type: str = ""
+) -> Identity:
+    command = domain.Register(identity_id, kind, pub(), assurance, org_type, actor, at(when))
+    state = domain.fold(domain.decide(None, command))
+    assert state is not None
+    return state
+
+
+@pytest.fixture
+def operator() -> Identity:
+    return register("op", Kind.ORGANIZATION, None, assurance="", org_type=domain.OPERATOR)
+
+
+@pytest.fixture
+def hospital(operator: Identity) -> Identity:
+    return register("hosp", Kind.ORGANIZATION, operator, assurance="", org_type="HOSPITAL")
+
+
+def apply(state: Identity, command: domain.Command) -> Identity:
+    after = domain.fold(domain.decide(state, command), state)
+    assert after is not None
+    return after
+
+
+# ---- registration ----------------------------------------------------------------
+
+
+def test_bootstrap_registers_only_an_operator_organization() -> None:
+    with pytest.raises(PermissionDenied):
+        register("x", Kind.ORGANIZATION, None, assurance="", org_type="HOSPITAL")
+    with pytest.raises(PermissionDenied):
+        register("x", Kind.PATIENT, None)
+    op = register("op", Kind.ORGANIZATION, None, assurance="", org_type=domain.OPERATOR)
+    assert op.is_operator and op.registered_by == "" and op.active
+
+
+def test_organizations_register_patients_and_practitioners(hospital: Identity) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    doc = register("d", Kind.PRACTITIONER, hospital)
+    assert (patient.registered_by, doc.registered_by) == ("hosp", "hosp")
+    assert patient.assurance_level == "IAL2"
+
+
+@pytest.mark.parametrize("kind", [Kind.ORGANIZATION, Kind.AUDITOR, Kind.SERVICE])
+def test_only_operators_register_organizations_auditors_and_services(hospital: Identity, operator: Identity, kind: Kind) -> None:
+    org_type = "CLINIC" if kind is Kind.ORGANIZATION else ""
+    with pytest.raises(PermissionDenied):
+        register("x", kind, hospital, org_type=org_type)
+    assert register("x", kind, operator, org_type=org_type).kind is kind
+
+
+def test_a_patient_cannot_register_anyone(hospital: Identity) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    with pytest.raises(PermissionDenied):
+        register("q", Kind.PATIENT, patient)
+
+
+def test_a_revoked_organization_registers_no_one(hospital: Identity) -> None:
+    revoked = apply(hospital, domain.RevokeIdentity("closed", hospital, at(1)))
+    with pytest.raises(PermissionDenied, match="revoked"):
+        register("p", Kind.PATIENT, revoked, when=2)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x01" * 31, b"\x01" * 33, bytes(32)])
+def test_malformed_public_keys_are_invalid(hospital: Identity, raw: bytes) -> None:
+    command = domain.Register("p", Kind.PATIENT, raw, "IAL2", "", hospital, T0)
+    with pytest.raises(InvalidArgument):
+        domain.decide(None, command)
+
+
+def test_assurance_and_organization_type_are_checked(hospital: Identity, operator: Identity) -> None:
+    with pytest.raises(InvalidArgument, match="assurance_level"):
+        register("p", Kind.PATIENT, hospital, assurance="")
+    with pytest.raises(InvalidArgument, match="assurance_level"):
+        register("p", Kind.PATIENT, hospital, assurance="IAL9")
+    with pytest.raises(InvalidArgument, match="organization_type"):
+        register("o", Kind.ORGANIZATION, operator, assurance="", org_type="CASINO")
+    with pytest.raises(InvalidArgument, match="organization_type"):
+        register("p", Kind.PATIENT, hospital, org_type="HOSPITAL")
+
+
+def test_registering_an_existing_id_already_exists(hospital: Identity) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    with pytest.raises(AlreadyExists):
+        domain.decide(patient, domain.Register("p", Kind.PATIENT, pub(), "IAL2", "", hospital, T0))
+
+
+# ---- keys over time ----------------------------------------------------------------
+
+
+def test_rotation_keeps_history_so_old_signatures_verify_as_of_their_time(hospital: Identity) -> None:
+    old_key, new_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    command = domain.Register("p", Kind.PATIENT, raw_public_key(old_key), "IAL2", "", hospital, at(0))
+    patient = domain.fold(domain.decide(None, command))
+    assert patient is not None
+    rotated = apply(patient, domain.RotateKey(raw_public_key(new_key), patient, at(10)))
+    first, second = rotated.keys
+    assert second.previous_key_id == first.key_id and first.replaced_at == at(10)
+    assert rotated.key_at(at(5)) == first and rotated.key_at(at(10)) == second
+    assert rotated.key_at(at(-1)) is None and rotated.current_key == second
+    message = b"consent v1"
+    assert domain.verify_signature_at(rotated, message, old_key.sign(message), at(5)) == (True, first.key_id)
+    assert domain.verify_signature_at(rotated, message, old_key.sign(message), at(11)) == (False, second.key_id)
+    assert domain.verify_signature_at(rotated, message, new_key.sign(message), at(11)) == (True, second.key_id)
+    assert domain.verify_signature_at(rotated, message, old_key.sign(message), at(11), first.key_id)[0] is False
+
+
+def test_revoked_key_signs_nothing_from_its_revocation_on(hospital: Identity) -> None:
+    key = Ed25519PrivateKey.generate()
+    patient = domain.fold(domain.decide(None, domain.Register("p", Kind.PATIENT, raw_public_key(key), "IAL2", "", hospital, at(0))))
+    assert patient is not None
+    revoked = apply(patient, domain.RevokeKey(patient.keys[0].key_id, patient, at(10)))
+    sig = key.sign(b"m")
+    assert domain.verify_signature_at(revoked, b"m", sig, at(5))[0] is True
+    assert domain.verify_signature_at(revoked, b"m", sig, at(10))[0] is False
+    assert revoked.current_key is None and revoked.keys[0].valid_until == at(10)
+    with pytest.raises(FailedPrecondition, match="no usable key"):
+        domain.authentication_key(revoked)
+    with pytest.raises(FailedPrecondition, match="already revoked"):
+        domain.decide(revoked, domain.RevokeKey(patient.keys[0].key_id, revoked, at(11)))
+
+
+def test_reusing_an_own_key_is_refused(hospital: Identity) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    with pytest.raises(AlreadyExists):
+        domain.decide(patient, domain.RotateKey(patient.keys[0].public_key, patient, at(1)))
+
+
+def test_only_the_identity_or_its_organization_for_practitioners_rotates_keys(hospital: Identity, operator: Identity) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    doc = register("d", Kind.PRACTITIONER, hospital)
+    other = register("other", Kind.ORGANIZATION, operator, assurance="", org_type="CLINIC")
+    with pytest.raises(PermissionDenied):
+        domain.decide(patient, domain.RotateKey(pub(), hospital, at(1)))
+    with pytest.raises(PermissionDenied):
+        domain.decide(doc, domain.RotateKey(pub(), other, at(1)))
+    assert len(apply(doc, domain.RotateKey(pub(), hospital, at(1))).keys) == 2
+    assert len(apply(patient, domain.RotateKey(pub(), patient, at(1))).keys) == 2
+    member = apply(doc, domain.GrantMembership("m", other, "other", "physician", other, at(2)))
+    assert len(apply(member, domain.RotateKey(pub(), other, at(3))).keys) == 2
+
+
+def test_unknown_identity_is_not_found(hospital: Identity) -> None:
+    with pytest.raises(NotFound):
+        domain.decide(None, domain.RotateKey(pub(), hospital, T0))
+
+
+# ---- identities and memberships ----------------------------------------------------
+
+
+def test_revocation_rules(hospital: Identity, operator: Identity) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    stranger = register("s", Kind.PATIENT, hospital)
+    with pytest.raises(PermissionDenied):
+        domain.decide(patient, domain.RevokeIdentity("x", stranger, at(1)))
+    for actor in (patient, hospital, operator):
+        assert not apply(patient, domain.RevokeIdentity("left", actor, at(1))).active
+    revoked = apply(patient, domain.RevokeIdentity("left", patient, at(1)))
+    assert revoked.revocation_reason == "left" and revoked.revoked_at == at(1)
+    with pytest.raises(FailedPrecondition):
+        domain.decide(revoked, domain.RevokeIdentity("again", hospital, at(2)))
+    with pytest.raises(PermissionDenied, match="revoked"):
+        domain.authentication_key(revoked)
+    with pytest.raises(InvalidArgument):
+        domain.decide(patient, domain.RevokeIdentity("x" * 500, patient, at(1)))
+
+
+def test_memberships_are_granted_and_ended_by_the_organization(hospital: Identity, operator: Identity) -> None:
+    doc = register("d", Kind.PRACTITIONER, hospital)
+    other = register("o", Kind.ORGANIZATION, operator, assurance="", org_type="CLINIC")
+    with pytest.raises(PermissionDenied):
+        domain.decide(doc, domain.GrantMembership("m", hospital, "hosp", "physician", other, at(1)))
+    with pytest.raises(InvalidArgument, match="role"):
+        domain.decide(doc, domain.GrantMembership("m", hospital, "hosp", "Chief Doctor!", hospital, at(1)))
+    with pytest.raises(NotFound):
+        domain.decide(doc, domain.GrantMembership("m", None, "nope", "physician", operator, at(1)))
+    member = apply(doc, domain.GrantMembership("m", hospital, "hosp", "physician", hospital, at(1)))
+    assert member.active_organizations == ("hosp",)
+    with pytest.raises(AlreadyExists):
+        domain.decide(member, domain.GrantMembership("m2", hospital, "hosp", "nurse", hospital, at(2)))
+    with pytest.raises(PermissionDenied):
+        domain.decide(member, domain.EndMembership("m", other, at(2)))
+    ended = apply(member, domain.EndMembership("m", member, at(3)))
+    assert ended.active_organizations == () and not ended.memberships[0].active
+    with pytest.raises(FailedPrecondition):
+        domain.decide(ended, domain.EndMembership("m", hospital, at(4)))
+
+
+def test_patients_cannot_be_members(hospital: Identity) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    with pytest.raises(InvalidArgument):
+        domain.decide(patient, domain.GrantMembership("m", hospital, "hosp", "patient", hospital, at(1)))
+
+
+def test_membership_events_belong_to_the_member() -> None:
+    event = domain.MembershipGranted("m", "member", "org", "physician", T0)
+    assert domain.aggregate_of(event) == "member"
+
+
+def test_demographics_visibility(hospital: Identity, operator: Identity) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    other = register("o", Kind.ORGANIZATION, operator, assurance="", org_type="CLINIC")
+    assert domain.may_see_demographics(patient, patient)
+    assert domain.may_see_demographics(hospital, patient)
+    assert domain.may_see_demographics(operator, patient)
+    assert not domain.may_see_demographics(other, patient)
+    assert not domain.may_see_demographics(None, patient)
+
+
+def test_evolve_rejects_events_that_cannot_follow(hospital: Identity) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    with pytest.raises(domain.InconsistentEvent):
+        domain.evolve(None, domain.KeyRevoked("p", "k", T0))
+    with pytest.raises(domain.InconsistentEvent):
+        domain.evolve(patient, domain.KeyRevoked("p", "no-such-key", T0))
+    with pytest.raises(domain.InconsistentEvent):
+        domain.evolve(patient, domain.IdentityRegistered("p", Kind.PATIENT, "k", pub(), "IAL2", "", "", T0))
+
+
+def test_challenge_message_binds_identity_and_nonce() -> None:
+    assert domain.challenge_message("a", b"n") != domain.challenge_message("b", b"n")
+    assert domain.challenge_message("a", b"n").startswith(domain.CHALLENGE_CONTEXT)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=10), min_size=1, max_size=8))
+def test_key_history_covers_time_without_gaps(steps: list[int]) -> None:
+    """Property: after any sequence of rotations exactly one key is in effect
+    at every instant from registration on, and it is the latest one started."""
+    op = register("op", Kind.ORGANIZATION, None, assurance="", org_type=domain.OPERATOR)
+    state = register("p", Kind.PATIENT, op)
+    when = 0
+    for step in steps:
+        when += step
+        state = apply(state, domain.RotateKey(pub(), state, at(when)))
+    for minute in range(0, when + 2):
+        in_effect = [k for k in state.keys if k.in_effect(at(minute))]
+        assert len(in_effect) == 1 and in_effect[0] == state.key_at(at(minute))
+    assert state.current_key == state.keys[-1]
