@@ -44,6 +44,7 @@ from medledger.runtime.kafka import ensure_topics, make_producer, topic_specs  #
 from medledger.runtime.postgres import drop_database  # noqa: E402
 from medledger.runtime.settings import Topics  # noqa: E402
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc  # noqa: E402
+from tests.identity_support import IdentityHarness, generate_key, identity_env  # noqa: E402
 from tests.support import BOOTSTRAP, PG_SERVER_URL, ServiceProcess, free_port  # noqa: E402
 
 
@@ -201,11 +202,13 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="medledger-bench-"))
     key = tmp / "bench.key"
     key.write_text(NoteSigner.generate("bench.medledger.local/ledger").signer_key + "\n")
-    port = free_port()
+    port, identity_port = free_port(), free_port()
+    identity_db = f"{PG_SERVER_URL}/bench_identity_{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, MEDLEDGER_KAFKA_BOOTSTRAP=BOOTSTRAP, MEDLEDGER_TOPIC_PREFIX=topics.prefix,
                MEDLEDGER_LEDGER_DATABASE_URL=db, MEDLEDGER_LEDGER_PORT=str(port), MEDLEDGER_RUN_DIR=str(tmp),
                MEDLEDGER_LEDGER_SIGNING_KEY_FILE=str(key), MEDLEDGER_LEDGER_ORIGIN="bench.medledger.local/ledger",
-               MEDLEDGER_LOG_LEVEL="WARNING", MEDLEDGER_IDENTITY_ADDRESS="127.0.0.1:1")
+               MEDLEDGER_LOG_LEVEL="WARNING", MEDLEDGER_IDENTITY_ADDRESS=f"127.0.0.1:{identity_port}",
+               MEDLEDGER_IDENTITY_PORT=str(identity_port), MEDLEDGER_IDENTITY_DATABASE_URL=identity_db)
     print(f"# ledger benchmark: {command}", flush=True)
     print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine", flush=True)
 
@@ -239,8 +242,18 @@ async def main() -> None:
         print(f"inclusion proof over gRPC at {n:,}: p50 {pct(inc, .5):.2f} ms p99 {pct(inc, .99):.2f} ms ({len(inc)} calls; target p99 <= 2 ms)")
         print(f"consistency proof over gRPC at {n:,}: p50 {pct(cons, .5):.2f} ms p99 {pct(cons, .99):.2f} ms ({len(cons)} calls; target p99 <= 2 ms)", flush=True)
 
+        # an auditor, as the entries require: identity on its own topics so the log stays as measured
+        operator_key = generate_key()
+        identity_topics = Topics(f"bench_identity_{uuid.uuid4().hex[:8]}.")
+        await ensure_topics(BOOTSTRAP, topic_specs(identity_topics))
+        id_env = dict(env, MEDLEDGER_TOPIC_PREFIX=identity_topics.prefix, **identity_env(tmp, operator_key))
+        identity = ServiceProcess("identity", id_env, identity_port, tmp / "identity.log").start().wait_serving(60)
+        harness = IdentityHarness(identity.address, operator_key, identity, id_env)
+        token = harness.auditor().token
+        harness.close()
         audit_cmd = [str(Path(sys.executable).parent / "medledger"), "audit", "verify", "--ledger", ledger.address]
-        audit_out = subprocess.run(audit_cmd, capture_output=True, text=True, env=env)
+        audit_out = subprocess.run(audit_cmd + ["--token", token], capture_output=True, text=True, env=env)
+        identity.stop()
         print(f"audit verify of the whole log over gRPC ({' '.join(audit_cmd[1:])}): "
               f"{audit_out.stdout.strip().splitlines()[-1] if audit_out.returncode == 0 else audit_out.stderr.strip()} "
               "(target >= 100,000 entries/s)", flush=True)
@@ -276,6 +289,7 @@ async def main() -> None:
     finally:
         ledger.stop()
         await drop_database(db)
+        await drop_database(identity_db)
 
 
 if __name__ == "__main__":

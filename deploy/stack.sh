@@ -23,6 +23,12 @@ infra() {
     log "generating the local checkpoint signing key (never committed) in $MEDLEDGER_LEDGER_SIGNING_KEY_FILE"
     "$MEDLEDGER_BIN" ledger keygen --out "$MEDLEDGER_LEDGER_SIGNING_KEY_FILE"
   fi
+  [ -f "$MEDLEDGER_IDENTITY_TOKEN_KEY_FILE" ] || "$MEDLEDGER_BIN" identity keygen --out "$MEDLEDGER_IDENTITY_TOKEN_KEY_FILE" >/dev/null
+  [ -f "$MEDLEDGER_IDENTITY_DATA_KEY_FILE" ] || "$MEDLEDGER_BIN" identity keygen --data-key --out "$MEDLEDGER_IDENTITY_DATA_KEY_FILE" >/dev/null
+  if [ ! -f "$MEDLEDGER_OPERATOR_KEY_FILE" ]; then
+    log "generating the bootstrap operator key (the first organization) in $MEDLEDGER_OPERATOR_KEY_FILE"
+    "$MEDLEDGER_BIN" identity keygen --out "$MEDLEDGER_OPERATOR_KEY_FILE"
+  fi
 }
 
 service_port() { local v="MEDLEDGER_${1^^}_PORT"; echo "${!v}"; }

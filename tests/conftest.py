@@ -14,7 +14,7 @@ from medledger.ledger.note import NoteSigner
 from medledger.runtime.kafka import ensure_topics, topic_specs
 from medledger.runtime.postgres import drop_database, ensure_database
 from medledger.runtime.settings import DEFAULT_PORTS, Topics
-from tests.identity_support import identity_service  # noqa: F401  (fixture)
+from tests.identity_support import IdentityHarness, generate_key, identity_env, identity_service  # noqa: F401
 from tests.support import (
     BOOTSTRAP,
     KAFKA_PORT,
@@ -123,3 +123,25 @@ def spawn(service_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[...,
 @pytest.fixture
 def free_port_factory() -> Callable[[], int]:
     return free_port
+
+
+@pytest.fixture
+async def isolated_identity(
+    spawn: Callable[..., ServiceProcess], tmp_path: Path
+) -> AsyncIterator[IdentityHarness]:
+    """An identity service (the one other services of the test trust) whose
+    events go to topics of their own, so they stay out of a ledger under test."""
+    own = Topics(unique("ti") + ".")
+    await ensure_topics(BOOTSTRAP, topic_specs(own))
+    operator_key = generate_key()
+    env = identity_env(tmp_path, operator_key)
+    proc = spawn("identity", MEDLEDGER_TOPIC_PREFIX=own.prefix, **env).wait_serving()
+    harness = IdentityHarness(proc.address, operator_key, proc, env)
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def auditor_metadata(isolated_identity: IdentityHarness) -> tuple[tuple[str, str], ...]:
+    """Bearer metadata of an AUDITOR, as the ledger's entry reads require."""
+    return isolated_identity.auditor().metadata

@@ -14,9 +14,23 @@ from medledger.ledger.api import CheckpointFeed, LedgerApi
 from medledger.ledger.publisher import Publisher
 from medledger.ledger.sequencer import Sequencer
 from medledger.ledger.settings import LedgerSettings
+from medledger.runtime.auth import AuthInterceptor
+from medledger.runtime.identity_client import make_verifier
 from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
+
+
+_SERVICE = "/medledger.v1.LedgerService/"
+HASH_ONLY_METHODS = frozenset(
+    _SERVICE + m
+    for m in (
+        "GetCheckpoint", "GetVerifierKey", "GetInclusionProof", "GetInclusionProofByHash",
+        "GetConsistencyProof", "WatchCheckpoints",
+    )
+)
+ENTRY_METHODS = frozenset(_SERVICE + m for m in ("GetEntries", "GetEntryPages", "GetEntryByEventId"))
+ENTRY_READERS = frozenset({"AUDITOR", "SERVICE"})
 
 
 class LedgerApp:
@@ -50,7 +64,11 @@ class LedgerApp:
         return [register]
 
     def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
-        return []
+        """Hash-only reads are public; entries say who did what to whom, so
+        only auditors and services may read them (tokens from identity)."""
+        return [
+            AuthInterceptor(make_verifier(self.settings.identity_address), HASH_ONLY_METHODS, {m: ENTRY_READERS for m in ENTRY_METHODS})
+        ]
 
     async def on_ready(self, ctx: ServiceContext) -> None:
         self.ctx = ctx

@@ -18,6 +18,7 @@ class LedgerSettings:
     checkpoint_interval_s: float
     batch_max_records: int
     standby_poll_s: float
+    identity_address: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "LedgerSettings":
@@ -27,6 +28,7 @@ class LedgerSettings:
             checkpoint_interval_s=env_int("MEDLEDGER_LEDGER_CHECKPOINT_INTERVAL_MS", 100, env) / 1000,
             batch_max_records=env_int("MEDLEDGER_LEDGER_BATCH_MAX_RECORDS", 10000, env),
             standby_poll_s=env_int("MEDLEDGER_LEDGER_STANDBY_POLL_MS", 250, env) / 1000,
+            identity_address=env_str("MEDLEDGER_IDENTITY_ADDRESS", "127.0.0.1:50051", env),
         )
 
 

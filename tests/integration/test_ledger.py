@@ -14,10 +14,15 @@ from medledger.ledger import merkle
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2, ledger_pb2
 from tests.ledger_support import audit, consume_all, produce, produce_raw, sample_events, stub, wait_for_checkpoint
+from tests.identity_support import IdentityHarness
 from tests.support import ServiceProcess, wait_until
 
+Metadata = tuple[tuple[str, str], ...]
 
-async def test_sequences_events_and_serves_verifiable_proofs(spawn: Callable[..., ServiceProcess], topics: Topics) -> None:
+
+async def test_sequences_events_and_serves_verifiable_proofs(
+    spawn: Callable[..., ServiceProcess], topics: Topics, auditor_metadata: Metadata
+) -> None:
     ledger_proc = spawn("ledger").wait_serving()
     events = sample_events(200, topics)
     await produce(events[:120])
@@ -26,7 +31,7 @@ async def test_sequences_events_and_serves_verifiable_proofs(spawn: Callable[...
         first = wait_for_checkpoint(ledger, 120)
         await produce(events[120:])
         second = wait_for_checkpoint(ledger, 200)
-        entries = audit(ledger, second)
+        entries = audit(ledger, second, auditor_metadata)
         assert {e.event_id for e in entries} == {e.event_id for _, e in events}
         # every entry is the exact bytes produced
         produced = {e.event_id: e.SerializeToString() for _, e in events}
@@ -41,7 +46,9 @@ async def test_sequences_events_and_serves_verifiable_proofs(spawn: Callable[...
         size1 = first.tree_size
         cons = ledger.GetConsistencyProof(ledger_pb2.GetConsistencyProofRequest(first_size=size1, second_size=200))
         merkle.verify_consistency(size1, 200, list(cons.hashes), first.root_hash, second.root_hash)
-        found = ledger.GetEntryByEventId(ledger_pb2.GetEntryByEventIdRequest(event_id=entries[5].event_id))
+        found = ledger.GetEntryByEventId(
+            ledger_pb2.GetEntryByEventIdRequest(event_id=entries[5].event_id), metadata=auditor_metadata
+        )
         assert found == entries[5]
     # followers: ledger.entries carries every entry once, in order
     published = await consume_all(topics.ledger_entries, 200)
@@ -52,7 +59,9 @@ async def test_sequences_events_and_serves_verifiable_proofs(spawn: Callable[...
     assert sizes == sorted(set(sizes)) and sizes[-1] == 200
 
 
-async def test_duplicates_and_malformed_records_are_not_sequenced(spawn: Callable[..., ServiceProcess], topics: Topics) -> None:
+async def test_duplicates_and_malformed_records_are_not_sequenced(
+    spawn: Callable[..., ServiceProcess], topics: Topics, auditor_metadata: Metadata
+) -> None:
     ledger_proc = spawn("ledger").wait_serving()
     (topic, event), (_, other) = sample_events(2, topics)
     conflicting = events_pb2.EventEnvelope()
@@ -71,7 +80,7 @@ async def test_duplicates_and_malformed_records_are_not_sequenced(spawn: Callabl
         rejected = await consume_all(topics.ledger_rejected, 5)
         time.sleep(1.0)
         assert ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest()).tree_size == 2
-        entries = audit(ledger, cp)
+        entries = audit(ledger, cp, auditor_metadata)
     assert [e.event_id for e in entries] == [event.event_id, other.event_id]
     reasons = [events_pb2.RejectedRecord.FromString(r.value) for r in rejected]
     assert len(reasons) == 5
@@ -92,7 +101,12 @@ def _status(call: Callable[[], object]) -> grpc.StatusCode:
     raise AssertionError("expected an error status")
 
 
-async def test_bad_proof_requests_get_clear_statuses(spawn: Callable[..., ServiceProcess], topics: Topics) -> None:
+async def test_bad_requests_get_clear_statuses(
+    spawn: Callable[..., ServiceProcess], topics: Topics, isolated_identity: IdentityHarness
+) -> None:
+    auditor = isolated_identity.auditor().metadata
+    hospital = isolated_identity.organization()
+    practitioner = isolated_identity.practitioner(hospital).metadata
     ledger_proc = spawn("ledger").wait_serving()
     await produce(sample_events(10, topics))
     channel, ledger = stub(ledger_proc.address)
@@ -105,8 +119,13 @@ async def test_bad_proof_requests_get_clear_statuses(spawn: Callable[..., Servic
         assert _status(lambda: ledger.GetConsistencyProof(R.GetConsistencyProofRequest(first_size=5, second_size=3))) == grpc.StatusCode.INVALID_ARGUMENT
         assert _status(lambda: ledger.GetConsistencyProof(R.GetConsistencyProofRequest(first_size=0, second_size=3))) == grpc.StatusCode.INVALID_ARGUMENT
         assert _status(lambda: ledger.GetConsistencyProof(R.GetConsistencyProofRequest(first_size=3, second_size=99))) == grpc.StatusCode.OUT_OF_RANGE
-        assert _status(lambda: list(ledger.GetEntries(R.GetEntriesRequest(start=10, count=1)))) == grpc.StatusCode.OUT_OF_RANGE
-        assert _status(lambda: ledger.GetEntryByEventId(R.GetEntryByEventIdRequest(event_id="nope"))) == grpc.StatusCode.NOT_FOUND
+        assert _status(lambda: list(ledger.GetEntries(R.GetEntriesRequest(start=10, count=1), metadata=auditor))) == grpc.StatusCode.OUT_OF_RANGE
+        assert _status(lambda: ledger.GetEntryByEventId(R.GetEntryByEventIdRequest(event_id="nope"), metadata=auditor)) == grpc.StatusCode.NOT_FOUND
+        # entries say who did what to whom: auditors and services only
+        assert _status(lambda: list(ledger.GetEntries(R.GetEntriesRequest(start=0, count=1)))) == grpc.StatusCode.UNAUTHENTICATED
+        assert _status(lambda: list(ledger.GetEntryPages(R.GetEntriesRequest(start=0, count=1), metadata=(("authorization", "Bearer forged.token.here"),)))) == grpc.StatusCode.UNAUTHENTICATED
+        assert _status(lambda: list(ledger.GetEntries(R.GetEntriesRequest(start=0, count=1), metadata=practitioner))) == grpc.StatusCode.PERMISSION_DENIED
+        assert len(list(ledger.GetEntries(R.GetEntriesRequest(start=0, count=3), metadata=auditor))) == 3
         assert _status(lambda: ledger.GetInclusionProofByHash(R.GetInclusionProofByHashRequest(leaf_hash=b"\x00" * 32))) == grpc.StatusCode.NOT_FOUND
         assert _status(lambda: ledger.GetInclusionProofByHash(R.GetInclusionProofByHashRequest(leaf_hash=b"short"))) == grpc.StatusCode.INVALID_ARGUMENT
         # a good request still works afterwards: bad input changed nothing
@@ -130,7 +149,9 @@ async def test_watch_checkpoints_streams_each_new_checkpoint(spawn: Callable[...
     assert sizes == sorted(sizes) and sizes[-1] == 5
 
 
-async def test_audit_command_verifies_a_live_ledger(spawn: Callable[..., ServiceProcess], topics: Topics) -> None:
+async def test_audit_command_verifies_a_live_ledger(
+    spawn: Callable[..., ServiceProcess], topics: Topics, auditor_metadata: Metadata
+) -> None:
     import subprocess
 
     from tests.support import MEDLEDGER
@@ -141,13 +162,14 @@ async def test_audit_command_verifies_a_live_ledger(spawn: Callable[..., Service
     with channel:
         wait_for_checkpoint(ledger, 50)
         key = ledger.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest()).verifier_key
-    ok = subprocess.run([MEDLEDGER, "audit", "verify", "--ledger", ledger_proc.address, "--verifier-key", key],
-                        capture_output=True, text=True)
+    token = auditor_metadata[0][1].removeprefix("Bearer ")
+    ok = subprocess.run([MEDLEDGER, "audit", "verify", "--ledger", ledger_proc.address, "--verifier-key", key,
+                         "--token", token], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "OK: 50 entries verified" in ok.stdout
     from medledger.ledger.note import NoteSigner
 
     impostor = NoteSigner.generate(key.split("+")[0]).verifier_key
-    bad = subprocess.run([MEDLEDGER, "audit", "verify", "--ledger", ledger_proc.address, "--verifier-key", impostor],
-                         capture_output=True, text=True)
+    bad = subprocess.run([MEDLEDGER, "audit", "verify", "--ledger", ledger_proc.address, "--verifier-key", impostor,
+                          "--token", token], capture_output=True, text=True)
     assert bad.returncode == 1 and "FAILED" in bad.stderr

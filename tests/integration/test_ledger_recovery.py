@@ -12,7 +12,9 @@ from medledger.ledger import merkle
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2, ledger_pb2
 from tests.ledger_support import audit, consume_all, produce, sample_events, stub, wait_for_checkpoint
-from tests.support import ServiceProcess, wait_until
+from tests.support import ServiceProcess
+
+Metadata = tuple[tuple[str, str], ...]
 
 
 async def _entry_count(url: str) -> int:
@@ -24,13 +26,20 @@ async def _entry_count(url: str) -> int:
 
 
 async def test_sigkill_mid_stream_loses_and_repeats_nothing(
-    spawn: Callable[..., ServiceProcess], topics: Topics, service_env: dict[str, str]
+    spawn: Callable[..., ServiceProcess], topics: Topics, service_env: dict[str, str], auditor_metadata: Metadata
 ) -> None:
     total = 10_000
     events = sample_events(total, topics)
     db = service_env["MEDLEDGER_LEDGER_DATABASE_URL"]
-    first = spawn("ledger").wait_serving()
-    producing = asyncio.create_task(produce(events))
+    # small transactions and a paced producer, so the kill lands inside the stream
+    first = spawn("ledger", MEDLEDGER_LEDGER_BATCH_MAX_RECORDS="300").wait_serving()
+
+    async def paced() -> None:
+        for start in range(0, total, 250):
+            await produce(events[start : start + 250])
+            await asyncio.sleep(0.02)
+
+    producing = asyncio.create_task(paced())
     # kill the sequencer while it is in the middle of the stream
     for _ in range(600):
         if await _entry_count(db) >= 2_000:
@@ -42,12 +51,12 @@ async def test_sigkill_mid_stream_loses_and_repeats_nothing(
     assert 0 < killed_at < total, f"the kill should land mid-stream, it landed at {killed_at}"
     # a producer retry after the crash redelivers some events: still exactly once
     await produce(random.Random(7).sample(events, 300))
-    second = spawn("ledger").wait_serving()
+    second = spawn("ledger", MEDLEDGER_LEDGER_BATCH_MAX_RECORDS="300").wait_serving()
     channel, ledger = stub(second.address)
     with channel:
         cp = wait_for_checkpoint(ledger, total, timeout=180)
         assert cp.tree_size == total
-        entries = audit(ledger, cp)  # gap-free indices, chain, root == signed checkpoint
+        entries = audit(ledger, cp, auditor_metadata)  # gap-free indices, chain, root == signed checkpoint
         assert sorted(e.event_id for e in entries) == sorted(e.event_id for _, e in events)
         rng = random.Random(11)
         for index in rng.sample(range(total), 20):
@@ -64,7 +73,10 @@ async def test_sigkill_mid_stream_loses_and_repeats_nothing(
 
 
 async def test_standby_waits_then_takes_over(
-    spawn: Callable[..., ServiceProcess], topics: Topics, service_env: dict[str, str], free_port_factory: Callable[[], int]
+    spawn: Callable[..., ServiceProcess],
+    topics: Topics,
+    free_port_factory: Callable[[], int],
+    auditor_metadata: Metadata,
 ) -> None:
     active = spawn("ledger").wait_serving()
     standby = spawn("ledger", MEDLEDGER_LEDGER_PORT=str(free_port_factory())).wait_serving()
@@ -79,5 +91,5 @@ async def test_standby_waits_then_takes_over(
         await produce(events[200:])
         cp = wait_for_checkpoint(ledger, 400, timeout=60)
         assert "acquired the sequencer lock" in standby.log_tail(200)
-        entries = audit(ledger, cp)
+        entries = audit(ledger, cp, auditor_metadata)
     assert sorted(e.event_id for e in entries) == sorted(e.event_id for _, e in events)

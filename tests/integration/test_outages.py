@@ -26,7 +26,7 @@ def _run(*args: str) -> None:
     ids=["kafka", "postgresql"],
 )
 async def test_services_report_not_serving_and_recover(
-    script: str, spawn: Callable[..., ServiceProcess], topics: Topics
+    script: str, spawn: Callable[..., ServiceProcess], topics: Topics, auditor_metadata: tuple[tuple[str, str], ...]
 ) -> None:
     ledger = spawn("ledger").wait_serving()
     records = spawn("records").wait_serving()
@@ -46,5 +46,5 @@ async def test_services_report_not_serving_and_recover(
             wait_until(lambda: health_status(proc.address) == "SERVING", 90, 0.5, f"{proc.name} SERVING again")
         await produce(events[30:])
         cp = wait_for_checkpoint(ledger_stub, 60, timeout=120)
-        entries = audit(ledger_stub, cp)
+        entries = audit(ledger_stub, cp, auditor_metadata)
     assert sorted(e.event_id for e in entries) == sorted(e.event_id for _, e in events)
