@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 from medledger.identity import codec, domain, store
 from medledger.runtime.errors import InvalidArgument
 from medledger.runtime.kafka import make_consumer
+from medledger.runtime.leadership import lead_when_possible
 from medledger.runtime.retry import keep_running
 from medledger.v1 import events_pb2
 
@@ -68,15 +69,10 @@ class Relay:
         await keep_running("identity outbox relay", lambda: self._lead_when_possible(stop), stop)
 
     async def _lead_when_possible(self, stop: asyncio.Event) -> None:
-        conn = await asyncpg.connect(self.database_url, timeout=5)
-        try:
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
-                self.role = "standby"
-                try:
-                    await asyncio.wait_for(stop.wait(), self.standby_poll_s)
-                    return
-                except asyncio.TimeoutError:
-                    pass
+        def standby() -> None:
+            self.role = "standby"
+
+        async def lead(conn: asyncpg.Connection) -> None:
             await conn.add_listener(store.OUTBOX_CHANNEL, lambda *_: self._wake.set())
             applied = await reconcile(conn, self.producer, self.bootstrap, self.topic)
             log.info("identity relay active", extra={"replayed_events": applied})
@@ -86,8 +82,8 @@ class Relay:
             while not stop.is_set():
                 if not await self._publish_batch(conn):
                     await self._idle(stop)
-        finally:
-            await conn.close(timeout=2)
+
+        await lead_when_possible(self.database_url, RELAY_LOCK, stop, lead, self.standby_poll_s, standby)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         self._wake.clear()

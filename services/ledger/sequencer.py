@@ -25,6 +25,7 @@ from medledger.ledger.publisher import Publisher
 from medledger.ledger.intake import LogState, SourceRecord, classify, event_ids, plan_batch
 from medledger.ledger.settings import LedgerSettings
 from medledger.runtime.kafka import make_consumer
+from medledger.runtime.leadership import lead_when_possible
 from medledger.runtime.retry import keep_running
 from medledger.runtime.settings import Topics
 
@@ -56,23 +57,20 @@ class Sequencer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Wait for leadership, sequence while leading, retry after any failure."""
-        await keep_running("sequencer", lambda: self._lead_when_possible(stop), stop)
-
-    async def _lead_when_possible(self, stop: asyncio.Event) -> None:
-        conn = await asyncpg.connect(self.database_url, timeout=5)
-        try:
+        def standby() -> None:
             self.role = "standby"
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SEQUENCER_LOCK):
-                try:
-                    await asyncio.wait_for(stop.wait(), self.settings.standby_poll_s)
-                    return
-                except asyncio.TimeoutError:
-                    pass
+
+        async def lead(conn: asyncpg.Connection) -> None:
             log.info("acquired the sequencer lock: this instance sequences")
             await self._lead(conn, stop)
-        finally:
-            self.role = "stopped" if stop.is_set() else self.role
-            await conn.close(timeout=2)
+
+        await keep_running(
+            "sequencer",
+            lambda: lead_when_possible(
+                self.database_url, SEQUENCER_LOCK, stop, lead, self.settings.standby_poll_s, standby
+            ),
+            stop,
+        )
 
     async def _lead(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         self.state = await store.load_state(conn)

@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from medledger.runtime.errors import DependencyUnavailable
-from medledger.runtime.settings import Topics
+from medledger.runtime.settings import Topics, env_int
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,27 @@ class TopicSpec:
     name: str
     partitions: int
     config: dict[str, str]
+    replication_factor: int = 1
 
 
-def topic_specs(topics: Topics, event_partitions: int = 3) -> list[TopicSpec]:
+def replication_factor_setting() -> int:
+    """MEDLEDGER_KAFKA_REPLICATION_FACTOR: 1 for the single local broker, 3 on a
+    production cluster, so topics a service creates itself are as durable as
+    the ones an operator declares."""
+    return env_int("MEDLEDGER_KAFKA_REPLICATION_FACTOR", 1)
+
+
+def topic_specs(topics: Topics, event_partitions: int = 3, replication_factor: int | None = None) -> list[TopicSpec]:
     """Every topic MedLedger uses. Event topics and the ledger's output keep data
     forever: they are the source of truth the audit tool replays from offset 0.
     The ledger's own topics have one partition so their order is the log's order."""
+    rf = replication_factor if replication_factor is not None else replication_factor_setting()
     keep = {"retention.ms": FOREVER, "retention.bytes": FOREVER, "max.message.bytes": str(MAX_RECORD_BYTES)}
-    specs = [TopicSpec(name, event_partitions, dict(keep)) for name in topics.event_topics]
+    specs = [TopicSpec(name, event_partitions, dict(keep), rf) for name in topics.event_topics]
     specs += [
-        TopicSpec(topics.ledger_entries, 1, dict(keep, **{"max.message.bytes": str(2 * MAX_RECORD_BYTES)})),
-        TopicSpec(topics.ledger_checkpoints, 1, dict(keep)),
-        TopicSpec(topics.ledger_rejected, 1, dict(keep)),
+        TopicSpec(topics.ledger_entries, 1, dict(keep, **{"max.message.bytes": str(2 * MAX_RECORD_BYTES)}), rf),
+        TopicSpec(topics.ledger_checkpoints, 1, dict(keep), rf),
+        TopicSpec(topics.ledger_rejected, 1, dict(keep), rf),
     ]
     return specs
 
@@ -57,7 +66,7 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]
         wanted = [s for s in specs if s.name not in existing]
         if not wanted:
             return []
-        new = [NewTopic(s.name, s.partitions, 1, topic_configs=s.config) for s in wanted]
+        new = [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config) for s in wanted]
         try:
             await admin.create_topics(new)
         except TopicAlreadyExistsError:

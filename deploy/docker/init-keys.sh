@@ -1,0 +1,60 @@
+#!/bin/sh
+# Creates, once, the keys a compose stack needs. Each directory is its own named volume,
+# mounted only where it is needed. Files that exist are left alone: a replaced key would
+# orphan every checkpoint, token or ciphertext made with the old one. The volumes hold the
+# only copies: back them up.
+#
+#   $KEYS_DIR/ledger/checkpoint.key      the ledger's checkpoint signer key; its verifier key
+#                                        is printed below, publish it to auditors
+#   $KEYS_DIR/identity/token.key         Ed25519 key the identity service signs tokens with
+#   $KEYS_DIR/identity/data.key          the identity service's data key
+#   $KEYS_DIR/operator/operator.key      the bootstrap OPERATOR organization's key, its .pub,
+#   $KEYS_DIR/operator/operator.id       and its identity id (only the register step sees it)
+#   $KEYS_DIR/identity/operator.key.pub  a copy of the .pub for the identity service
+#   $KEYS_DIR/consent/identity.key       the consent service's own identity key (and .pub),
+#                                        registered by register-services.sh
+#
+# Kubernetes does not use this script: keys come from Secrets (k8s/README.md).
+set -eu
+dir="${KEYS_DIR:-/keys}"
+origin="${MEDLEDGER_LEDGER_ORIGIN:-medledger.local/ledger}"
+umask 077
+mkdir -p "$dir/ledger" "$dir/identity" "$dir/operator" "$dir/consent"
+
+if [ ! -f "$dir/ledger/checkpoint.key" ]; then
+  echo "ledger checkpoint verifier key (publish it to auditors):"
+  medledger ledger keygen --out "$dir/ledger/checkpoint.key" --name "$origin"
+fi
+# The identity side's keys, made by `medledger identity keygen`'s own code in one process.
+python - "$dir" <<'PY'
+import contextlib
+import io
+import sys
+from pathlib import Path
+
+from medledger.identity import cli, keyfiles
+from medledger.identity.settings import bootstrap_identity_id
+
+keys = Path(sys.argv[1])
+
+
+def keygen(path: Path, data_key: bool = False) -> None:
+    if not path.exists():
+        with contextlib.redirect_stdout(io.StringIO()):
+            cli.keygen(out=path, data_key=data_key)
+
+
+keygen(keys / "identity" / "token.key")
+keygen(keys / "identity" / "data.key", data_key=True)
+keygen(keys / "operator" / "operator.key")
+keygen(keys / "consent" / "identity.key")
+operator_pub = keys / "operator" / "operator.key.pub"
+copy = keys / "identity" / "operator.key.pub"
+if not copy.exists():
+    copy.write_bytes(operator_pub.read_bytes())
+operator_id = keys / "operator" / "operator.id"
+if not operator_id.exists():
+    raw = keyfiles.parse_public_key(operator_pub.read_text(), str(operator_pub))
+    operator_id.write_text(bootstrap_identity_id(raw) + "\n")
+print(f"operator organization: {operator_id.read_text().strip()}")
+PY

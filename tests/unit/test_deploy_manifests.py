@@ -1,0 +1,723 @@
+"""The deployment artifacts (k8s/, deploy/docker/) agree with the code and stay hardened.
+
+No cluster and no Docker engine are needed: files are parsed, the kustomize targets are
+rendered with ``kubectl kustomize`` (or ``kustomize build``) when one is installed, and the
+core Kubernetes kinds are validated against the schema bundled with kubernetes-validate when
+it is installed. What the code reads is taken from the code itself (its string constants and
+its env_str/env_int/env_float calls), so a renamed or new setting shows up here.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import yaml
+
+from medledger.ledger.settings import load_signer  # noqa: E402
+from medledger.runtime.kafka import topic_specs  # noqa: E402
+from medledger.runtime.settings import DEFAULT_PORTS, Topics  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+DOCKER = ROOT / "deploy" / "docker"
+SOURCES = ROOT / "services"
+SERVICES = tuple(DEFAULT_PORTS)  # identity, consent, records, ledger
+TARGETS = ("base", "overlays/dev", "overlays/production")
+KAFKA_CLUSTER = "medledger"
+KAFKA_BOOTSTRAP = "medledger-kafka-bootstrap:9092"
+UID = 10001
+K8S_SCHEMA_VERSION = "1.32.0"
+CORE_KINDS = {"Namespace", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "Job"}
+
+# Either variable satisfies the requirement (the code falls back from one to the other).
+ALTERNATIVES = {"MEDLEDGER_LEDGER_SIGNING_KEY_FILE": "MEDLEDGER_LEDGER_SIGNING_KEY"}
+# Optional for the code, required when deployed: without the key files each identity replica
+# would generate keys of its own (and lose them on restart); the ledger's origin must be the
+# operator's own log name, not the development default.
+DEPLOYED_REQUIRED = {
+    "identity": ("MEDLEDGER_IDENTITY_TOKEN_KEY_FILE", "MEDLEDGER_IDENTITY_DATA_KEY_FILE"),
+    "ledger": ("MEDLEDGER_LEDGER_ORIGIN",),
+}
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML has it: much faster
+
+
+def parse_yaml(text: str) -> list[Any]:
+    return [doc for doc in yaml.load_all(text, Loader=_Loader) if doc is not None]
+
+
+@functools.cache
+def _load_yaml(path: Path) -> tuple[Any, ...]:
+    return tuple(parse_yaml(path.read_text()))
+
+
+def load_yaml(path: Path) -> list[Any]:
+    """The documents of a YAML file (a fresh copy: tests may not change each other's)."""
+    return copy.deepcopy(list(_load_yaml(path)))
+
+
+YAML_FILES = sorted([*K8S.rglob("*.yaml"), *K8S.rglob("*.yml"), *DOCKER.glob("*.yaml"), *DOCKER.glob("*.yml")])
+KUSTOMIZATIONS = sorted(K8S.rglob("kustomization.yaml"))
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+@functools.cache
+def _render(target: str) -> tuple[dict[str, Any], ...]:
+    kubectl, kustomize = shutil.which("kubectl"), shutil.which("kustomize")
+    if kubectl:
+        cmd = [kubectl, "kustomize", str(K8S / target)]
+    elif kustomize:
+        cmd = [kustomize, "build", str(K8S / target)]
+    else:
+        pytest.skip("neither kubectl nor kustomize is installed: cannot render kustomize targets")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"kustomize {target} failed:\n{done.stderr}"
+    return tuple(parse_yaml(done.stdout))
+
+
+def base_files() -> list[dict[str, Any]]:
+    """The base's resources as written (no kustomize needed)."""
+    base = K8S / "base"
+    (kustomization,) = load_yaml(base / "kustomization.yaml")
+    return [doc for name in kustomization["resources"] for doc in load_yaml(base / name)]
+
+
+def documents(source: str) -> list[dict[str, Any]]:
+    """'files' is the base as written; a target name is that target rendered."""
+    return base_files() if source == "files" else list(_render(source))
+
+
+SOURCES_UNDER_TEST = ("files", *TARGETS)
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def by_name(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in of_kind(docs, kind)}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# ---- what the code reads -----------------------------------------------------------------
+
+
+def _owner(path: Path) -> str | None:
+    """The service a source file belongs to, or None for shared code."""
+    parts = path.relative_to(SOURCES).parts
+    return parts[0] if len(parts) > 1 and parts[0] in SERVICES else None
+
+
+@functools.cache
+def _parsed() -> tuple[tuple[Path, ast.Module], ...]:
+    return tuple(
+        (path, ast.parse(path.read_text(), str(path)))
+        for path in sorted(SOURCES.rglob("*.py"))
+        if path.relative_to(SOURCES).parts[0] != "v1"  # generated protobuf code
+    )
+
+
+def _template(node: ast.expr) -> str | None:
+    """A regex for a string constant or f-string that is a whole MEDLEDGER_* name; each
+    f-string placeholder becomes a named group 'svc' (the code uses it for the service)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        text = node.value
+        return re.escape(text) if re.fullmatch(r"MEDLEDGER_[A-Z0-9_]+", text) else None
+    if isinstance(node, ast.JoinedStr):
+        pieces, plain = [], []
+        for value in node.values:
+            if isinstance(value, ast.Constant):
+                pieces.append(re.escape(str(value.value)))
+                plain.append(str(value.value))
+            else:
+                pieces.append("(?P<svc>[A-Z0-9]+)" if "(?P<svc>" not in "".join(pieces) else "[A-Z0-9]+")
+                plain.append("X")
+        return "".join(pieces) if re.fullmatch(r"MEDLEDGER_[A-Z0-9_]+", "".join(plain)) else None
+    return None
+
+
+@functools.cache
+def code_names() -> tuple[tuple[str | None, str], ...]:
+    """(owning service or None, name regex) for every MEDLEDGER_* name the code spells."""
+    found = set()
+    for path, tree in _parsed():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Constant, ast.JoinedStr)):
+                pattern = _template(node)
+                if pattern:
+                    found.add((_owner(path), pattern))
+    return tuple(sorted(found, key=str))
+
+
+def read_by(service: str, name: str) -> bool:
+    """Whether code that runs in `service` (its own package or shared code) reads `name`."""
+    for owner, pattern in code_names():
+        if owner not in (None, service):
+            continue
+        match = re.fullmatch(pattern, name)
+        if match and match.groupdict().get("svc", service.upper()) == service.upper():
+            return True
+    return False
+
+
+def _settings_calls(service: str) -> Iterator[tuple[str, ast.Call]]:
+    """(name, call) for each env_str/env_int/env_float call with a MEDLEDGER_* name, in
+    shared runtime code and in the service's own package, placeholders filled in."""
+    for path, tree in _parsed():
+        owner = _owner(path)
+        shared_runtime = path.relative_to(SOURCES).parts[0] == "runtime"
+        if owner != service and not shared_runtime:
+            continue
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            if node.func.id not in ("env_str", "env_int", "env_float") or not node.args:
+                continue
+            pattern = _template(node.args[0])
+            if pattern is None:
+                continue
+            name = re.sub(r"\(\?P<svc>\[A-Z0-9\]\+\)|\[A-Z0-9\]\+", service.upper(), pattern).replace("\\", "")
+            yield name, node
+
+
+def _default(call: ast.Call) -> ast.expr | None:
+    if len(call.args) > 1:
+        return call.args[1]
+    return next((k.value for k in call.keywords if k.arg == "default"), None)
+
+
+@functools.cache
+def required_by_code(service: str) -> frozenset[str]:
+    """Settings the service reads without a default."""
+    return frozenset(name for name, call in _settings_calls(service) if _default(call) is None)
+
+
+@functools.cache
+def loopback_defaults(service: str) -> frozenset[str]:
+    """Settings whose default is a loopback address (a peer's address that is right only on a
+    developer's machine), other than the service's own listen address: a deployment sets them."""
+    found = set()
+    for name, call in _settings_calls(service):
+        default = _default(call)
+        if isinstance(default, ast.Constant) and isinstance(default.value, str) and "127.0.0.1" in default.value:
+            if name != f"MEDLEDGER_{service.upper()}_HOST":
+                found.add(name)
+    return frozenset(found)
+
+
+def required(service: str) -> set[str]:
+    upper = service.upper()
+    explicit = {"MEDLEDGER_KAFKA_BOOTSTRAP", f"MEDLEDGER_{upper}_DATABASE_URL"}
+    if service == "ledger":
+        explicit.add("MEDLEDGER_LEDGER_SIGNING_KEY_FILE")
+    code = required_by_code(service) | loopback_defaults(service)
+    return explicit | set(code) | set(DEPLOYED_REQUIRED.get(service, ()))
+
+
+def test_the_code_scan_finds_the_known_settings() -> None:
+    """Guards the scanner itself: if it finds nothing, every check below passes vacuously."""
+    assert read_by("ledger", "MEDLEDGER_LEDGER_PORT")
+    assert not read_by("identity", "MEDLEDGER_LEDGER_PORT")
+    assert read_by("ledger", "MEDLEDGER_LEDGER_SIGNING_KEY_FILE")
+    assert not read_by("consent", "MEDLEDGER_LEDGER_SIGNING_KEY_FILE")
+    assert not read_by("ledger", "MEDLEDGER_NO_SUCH_SETTING")
+    assert {"MEDLEDGER_KAFKA_BOOTSTRAP", "MEDLEDGER_CONSENT_DATABASE_URL"} <= required_by_code("consent")
+    assert "MEDLEDGER_LEDGER_SIGNING_KEY_FILE" in required_by_code("ledger")
+    assert "MEDLEDGER_LEDGER_PORT" not in required_by_code("ledger")  # it has a default
+    assert "MEDLEDGER_LEDGER_HOST" not in loopback_defaults("ledger")  # its own listen address
+
+
+# ---- files and kustomizations --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=rel)
+def test_every_yaml_file_parses(path: Path) -> None:
+    docs = load_yaml(path)
+    assert docs, f"{rel(path)} holds no document"
+    for doc in docs:
+        assert isinstance(doc, dict), f"{rel(path)}: a document is not a mapping"
+        if path.is_relative_to(K8S):
+            assert doc.get("apiVersion") and doc.get("kind"), f"{rel(path)}: document without apiVersion/kind"
+
+
+def test_the_expected_layout_exists() -> None:
+    for target in TARGETS:
+        assert (K8S / target / "kustomization.yaml").is_file(), target
+    for component in ("strimzi", "cloudnativepg"):
+        (doc,) = load_yaml(K8S / "components" / component / "kustomization.yaml")
+        assert doc["kind"] == "Component"
+    assert (K8S / "README.md").is_file()
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=rel)
+def test_kustomization_references_exist(path: Path) -> None:
+    (doc,) = load_yaml(path)
+    here = path.parent
+    for key in ("resources", "components"):
+        for ref in doc.get(key, []):
+            target = here / ref
+            assert target.is_file() or (target / "kustomization.yaml").is_file(), f"{rel(path)}: {key} {ref} missing"
+    for patch in doc.get("patches", []):
+        if "path" in patch:
+            assert (here / patch["path"]).is_file(), f"{rel(path)}: patch {patch['path']} missing"
+        else:
+            assert patch.get("patch") and patch.get("target"), f"{rel(path)}: inline patch without target"
+    for listed in (K8S / "base").glob("*.yaml"):
+        if path.parent == K8S / "base" and listed.name != "kustomization.yaml":
+            assert listed.name in doc["resources"], f"{listed.name} is in base/ but not in its resources"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_targets_render_into_one_namespace(target: str) -> None:
+    docs = documents(target)
+    seen = set()
+    for doc in docs:
+        key = (doc["kind"], doc["metadata"]["name"])
+        assert key not in seen, f"{target}: {key} twice"
+        seen.add(key)
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == "medledger", f"{target}: {key} outside medledger"
+    assert {name for kind, name in seen if kind == "Deployment"} == set(SERVICES)
+
+
+# ---- the services' workloads -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_deployments_are_hardened(source: str) -> None:
+    docs = documents(source)
+    for name, deployment in by_name(docs, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        where = f"{source}: {name}"
+        assert pod["automountServiceAccountToken"] is False, where
+        assert pod["serviceAccountName"] == name, where
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["securityContext"]["runAsUser"] == UID, where
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+        assert "hostNetwork" not in pod and "hostPID" not in pod, where
+        c = container(deployment)
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == UID, where
+        assert sc["readOnlyRootFilesystem"] is True, where
+        assert sc["allowPrivilegeEscalation"] is False, where
+        assert sc.get("privileged", False) is False, where
+        assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), where
+        assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][bound]), f"{where}: resources.{bound}"
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{where}: /tmp is not an emptyDir"
+        for m in c["volumeMounts"]:
+            if m["mountPath"] != "/tmp":
+                assert m.get("readOnly") is True, f"{where}: {m['mountPath']} is writable"
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_each_service_runs_itself_with_grpc_probes_on_its_port(source: str) -> None:
+    for name, deployment in by_name(documents(source), "Deployment").items():
+        port = DEFAULT_PORTS[name]
+        c = container(deployment)
+        where = f"{source}: {name}"
+        assert c["args"] == ["serve", name], where
+        assert c["image"].split("/")[-1].split(":")[0].split("@")[0] == "medledger", where
+        assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("grpc", port)], where
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["grpc"]["port"] == port, f"{where}: {probe}"
+            assert set(c[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, f"{where}: {probe}"
+        env = env_of(c)
+        assert env[f"MEDLEDGER_{name.upper()}_HOST"]["value"] == "0.0.0.0", where
+        assert env[f"MEDLEDGER_{name.upper()}_PORT"]["value"] == str(port), where
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_replicas(source: str) -> None:
+    replicas = {n: d["spec"]["replicas"] for n, d in by_name(documents(source), "Deployment").items()}
+    if source in ("files", "base"):
+        # The ledger: one sequencer and one standby waiting on the advisory lock.
+        assert replicas == {"identity": 2, "consent": 2, "records": 2, "ledger": 2}
+    elif source == "overlays/dev":
+        assert set(replicas.values()) == {1}
+    else:
+        assert min(replicas.values()) >= 3
+
+
+def test_production_spreads_replicas() -> None:
+    for name, deployment in by_name(documents("overlays/production"), "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        terms = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert any(t["podAffinityTerm"]["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == name for t in terms)
+        spread = pod["topologySpreadConstraints"]
+        assert all(s["labelSelector"]["matchLabels"]["app.kubernetes.io/name"] == name for s in spread)
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_every_service_has_its_service_account_service_and_disruption_budget(source: str) -> None:
+    docs = documents(source)
+    accounts = by_name(docs, "ServiceAccount")
+    services = by_name(docs, "Service")
+    budgets = by_name(docs, "PodDisruptionBudget")
+    for name, deployment in by_name(docs, "Deployment").items():
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels_match(deployment["spec"]["selector"]["matchLabels"], pod_labels)
+        assert accounts[name]["automountServiceAccountToken"] is False
+        service = services[name]["spec"]
+        assert service.get("type", "ClusterIP") == "ClusterIP"
+        assert labels_match(service["selector"], pod_labels), f"{source}: Service {name} selects no pod"
+        (port,) = service["ports"]
+        (container_port,) = container(deployment)["ports"]
+        assert port["name"] == "grpc" and port["port"] == container_port["containerPort"], name
+        assert port["targetPort"] in (container_port["name"], container_port["containerPort"]), name
+        budget = budgets[name]["spec"]
+        assert labels_match(budget["selector"]["matchLabels"], pod_labels)
+        assert budget.get("maxUnavailable") == 1 or budget.get("minAvailable", 0) < deployment["spec"]["replicas"]
+
+
+# ---- settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_manifests_set_only_settings_the_code_reads(source: str) -> None:
+    for name, deployment in by_name(documents(source), "Deployment").items():
+        for var in env_of(container(deployment)):
+            if var.startswith("MEDLEDGER_"):
+                assert read_by(name, var), f"{source}: {name} sets {var}, which the {name} service never reads"
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_manifests_provide_every_required_setting(source: str) -> None:
+    for name, deployment in by_name(documents(source), "Deployment").items():
+        env = env_of(container(deployment))
+        for var in required(name):
+            assert var in env or ALTERNATIVES.get(var) in env, f"{source}: {name} lacks {var}"
+        assert env["MEDLEDGER_KAFKA_BOOTSTRAP"]["value"] == KAFKA_BOOTSTRAP
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_each_service_gets_its_own_database_from_cloudnativepg(source: str) -> None:
+    clusters = {d["metadata"]["name"]: d for d in load_yaml(K8S / "components" / "cloudnativepg" / "clusters.yaml")}
+    used = set()
+    for name, deployment in by_name(documents(source), "Deployment").items():
+        ref = env_of(container(deployment))[f"MEDLEDGER_{name.upper()}_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == "uri"
+        assert ref["name"].endswith("-app"), ref
+        cluster = ref["name"].removesuffix("-app")
+        assert cluster in clusters, f"{name}: no CloudNativePG Cluster {cluster}"
+        assert clusters[cluster]["apiVersion"] == "postgresql.cnpg.io/v1"
+        assert clusters[cluster]["metadata"]["labels"].get("app.kubernetes.io/part-of") != "medledger"
+        assert clusters[cluster]["spec"]["bootstrap"]["initdb"]["database"] == name
+        used.add(cluster)
+    assert len(used) == len(SERVICES), "two services share a database cluster"
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_key_files_come_from_mounted_secrets(source: str) -> None:
+    for name, deployment in by_name(documents(source), "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        c = container(deployment)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for var, entry in env_of(c).items():
+            if not (var.startswith("MEDLEDGER_") and var.endswith("_FILE")):
+                continue
+            path = entry["value"]
+            mounts = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+            assert mounts, f"{source}: {name} {var}={path} is not on a mounted volume"
+            secret = volumes[mounts[0]["name"]].get("secret")
+            assert secret, f"{source}: {name} {var} is not mounted from a Secret"
+            file_name = path.removeprefix(mounts[0]["mountPath"].rstrip("/") + "/")
+            assert file_name in [item["path"] for item in secret.get("items", [])] or "items" not in secret
+
+
+def test_ledger_key_and_origin_come_from_one_secret() -> None:
+    deployment = by_name(base_files(), "Deployment")["ledger"]
+    c = container(deployment)
+    origin = env_of(c)["MEDLEDGER_LEDGER_ORIGIN"]["valueFrom"]["secretKeyRef"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    secrets = {v["secret"]["secretName"] for v in volumes.values() if "secret" in v}
+    assert origin["name"] in secrets
+    assert "medledger ledger keygen" in (K8S / "README.md").read_text()
+
+
+# ---- network policies --------------------------------------------------------------------------
+
+
+def _policies_for(docs: list[dict[str, Any]], pod_labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [p["spec"] for p in of_kind(docs, "NetworkPolicy") if labels_match(p["spec"]["podSelector"].get("matchLabels", {}), pod_labels)]
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_network_policies_allow_only_what_each_service_needs(source: str) -> None:
+    docs = documents(source)
+    for name, deployment in by_name(docs, "Deployment").items():
+        policies = _policies_for(docs, deployment["spec"]["template"]["metadata"]["labels"])
+        assert any(set(p["policyTypes"]) == {"Ingress", "Egress"} and not p.get("ingress") and not p.get("egress") for p in policies), f"{name}: no default deny"
+        ingress_ports = {port["port"] for p in policies for rule in p.get("ingress", []) for port in rule.get("ports", [])}
+        assert ingress_ports == {DEFAULT_PORTS[name]}, f"{source}: {name} accepts {ingress_ports}"
+        databases = set()
+        kafka_ports = set()
+        for p in policies:
+            for rule in p.get("egress", []):
+                ports = {port["port"] for port in rule.get("ports", [])}
+                assert ports, f"{source}: {name} has an egress rule open on every port"
+                for peer in rule.get("to", []):
+                    labels = peer.get("podSelector", {}).get("matchLabels", {})
+                    assert "ipBlock" not in peer, f"{source}: {name} egress to an ipBlock"
+                    if "cnpg.io/cluster" in labels:
+                        databases.add(labels["cnpg.io/cluster"])
+                        assert ports == {5432}
+                    if labels.get("strimzi.io/cluster") == KAFKA_CLUSTER:
+                        kafka_ports |= ports
+        assert databases == {f"medledger-{name}-db"}, f"{source}: {name} reaches databases {databases}"
+        assert 9092 in kafka_ports, f"{source}: {name} cannot reach Kafka"
+
+
+# ---- Kafka (Strimzi) -----------------------------------------------------------------------------
+
+
+def strimzi_docs() -> list[dict[str, Any]]:
+    return [d for f in ("kafka.yaml", "topics.yaml") for d in load_yaml(K8S / "components" / "strimzi" / f)]
+
+
+def test_strimzi_kafka_is_kraft_4_1_on_the_v1_api() -> None:
+    docs = strimzi_docs()
+    for doc in docs:
+        assert doc["apiVersion"] == "kafka.strimzi.io/v1", doc["metadata"]["name"]
+        if doc["kind"] != "Kafka":
+            assert doc["metadata"]["labels"]["strimzi.io/cluster"] == KAFKA_CLUSTER
+    for doc in docs:
+        # k8s/README.md applies these first by this label; and the label must not be
+        # "medledger", which MedLedger's own NetworkPolicies select.
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "medledger-kafka"
+    (kafka,) = of_kind(docs, "Kafka")
+    assert kafka["metadata"]["name"] == KAFKA_CLUSTER
+    assert "zookeeper" not in kafka["spec"]
+    assert str(kafka["spec"]["kafka"]["version"]).startswith("4.1.")
+    roles = {role for pool in of_kind(docs, "KafkaNodePool") for role in pool["spec"]["roles"]}
+    assert roles == {"controller", "broker"}
+    plain = [listener for listener in kafka["spec"]["kafka"]["listeners"] if listener["tls"] is False]
+    assert f"{KAFKA_CLUSTER}-kafka-bootstrap:{plain[0]['port']}" == KAFKA_BOOTSTRAP
+    assert kafka["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False
+    assert "topicOperator" in kafka["spec"]["entityOperator"]
+
+
+def _topics(docs: list[dict[str, Any]]) -> dict[str, tuple[int, dict[str, str]]]:
+    return {
+        t["spec"].get("topicName", t["metadata"]["name"]): (
+            t["spec"]["partitions"],
+            {k: str(v) for k, v in t["spec"]["config"].items()},
+        )
+        for t in of_kind(docs, "KafkaTopic")
+    }
+
+
+@pytest.mark.parametrize("source", ["component", "overlays/dev", "overlays/production"])
+def test_kafka_topics_match_topic_specs(source: str) -> None:
+    docs = strimzi_docs() if source == "component" else documents(source)
+    expected = {s.name: (s.partitions, dict(s.config)) for s in topic_specs(Topics())}
+    assert _topics(docs) == expected
+    for name, (_, config) in _topics(docs).items():
+        assert config["retention.ms"] == "-1", name
+
+
+@pytest.mark.parametrize("target", ["overlays/dev", "overlays/production"])
+def test_topic_replication_fits_the_kafka_cluster(target: str) -> None:
+    docs = documents(target)
+    brokers = sum(p["spec"]["replicas"] for p in of_kind(docs, "KafkaNodePool") if "broker" in p["spec"]["roles"])
+    (kafka,) = of_kind(docs, "Kafka")
+    min_isr = int(kafka["spec"]["kafka"]["config"]["min.insync.replicas"])
+    for topic in of_kind(docs, "KafkaTopic"):
+        assert min_isr <= topic["spec"]["replicas"] <= brokers, topic["metadata"]["name"]
+    if target.endswith("production"):
+        assert min_isr >= 2 and brokers >= 3
+
+
+@pytest.mark.parametrize("target", ["overlays/dev", "overlays/production"])
+def test_postgres_clusters_can_meet_their_synchronous_replication(target: str) -> None:
+    for cluster in of_kind(documents(target), "Cluster"):
+        sync = cluster["spec"].get("postgresql", {}).get("synchronous")
+        if sync:
+            assert cluster["spec"]["instances"] > sync["number"], cluster["metadata"]["name"]
+        elif target.endswith("production"):
+            pytest.fail(f"{cluster['metadata']['name']}: production without synchronous replication")
+
+
+# ---- schema validation -----------------------------------------------------------------------
+
+
+_SCHEMAS: dict[tuple[str, str], Any] = {}
+
+
+def _cached_schema_contents(load: Any) -> Any:
+    def cached(filename: str, version: str) -> Any:
+        if (filename, version) not in _SCHEMAS:
+            _SCHEMAS[filename, version] = load(filename, version)
+        return _SCHEMAS[filename, version]
+
+    return cached
+
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_core_kinds_validate_against_the_kubernetes_schema(source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kubernetes_validate
+    # It reads its (large, unchanging) schema files on every call: read each once.
+    utils = sys.modules["kubernetes_validate.utils"]
+    monkeypatch.setattr(utils, "schema_contents", _cached_schema_contents(utils.schema_contents))
+    checked = 0
+    for doc in documents(source):
+        if doc["kind"] in CORE_KINDS:
+            try:
+                kubernetes_validate.validate(doc, K8S_SCHEMA_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{source}: {doc['kind']} {doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
+            checked += 1
+    assert checked >= 4 * len(SERVICES)
+
+
+# ---- Docker image and compose --------------------------------------------------------------------
+
+
+def test_dockerfile_builds_one_hardened_image() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
+    stages = [line for line in lines if line.startswith("FROM ")]
+    assert len(stages) >= 2, "not a multi-stage build"
+    assert all("${PYTHON_IMAGE}" in stage for stage in stages)
+    final = text[text.rindex("\nFROM ") :]
+    assert re.search(r"^USER 10001(:10001)?$", final, re.M)
+    assert 'ENTRYPOINT ["medledger"]' in final
+    assert 'CMD ["serve", "ledger"]' in final
+    assert "PYTHONDONTWRITEBYTECODE=1" in final
+    ignore = [ln for ln in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert ignore[0] == "*", "the build context should be an allow-list"
+
+
+def compose() -> dict[str, Any]:
+    (doc,) = load_yaml(DOCKER / "compose.yaml")
+    return doc
+
+
+def test_compose_runs_kafka_postgres_the_services_and_the_one_shot_steps() -> None:
+    services = compose()["services"]
+    assert services["kafka"]["image"].startswith("apache/kafka:4.1.")
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert services["postgres"]["image"] == "postgres:16"
+    assert services["topics"]["command"] == ["topics", "ensure"]
+    assert "medledger ledger keygen --out" in (DOCKER / "init-keys.sh").read_text()
+    assert "init-keys.sh" in " ".join(services["keys"]["entrypoint"])
+    assert "register-services.sh" in " ".join(services["register"]["entrypoint"])
+    assert services["register"]["depends_on"]["identity"]["condition"] == "service_healthy"
+    assert services["consent"]["depends_on"]["register"]["condition"] == "service_completed_successfully"
+    for step in ("keys", "register"):
+        for mount in services[step]["volumes"]:
+            if mount.startswith("./"):
+                assert (DOCKER / mount.split(":")[0]).is_file(), mount
+    for name in SERVICES:
+        s = services[name]
+        assert s["command"] == ["serve", name]
+        assert s["user"] == f"{UID}:{UID}" and s["read_only"] is True and s["cap_drop"] == ["ALL"]
+        assert s["healthcheck"]["test"] == ["CMD", "medledger", "health", name]
+        assert s["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+        assert s["depends_on"]["kafka"]["condition"] == "service_healthy"
+        assert s["depends_on"]["postgres"]["condition"] == "service_healthy"
+        if name in ("identity", "ledger"):
+            assert s["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+        assert all(p.startswith("127.0.0.1:") for p in s["ports"]), "gRPC is plaintext: loopback only"
+
+
+def test_compose_settings_are_read_and_complete() -> None:
+    services = compose()["services"]
+    for name in SERVICES:
+        env = services[name]["environment"]
+        for var in env:
+            if var.startswith("MEDLEDGER_"):
+                assert read_by(name, var), f"compose: {name} sets {var}, which it never reads"
+        # A variable may also be set by the service's entrypoint wrapper (consent's identity id).
+        wrapper = " ".join(services[name].get("entrypoint", []))
+        for var in required(name):
+            assert var in env or ALTERNATIVES.get(var) in env or f"{var}=" in wrapper, f"compose: {name} lacks {var}"
+        assert env[f"MEDLEDGER_{name.upper()}_HOST"] == "0.0.0.0"
+        assert env[f"MEDLEDGER_{name.upper()}_PORT"] == str(DEFAULT_PORTS[name])
+        for var, value in env.items():
+            if var.startswith("MEDLEDGER_") and var.endswith("_FILE"):
+                assert any(value.startswith(v.split(":")[1] + "/") for v in services[name].get("volumes", [])), var
+    for step in ("topics", "keys", "register"):
+        for var in services[step]["environment"]:
+            if var.startswith("MEDLEDGER_"):
+                assert any(re.fullmatch(p, var) for _, p in code_names()), f"compose: {step} sets {var}"
+
+
+def test_compose_key_step_makes_keys_the_services_accept(tmp_path: Path) -> None:
+    medledger = Path(sys.executable).parent / "medledger"
+    assert medledger.exists(), "the medledger console script must be installed next to this Python"
+    env = dict(os.environ, PATH=f"{medledger.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(KEYS_DIR=str(tmp_path), MEDLEDGER_LEDGER_ORIGIN="test.example/ledger")
+    script = DOCKER / "init-keys.sh"
+    first = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    keys = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert all(p.stat().st_mode & 0o077 == 0 for p in tmp_path.rglob("*") if p.is_file()), "a key is readable by others"
+
+    # Every path compose points a service at exists, and holds what that service accepts.
+    services = compose()["services"]
+    paths = {}
+    for name in SERVICES:
+        for var, value in services[name]["environment"].items():
+            if var.startswith("MEDLEDGER_") and var.endswith("_FILE"):
+                assert value.startswith("/keys/"), var
+                paths[var] = tmp_path / value.removeprefix("/keys/")
+                assert paths[var].is_file(), f"{var}={value} is not created by init-keys.sh"
+    signer = load_signer({"MEDLEDGER_LEDGER_SIGNING_KEY_FILE": str(paths["MEDLEDGER_LEDGER_SIGNING_KEY_FILE"])})
+    assert signer.verifier_key.startswith("test.example/ledger+")
+    assert signer.verifier_key in first.stdout
+    from medledger.identity import settings as identity_settings
+
+    identity_env = {k: str(v) for k, v in paths.items() if k.startswith("MEDLEDGER_IDENTITY_")}
+    identity_settings.load_token_keys(identity_env)
+    assert len(identity_settings.load_data_key(identity_env)) == 32
+    assert identity_settings.load_bootstrap_key(identity_env) is not None
+    operator_id = (tmp_path / "operator" / "operator.id").read_text().strip()
+    bootstrap = identity_settings.load_bootstrap_key(identity_env)
+    assert operator_id == identity_settings.bootstrap_identity_id(bootstrap)
+    register = (DOCKER / "register-services.sh").read_text()
+    for needed in ("operator/operator.id", "operator/operator.key", "consent/identity.key.pub", "consent/identity-id"):
+        assert needed in register, needed
+        if not needed.endswith("identity-id"):
+            assert needed in keys, f"register-services.sh needs {needed}, which init-keys.sh does not make"
+
+    again = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == keys, (
+        "a second run replaced a key"
+    )
