@@ -62,7 +62,17 @@ def serve(name: Annotated[str, typer.Argument(help="identity | consent | records
         console.print(f"[red]{name}: {exc}[/red]")
         raise typer.Exit(2) from None
     configure_logging(name, settings.log_level)
-    asyncio.run(ServiceHost(service, settings).run())
+    _run_loop(ServiceHost(service, settings).run())
+
+
+def _run_loop(main: Any) -> None:
+    """uvloop when installed (faster asyncpg and gRPC I/O), asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 @topics_app.command("ensure")
