@@ -62,6 +62,8 @@ def admit(value: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> Admitted | R
         return Refused("envelope has no event_type")
     if len(envelope.event_id) > 200:
         return Refused("event_id longer than 200 characters")
+    if "\x00" in envelope.event_id:
+        return Refused("event_id contains a NUL character")
     return Admitted(envelope.event_id, merkle.leaf_hash(value))
 
 

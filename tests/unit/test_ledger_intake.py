@@ -47,6 +47,9 @@ def test_admit_accepts_a_valid_envelope_and_hashes_its_exact_bytes() -> None:
         (b"\xff\xff\xff", "not a medledger.v1.EventEnvelope"),
         (events_pb2.EventEnvelope(event_type="x").SerializeToString(), "no event_id"),
         (events_pb2.EventEnvelope(event_id="x").SerializeToString(), "no event_type"),
+        # PostgreSQL text cannot hold NUL: such an id must be refused, not crash the sequencer
+        (events_pb2.EventEnvelope(event_id="a\x00b", event_type="y").SerializeToString(), "NUL"),
+        (events_pb2.EventEnvelope(event_id="x" * 201, event_type="y").SerializeToString(), "longer than 200"),
         (events_pb2.EventEnvelope(event_id="x", event_type="y", actor="a" * MAX_EVENT_BYTES).SerializeToString(), "limit"),
     ],
 )
