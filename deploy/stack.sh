@@ -27,7 +27,8 @@ infra() {
   [ -f "$MEDLEDGER_IDENTITY_DATA_KEY_FILE" ] || "$MEDLEDGER_BIN" identity keygen --data-key --out "$MEDLEDGER_IDENTITY_DATA_KEY_FILE" >/dev/null
   if [ ! -f "$MEDLEDGER_OPERATOR_KEY_FILE" ]; then
     log "generating the bootstrap operator key (the first organization) in $MEDLEDGER_OPERATOR_KEY_FILE"
-    "$MEDLEDGER_BIN" identity keygen --out "$MEDLEDGER_OPERATOR_KEY_FILE"
+    "$MEDLEDGER_BIN" identity keygen --out "$MEDLEDGER_OPERATOR_KEY_FILE" | tee /dev/stderr \
+      | awk '$1 == "bootstrap_id" {print $2}' >"$MEDLEDGER_OPERATOR_KEY_FILE.id"
   fi
 }
 
@@ -57,6 +58,21 @@ stop_service() {
   log "$name stopped"
 }
 
+# register_service_identity NAME: once, register NAME as a SERVICE identity (by the
+# bootstrap operator) and export MEDLEDGER_<NAME>_IDENTITY_ID / _KEY_FILE for it.
+register_service_identity() {
+  local name="$1" key="$MEDLEDGER_KEYS_DIR/$1.key" id_file="$MEDLEDGER_KEYS_DIR/$1.id"
+  if [ ! -s "$id_file" ]; then
+    [ -f "$key" ] || "$MEDLEDGER_BIN" identity keygen --out "$key" >/dev/null
+    "$MEDLEDGER_BIN" identity register --as-id "$(cat "$MEDLEDGER_OPERATOR_KEY_FILE.id")" \
+      --as-key "$MEDLEDGER_OPERATOR_KEY_FILE" --kind SERVICE --public-key-file "$key.pub" >"$id_file.tmp" \
+      || die "could not register the $name service identity"
+    tail -n 1 "$id_file.tmp" | awk '{print $NF}' >"$id_file" && rm -f "$id_file.tmp"
+    log "registered the $name service identity $(cat "$id_file")"
+  fi
+  export "MEDLEDGER_${name^^}_IDENTITY_ID=$(cat "$id_file")" "MEDLEDGER_${name^^}_KEY_FILE=$key"
+}
+
 up() {
   infra
   mkdir -p "$SVC_DIR"
@@ -64,6 +80,9 @@ up() {
   for s in "${MEDLEDGER_SERVICES[@]}"; do
     pid_alive "$SVC_DIR/$s.pid" || require_free_port "$(service_port "$s")" "the $s service"
   done
+  start_service identity
+  "$MEDLEDGER_BIN" health --wait 60 identity >/dev/null || die "identity did not become SERVING; see $SVC_DIR/identity.log"
+  register_service_identity consent
   for s in "${MEDLEDGER_SERVICES[@]}"; do start_service "$s"; done
   if ! "$MEDLEDGER_BIN" health --wait 90 >/dev/null; then
     "$MEDLEDGER_BIN" health || true

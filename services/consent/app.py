@@ -1,16 +1,45 @@
-"""Wires the consent service into the shared host: its gRPC servicer, migrations
-and background work. Its RPCs grow in the consent issue."""
+"""Wires the consent service into the shared host: the ConsentService servicer
+behind the AuthInterceptor, the stream processor feeding this replica's
+decision projection, the access-decision log, and housekeeping (expiry, the
+consents table) on the one replica holding the housekeeping lock.
+
+Ready (SERVING) only while the projection is within the staleness bound, so
+a load balancer stops sending decisions to a replica that fell behind.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Awaitable, Callable, Sequence
 
+import asyncpg
 import grpc
+from aiokafka import AIOKafkaProducer
 
+from medledger.consent import store
+from medledger.consent.api import ALLOWED_KINDS, ConsentApi
+from medledger.consent.commands import ConsentCommands, Ports
+from medledger.consent.decision_log import DecisionLog
+from medledger.consent.identity import IdentityDirectory, IdentityServiceDirectory
+from medledger.consent.mirror import ConsentMirror
+from medledger.consent.projection import Projection
+from medledger.consent.settings import ConsentSettings
+from medledger.consent.stream import ConsentStream
+from medledger.consent.tokens import caching_verifier, preload_keys
+from medledger.runtime.auth import AuthInterceptor
+from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
+from medledger.runtime.identity_client import IdentityClient, ServiceCredentials
+from medledger.runtime.kafka import ensure_topics, topic_specs
+from medledger.runtime.retry import keep_running, with_backoff
+from medledger.runtime.settings import DEFAULT_PORTS, CommonSettings
 from medledger.v1 import consent_pb2, consent_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 class ConsentApp:
@@ -18,23 +47,135 @@ class ConsentApp:
     service_names = [full_service_name(consent_pb2, "ConsentService")]
     migrations = Path(__file__).parent / "migrations"
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ConsentSettings, common: CommonSettings) -> None:
+        self.settings = settings
+        self.common = common
         self.ctx: ServiceContext | None = None
+        self.projection = Projection()
+        self.stream = ConsentStream(
+            common.kafka_bootstrap, common.topics, self.projection, settings.freshness_probe_s, self._partitions
+        )
+        self.decision_log = DecisionLog(
+            self._producer, common.topics.access_events, self.name, settings.max_unrecorded_decisions
+        )
+        self.commands = ConsentCommands(
+            settings, common.topics.consent_events, self.projection, self.stream,
+            Ports(self._producer, self._pool, self._identity),
+        )
+        self.mirror = ConsentMirror(common.kafka_bootstrap, common.topics.consent_events, self._pool, self._partitions)
+        self.verifier = caching_verifier(settings.identity_address)
+        self.client: IdentityClient | None = None
+        self.directory: IdentityDirectory | None = None
+        self.leader = False
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def from_env(cls) -> "ConsentApp":
+        return cls(ConsentSettings.from_env(), CommonSettings.from_env("consent", DEFAULT_PORTS["consent"]))
+
+    def _producer(self) -> AIOKafkaProducer:
+        if self.ctx is None:
+            raise DependencyUnavailable("service is starting: Kafka not connected yet")
+        return self.ctx.producer
+
+    async def _partitions(self, topic: str) -> set[int]:
+        return set(await self._producer().partitions_for(topic))
+
+    def _pool(self) -> asyncpg.Pool:
+        if self.ctx is None:
+            raise DependencyUnavailable("service is starting: PostgreSQL not connected yet")
+        return self.ctx.pool
+
+    def _identity(self) -> IdentityDirectory:
+        if self.directory is None:
+            if self.settings.service_key is None:
+                raise DependencyUnavailable(
+                    "the consent service has no identity credentials: set MEDLEDGER_CONSENT_IDENTITY_ID "
+                    "and MEDLEDGER_CONSENT_KEY_FILE"
+                )
+            raise DependencyUnavailable("service is starting: identity client not ready")
+        return self.directory
 
     def registrations(self) -> Sequence[Registration]:
+        api = ConsentApi(
+            self.commands, self.projection, self.stream, self.decision_log, self._pool, self.settings.max_staleness_s
+        )
+
         def register(server: grpc.aio.Server) -> None:
-            consent_pb2_grpc.add_ConsentServiceServicer_to_server(consent_pb2_grpc.ConsentServiceServicer(), server)
+            consent_pb2_grpc.add_ConsentServiceServicer_to_server(api, server)
 
         return [register]
 
     def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
-        return []
+        return [AuthInterceptor(self.verifier, (), ALLOWED_KINDS)]
+
+    def _spawn(self, what: str, job: Callable[[], Awaitable[None]]) -> None:
+        self._tasks.append(asyncio.create_task(keep_running(what, job, self._stop)))
 
     async def on_ready(self, ctx: ServiceContext) -> None:
+        s = ctx.settings
+        await ensure_topics(s.kafka_bootstrap, topic_specs(s.topics))
+        if self.settings.service_key is None:
+            log.warning("no identity credentials: GrantConsent and representatives answer UNAVAILABLE; set "
+                        "MEDLEDGER_CONSENT_IDENTITY_ID and MEDLEDGER_CONSENT_KEY_FILE")
+        else:
+            credentials = ServiceCredentials(
+                self.settings.identity_address, self.settings.service_identity_id, self.settings.service_key
+            )
+            self.client = IdentityClient(self.settings.identity_address, credentials)
+            self.directory = IdentityServiceDirectory(self.client)
         self.ctx = ctx
+        self._spawn("consent projection", self.stream.run)
+        self._spawn("access decision log", self.decision_log.run)
+        self._spawn("housekeeping", self._housekeeping)
+        self._tasks.append(asyncio.create_task(self._preload_token_keys()))
+        self._tasks.append(asyncio.create_task(self._freeze_when_loaded()))
+
+    async def _preload_token_keys(self) -> None:
+        await with_backoff("token keys", lambda: preload_keys(self.verifier, self.settings.identity_address), self._stop)
+
+    async def _freeze_when_loaded(self) -> None:
+        """Once the projection is loaded, move it out of the garbage collector's
+        sight: a full collection over 100,000s of consents would pause
+        decisions for tens of milliseconds."""
+        await self.stream.caught_up.wait()
+        gc.collect()
+        gc.freeze()
+
+    async def _housekeeping(self) -> None:
+        """Wait for the housekeeping lock; while holding it, keep the consents
+        table in step and publish expiries."""
+        async with self._pool().acquire() as conn:
+            while not await store.try_lead(conn):
+                await self._pause(self.settings.expiry_interval_s * 5)
+            self.leader = True
+            mirror = asyncio.create_task(keep_running("consent mirror", self.mirror.run, self._stop))
+            try:
+                await self.stream.caught_up.wait()
+                while not self._stop.is_set():
+                    await self.commands.expire_due()
+                    await self._pause(self.settings.expiry_interval_s)
+            finally:
+                self.leader = False
+                mirror.cancel()
+                await asyncio.gather(mirror, return_exceptions=True)
+
+    async def _pause(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
     async def on_stop(self) -> None:
+        self._stop.set()
+        await self.decision_log.drain(5.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.client is not None:
+            await self.client.close()
         self.ctx = None
 
     def ready(self) -> bool:
-        return self.ctx is not None
+        return self.ctx is not None and self.stream.staleness() <= self.settings.max_staleness_s

@@ -35,7 +35,8 @@ def _ts(value: object) -> Timestamp:
 def entry_message(e: store.StoredEntry) -> events_pb2.LedgerEntry:
     return events_pb2.LedgerEntry(
         index=e.index, event=e.event, leaf_hash=e.leaf_hash, chain_hash=e.chain_hash,
-        sequenced_at=_ts(e.sequenced_at), event_id=e.event_id,
+        sequenced_at=_ts(e.sequenced_at), event_id=e.event_id, source_topic=e.source_topic,
+        source_partition=e.source_partition, source_offset=e.source_offset,
     )
 
 

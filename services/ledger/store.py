@@ -34,6 +34,9 @@ class StoredEntry:
     chain_hash: bytes
     event: bytes
     sequenced_at: datetime
+    source_topic: str = ""
+    source_partition: int = 0
+    source_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,16 @@ class StoredRejection:
     rejected_at: datetime
 
 
-_ENTRY_COLUMNS = "idx, event_id, leaf_hash, chain_hash, event, sequenced_at"
+_ENTRY_COLUMNS = (
+    "idx, event_id, leaf_hash, chain_hash, event, sequenced_at, source_topic, source_partition, source_offset"
+)
 
 
 def _entry(row: asyncpg.Record) -> StoredEntry:
-    return StoredEntry(row["idx"], row["event_id"], row["leaf_hash"], row["chain_hash"], row["event"], row["sequenced_at"])
+    return StoredEntry(
+        row["idx"], row["event_id"], row["leaf_hash"], row["chain_hash"], row["event"], row["sequenced_at"],
+        row["source_topic"], row["source_partition"], row["source_offset"],
+    )
 
 
 async def tree_size(conn: Conn) -> int:

@@ -9,6 +9,7 @@ available to handlers through ``current_caller()``.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 from dataclasses import dataclass, field
@@ -85,15 +86,20 @@ class TokenVerifier:
     refresh: Callable[[], Awaitable[Mapping[str, bytes]]] | None = None
     leeway_s: int = 5
     _last_refresh: float = 0.0
+    _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def add_key(self, key_id: str, public_key: bytes) -> None:
         self.keys[key_id] = Ed25519PublicKey.from_public_bytes(public_key)
 
     async def _key_for(self, key_id: str) -> Ed25519PublicKey:
-        if key_id not in self.keys and self.refresh and time.monotonic() - self._last_refresh > 1.0:
-            self._last_refresh = time.monotonic()
-            for kid, raw in (await self.refresh()).items():
-                self.add_key(kid, raw)
+        if key_id not in self.keys and self.refresh:
+            # Calls arriving together wait for one refresh instead of failing;
+            # an unknown key id refreshes at most once a second.
+            async with self._refreshing:
+                if key_id not in self.keys and time.monotonic() - self._last_refresh > 1.0:
+                    self._last_refresh = time.monotonic()
+                    for kid, raw in (await self.refresh()).items():
+                        self.add_key(kid, raw)
         try:
             return self.keys[key_id]
         except KeyError:

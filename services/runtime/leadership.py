@@ -20,11 +20,13 @@ async def lead_when_possible(
     on_standby: Callable[[], None] = lambda: None,
 ) -> None:
     """Wait (as a standby, polling every poll_s) until this process holds the
-    lock, then run ``lead(conn)`` with it; return early if stop is set first."""
+    lock, then run ``lead(conn)`` with it; return early if stop is set first.
+    ``on_standby`` is called each time the lock is found taken, never before
+    the first attempt, so a lone instance is never briefly reported standby."""
     conn = await asyncpg.connect(database_url, timeout=5)
     try:
-        on_standby()
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_id):
+            on_standby()  # only once another instance is known to lead
             try:
                 await asyncio.wait_for(stop.wait(), poll_s)
                 return

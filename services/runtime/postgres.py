@@ -94,8 +94,8 @@ async def ensure_database(url: str) -> bool:
             return False
         try:
             await conn.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:
-            return False
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            return False  # another replica created it at the same moment
         return True
     finally:
         await conn.close()

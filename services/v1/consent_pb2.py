@@ -22,15 +22,84 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amedledger/v1/consent.proto\x12\x0cmedledger.v12\x10\n\x0e\x43onsentServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amedledger/v1/consent.proto\x12\x0cmedledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"K\n\x0c\x43onsentScope\x12\x13\n\x0b\x61ll_records\x18\x01 \x01(\x08\x12\x12\n\ncategories\x18\x02 \x03(\t\x12\x12\n\nrecord_ids\x18\x03 \x03(\t\"\xd8\x02\n\x0c\x43onsentTerms\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x12\n\ngrantee_id\x18\x03 \x01(\t\x12\'\n\x08purposes\x18\x04 \x03(\x0e\x32\x15.medledger.v1.Purpose\x12)\n\x05scope\x18\x05 \x01(\x0b\x32\x1a.medledger.v1.ConsentScope\x12.\n\nvalid_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsigner_id\x18\x08 \x01(\t\x12\x15\n\rsigner_key_id\x18\t \x01(\t\x12-\n\tsigned_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8e\x03\n\x07\x43onsent\x12)\n\x05terms\x18\x01 \x01(\x0b\x32\x1a.medledger.v1.ConsentTerms\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12/\n\x0cgrantee_kind\x18\x03 \x01(\x0e\x32\x19.medledger.v1.GranteeKind\x12-\n\x0bsigner_role\x18\x04 \x01(\x0e\x32\x18.medledger.v1.SignerRole\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.medledger.v1.ConsentStatus\x12.\n\ngranted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrevoked_by\x18\x08 \x01(\t\x12\x18\n\x10granted_event_id\x18\t \x01(\t\x12\x19\n\x0cledger_index\x18\n \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_ledger_index\"\x99\x02\n\nBreakGlass\x12\x16\n\x0e\x62reak_glass_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x17\n\x0fpractitioner_id\x18\x03 \x01(\t\x12\x17\n\x0forganization_id\x18\x04 \x01(\t\x12\x15\n\rjustification\x18\x05 \x01(\t\x12\x1c\n\x14justification_sha256\x18\x06 \x01(\x0c\x12.\n\ninvoked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0freview_required\x18\t \x01(\x08\"7\n\x13GrantConsentRequest\x12\r\n\x05terms\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"*\n\x14RevokeConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"\'\n\x11GetConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\")\n\x13ListConsentsRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\"n\n\x14ListConsentsResponse\x12\'\n\x08\x63onsents\x18\x01 \x03(\x0b\x32\x15.medledger.v1.Consent\x12-\n\x0b\x62reak_glass\x18\x02 \x03(\x0b\x32\x18.medledger.v1.BreakGlass\")\n\x13WhoCanAccessRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\"\xd8\x01\n\x10\x45\x66\x66\x65\x63tiveGrantee\x12\x12\n\ngrantee_id\x18\x01 \x01(\t\x12/\n\x0cgrantee_kind\x18\x02 \x01(\x0e\x32\x19.medledger.v1.GranteeKind\x12\x12\n\nconsent_id\x18\x03 \x01(\t\x12)\n\x05scope\x18\x04 \x01(\x0b\x32\x1a.medledger.v1.ConsentScope\x12/\n\x0bvalid_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07members\x18\x06 \x03(\t\"k\n\x0fPurposeGrantees\x12&\n\x07purpose\x18\x01 \x01(\x0e\x32\x15.medledger.v1.Purpose\x12\x30\n\x08grantees\x18\x02 \x03(\x0b\x32\x1e.medledger.v1.EffectiveGrantee\"x\n\x14WhoCanAccessResponse\x12\x31\n\nby_purpose\x18\x01 \x03(\x0b\x32\x1d.medledger.v1.PurposeGrantees\x12-\n\x0b\x62reak_glass\x18\x02 \x03(\x0b\x32\x18.medledger.v1.BreakGlass\"\x8b\x01\n\x12\x43heckAccessRequest\x12\x14\n\x0crequester_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12&\n\x07purpose\x18\x03 \x01(\x0e\x32\x15.medledger.v1.Purpose\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x11\n\trecord_id\x18\x05 \x01(\t\"\xab\x02\n\x0e\x41\x63\x63\x65ssDecision\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x16.medledger.v1.Decision\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.medledger.v1.DecisionReason\x12\x12\n\nconsent_id\x18\x03 \x01(\t\x12!\n\x14\x63onsent_ledger_index\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x16\n\x0e\x62reak_glass_id\x18\x05 \x01(\t\x12\x19\n\x11\x64\x65\x63ision_event_id\x18\x06 \x01(\t\x12.\n\ndecided_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\tB\x17\n\x15_consent_ledger_index\"]\n\x17InvokeBreakGlassRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x15\n\rjustification\x18\x02 \x01(\t\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\"N\n\x1dRegisterRepresentativeRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x19\n\x11representative_id\x18\x02 \x01(\t\"I\n\x18\x45ndRepresentationRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x19\n\x11representative_id\x18\x02 \x01(\t\"O\n\x0eRepresentation\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x19\n\x11representative_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\".\n\x18\x45xportFhirConsentRequest\x12\x12\n\nconsent_id\x18\x01 \x01(\t\"\x1b\n\x0b\x46hirConsent\x12\x0c\n\x04json\x18\x01 \x01(\t\"\xc4\x01\n\x0e\x43onsentGranted\x12)\n\x05terms\x18\x01 \x01(\x0b\x32\x1a.medledger.v1.ConsentTerms\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12/\n\x0cgrantee_kind\x18\x03 \x01(\x0e\x32\x19.medledger.v1.GranteeKind\x12-\n\x0bsigner_role\x18\x04 \x01(\x0e\x32\x18.medledger.v1.SignerRole\x12\x14\n\x0csubmitted_by\x18\x05 \x01(\t\"L\n\x0e\x43onsentRevoked\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x12\n\nrevoked_by\x18\x03 \x01(\t\"i\n\x0e\x43onsentExpired\x12\x12\n\nconsent_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12/\n\x0bvalid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd9\x01\n\x11\x42reakGlassInvoked\x12\x16\n\x0e\x62reak_glass_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x17\n\x0fpractitioner_id\x18\x03 \x01(\t\x12\x17\n\x0forganization_id\x18\x04 \x01(\t\x12\x1c\n\x14justification_sha256\x18\x05 \x01(\x0c\x12/\n\x0bvalid_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0freview_required\x18\x07 \x01(\x08\"`\n\x18RepresentativeRegistered\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x19\n\x11representative_id\x18\x02 \x01(\t\x12\x15\n\rregistered_by\x18\x03 \x01(\t\"V\n\x13RepresentationEnded\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x19\n\x11representative_id\x18\x02 \x01(\t\x12\x10\n\x08\x65nded_by\x18\x03 \x01(\t\"\x9c\x02\n\rAccessDecided\x12\x14\n\x0crequester_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12&\n\x07purpose\x18\x03 \x01(\x0e\x32\x15.medledger.v1.Purpose\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x11\n\trecord_id\x18\x05 \x01(\t\x12(\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0e\x32\x16.medledger.v1.Decision\x12,\n\x06reason\x18\x07 \x01(\x0e\x32\x1c.medledger.v1.DecisionReason\x12\x12\n\nconsent_id\x18\x08 \x01(\t\x12\x16\n\x0e\x62reak_glass_id\x18\t \x01(\t\x12\x10\n\x08\x61sked_by\x18\n \x01(\t*\x93\x01\n\x07Purpose\x12\x17\n\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x15\n\x11PURPOSE_TREATMENT\x10\x01\x12\x13\n\x0fPURPOSE_PAYMENT\x10\x02\x12\x16\n\x12PURPOSE_OPERATIONS\x10\x03\x12\x14\n\x10PURPOSE_RESEARCH\x10\x04\x12\x15\n\x11PURPOSE_EMERGENCY\x10\x05*i\n\x0bGranteeKind\x12\x1c\n\x18GRANTEE_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19GRANTEE_KIND_PRACTITIONER\x10\x01\x12\x1d\n\x19GRANTEE_KIND_ORGANIZATION\x10\x02*b\n\nSignerRole\x12\x1b\n\x17SIGNER_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13SIGNER_ROLE_PATIENT\x10\x01\x12\x1e\n\x1aSIGNER_ROLE_REPRESENTATIVE\x10\x02*\x9e\x01\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONSENT_STATUS_ACTIVE\x10\x01\x12\x1a\n\x16\x43ONSENT_STATUS_PENDING\x10\x02\x12\x1a\n\x16\x43ONSENT_STATUS_REVOKED\x10\x03\x12\x1a\n\x16\x43ONSENT_STATUS_EXPIRED\x10\x04*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02*\x8a\x03\n\x0e\x44\x65\x63isionReason\x12\x1f\n\x1b\x44\x45\x43ISION_REASON_UNSPECIFIED\x10\x00\x12\x12\n\x0eREASON_CONSENT\x10\x01\x12\x1f\n\x1bREASON_ORGANIZATION_CONSENT\x10\x02\x12\x16\n\x12REASON_BREAK_GLASS\x10\x03\x12\x15\n\x11REASON_NO_CONSENT\x10\n\x12\x1a\n\x16REASON_CONSENT_REVOKED\x10\x0b\x12\x1a\n\x16REASON_CONSENT_EXPIRED\x10\x0c\x12 \n\x1cREASON_CONSENT_NOT_YET_VALID\x10\r\x12\x1e\n\x1aREASON_PURPOSE_NOT_COVERED\x10\x0e\x12\x17\n\x13REASON_OUT_OF_SCOPE\x10\x0f\x12\x1e\n\x1aREASON_MEMBERSHIP_INACTIVE\x10\x10\x12\x1f\n\x1bREASON_REQUESTER_NOT_ACTIVE\x10\x11\x12\x1f\n\x1bREASON_BREAK_GLASS_REQUIRED\x10\x12\x32\xd6\x06\n\x0e\x43onsentService\x12H\n\x0cGrantConsent\x12!.medledger.v1.GrantConsentRequest\x1a\x15.medledger.v1.Consent\x12J\n\rRevokeConsent\x12\".medledger.v1.RevokeConsentRequest\x1a\x15.medledger.v1.Consent\x12\x44\n\nGetConsent\x12\x1f.medledger.v1.GetConsentRequest\x1a\x15.medledger.v1.Consent\x12U\n\x0cListConsents\x12!.medledger.v1.ListConsentsRequest\x1a\".medledger.v1.ListConsentsResponse\x12U\n\x0cWhoCanAccess\x12!.medledger.v1.WhoCanAccessRequest\x1a\".medledger.v1.WhoCanAccessResponse\x12M\n\x0b\x43heckAccess\x12 .medledger.v1.CheckAccessRequest\x1a\x1c.medledger.v1.AccessDecision\x12S\n\x10InvokeBreakGlass\x12%.medledger.v1.InvokeBreakGlassRequest\x1a\x18.medledger.v1.BreakGlass\x12V\n\x11\x45xportFhirConsent\x12&.medledger.v1.ExportFhirConsentRequest\x1a\x19.medledger.v1.FhirConsent\x12\x63\n\x16RegisterRepresentative\x12+.medledger.v1.RegisterRepresentativeRequest\x1a\x1c.medledger.v1.Representation\x12Y\n\x11\x45ndRepresentation\x12&.medledger.v1.EndRepresentationRequest\x1a\x1c.medledger.v1.Representationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medledger.v1.consent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSENTSERVICE']._serialized_start=44
-  _globals['_CONSENTSERVICE']._serialized_end=60
+  _globals['_PURPOSE']._serialized_start=3906
+  _globals['_PURPOSE']._serialized_end=4053
+  _globals['_GRANTEEKIND']._serialized_start=4055
+  _globals['_GRANTEEKIND']._serialized_end=4160
+  _globals['_SIGNERROLE']._serialized_start=4162
+  _globals['_SIGNERROLE']._serialized_end=4260
+  _globals['_CONSENTSTATUS']._serialized_start=4263
+  _globals['_CONSENTSTATUS']._serialized_end=4421
+  _globals['_DECISION']._serialized_start=4423
+  _globals['_DECISION']._serialized_end=4498
+  _globals['_DECISIONREASON']._serialized_start=4501
+  _globals['_DECISIONREASON']._serialized_end=4895
+  _globals['_CONSENTSCOPE']._serialized_start=77
+  _globals['_CONSENTSCOPE']._serialized_end=152
+  _globals['_CONSENTTERMS']._serialized_start=155
+  _globals['_CONSENTTERMS']._serialized_end=499
+  _globals['_CONSENT']._serialized_start=502
+  _globals['_CONSENT']._serialized_end=900
+  _globals['_BREAKGLASS']._serialized_start=903
+  _globals['_BREAKGLASS']._serialized_end=1184
+  _globals['_GRANTCONSENTREQUEST']._serialized_start=1186
+  _globals['_GRANTCONSENTREQUEST']._serialized_end=1241
+  _globals['_REVOKECONSENTREQUEST']._serialized_start=1243
+  _globals['_REVOKECONSENTREQUEST']._serialized_end=1285
+  _globals['_GETCONSENTREQUEST']._serialized_start=1287
+  _globals['_GETCONSENTREQUEST']._serialized_end=1326
+  _globals['_LISTCONSENTSREQUEST']._serialized_start=1328
+  _globals['_LISTCONSENTSREQUEST']._serialized_end=1369
+  _globals['_LISTCONSENTSRESPONSE']._serialized_start=1371
+  _globals['_LISTCONSENTSRESPONSE']._serialized_end=1481
+  _globals['_WHOCANACCESSREQUEST']._serialized_start=1483
+  _globals['_WHOCANACCESSREQUEST']._serialized_end=1524
+  _globals['_EFFECTIVEGRANTEE']._serialized_start=1527
+  _globals['_EFFECTIVEGRANTEE']._serialized_end=1743
+  _globals['_PURPOSEGRANTEES']._serialized_start=1745
+  _globals['_PURPOSEGRANTEES']._serialized_end=1852
+  _globals['_WHOCANACCESSRESPONSE']._serialized_start=1854
+  _globals['_WHOCANACCESSRESPONSE']._serialized_end=1974
+  _globals['_CHECKACCESSREQUEST']._serialized_start=1977
+  _globals['_CHECKACCESSREQUEST']._serialized_end=2116
+  _globals['_ACCESSDECISION']._serialized_start=2119
+  _globals['_ACCESSDECISION']._serialized_end=2418
+  _globals['_INVOKEBREAKGLASSREQUEST']._serialized_start=2420
+  _globals['_INVOKEBREAKGLASSREQUEST']._serialized_end=2513
+  _globals['_REGISTERREPRESENTATIVEREQUEST']._serialized_start=2515
+  _globals['_REGISTERREPRESENTATIVEREQUEST']._serialized_end=2593
+  _globals['_ENDREPRESENTATIONREQUEST']._serialized_start=2595
+  _globals['_ENDREPRESENTATIONREQUEST']._serialized_end=2668
+  _globals['_REPRESENTATION']._serialized_start=2670
+  _globals['_REPRESENTATION']._serialized_end=2749
+  _globals['_EXPORTFHIRCONSENTREQUEST']._serialized_start=2751
+  _globals['_EXPORTFHIRCONSENTREQUEST']._serialized_end=2797
+  _globals['_FHIRCONSENT']._serialized_start=2799
+  _globals['_FHIRCONSENT']._serialized_end=2826
+  _globals['_CONSENTGRANTED']._serialized_start=2829
+  _globals['_CONSENTGRANTED']._serialized_end=3025
+  _globals['_CONSENTREVOKED']._serialized_start=3027
+  _globals['_CONSENTREVOKED']._serialized_end=3103
+  _globals['_CONSENTEXPIRED']._serialized_start=3105
+  _globals['_CONSENTEXPIRED']._serialized_end=3210
+  _globals['_BREAKGLASSINVOKED']._serialized_start=3213
+  _globals['_BREAKGLASSINVOKED']._serialized_end=3430
+  _globals['_REPRESENTATIVEREGISTERED']._serialized_start=3432
+  _globals['_REPRESENTATIVEREGISTERED']._serialized_end=3528
+  _globals['_REPRESENTATIONENDED']._serialized_start=3530
+  _globals['_REPRESENTATIONENDED']._serialized_end=3616
+  _globals['_ACCESSDECIDED']._serialized_start=3619
+  _globals['_ACCESSDECIDED']._serialized_end=3903
+  _globals['_CONSENTSERVICE']._serialized_start=4898
+  _globals['_CONSENTSERVICE']._serialized_end=5752
 # @@protoc_insertion_point(module_scope)

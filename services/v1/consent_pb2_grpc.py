@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from medledger.v1 import consent_pb2 as medledger_dot_v1_dot_consent__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -33,14 +34,185 @@ class ConsentServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.GrantConsent = channel.unary_unary(
+                '/medledger.v1.ConsentService/GrantConsent',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.GrantConsentRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.Consent.FromString,
+                _registered_method=True)
+        self.RevokeConsent = channel.unary_unary(
+                '/medledger.v1.ConsentService/RevokeConsent',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.RevokeConsentRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.Consent.FromString,
+                _registered_method=True)
+        self.GetConsent = channel.unary_unary(
+                '/medledger.v1.ConsentService/GetConsent',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.GetConsentRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.Consent.FromString,
+                _registered_method=True)
+        self.ListConsents = channel.unary_unary(
+                '/medledger.v1.ConsentService/ListConsents',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.ListConsentsRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.ListConsentsResponse.FromString,
+                _registered_method=True)
+        self.WhoCanAccess = channel.unary_unary(
+                '/medledger.v1.ConsentService/WhoCanAccess',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.WhoCanAccessRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.WhoCanAccessResponse.FromString,
+                _registered_method=True)
+        self.CheckAccess = channel.unary_unary(
+                '/medledger.v1.ConsentService/CheckAccess',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.CheckAccessRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.AccessDecision.FromString,
+                _registered_method=True)
+        self.InvokeBreakGlass = channel.unary_unary(
+                '/medledger.v1.ConsentService/InvokeBreakGlass',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.InvokeBreakGlassRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.BreakGlass.FromString,
+                _registered_method=True)
+        self.ExportFhirConsent = channel.unary_unary(
+                '/medledger.v1.ConsentService/ExportFhirConsent',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.ExportFhirConsentRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.FhirConsent.FromString,
+                _registered_method=True)
+        self.RegisterRepresentative = channel.unary_unary(
+                '/medledger.v1.ConsentService/RegisterRepresentative',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.RegisterRepresentativeRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.Representation.FromString,
+                _registered_method=True)
+        self.EndRepresentation = channel.unary_unary(
+                '/medledger.v1.ConsentService/EndRepresentation',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.EndRepresentationRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.Representation.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def GrantConsent(self, request, context):
+        """Record a patient-signed consent. Any authenticated caller may submit it;
+        the signature is the authority.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeConsent(self, request, context):
+        """Revoke a consent; only its patient or their representative. When this
+        returns, no replica answers ALLOW on the consent any more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConsents(self, request, context):
+        """The patient's consents and break-glass accesses; to the patient, their
+        representative or an auditor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoCanAccess(self, request, context):
+        """Who can access the patient's records now, by purpose; same callers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckAccess(self, request, context):
+        """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvokeBreakGlass(self, request, context):
+        """Emergency access without consent; practitioners with an active membership.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportFhirConsent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterRepresentative(self, request, context):
+        """The patient or their registering organization names a legal representative.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndRepresentation(self, request, context):
+        """The patient, their registering organization or the representative ends it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GrantConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantConsent,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.GrantConsentRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.Consent.SerializeToString,
+            ),
+            'RevokeConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeConsent,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.RevokeConsentRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.Consent.SerializeToString,
+            ),
+            'GetConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsent,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.GetConsentRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.Consent.SerializeToString,
+            ),
+            'ListConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConsents,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.ListConsentsRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.ListConsentsResponse.SerializeToString,
+            ),
+            'WhoCanAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoCanAccess,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.WhoCanAccessRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.WhoCanAccessResponse.SerializeToString,
+            ),
+            'CheckAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckAccess,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.CheckAccessRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.AccessDecision.SerializeToString,
+            ),
+            'InvokeBreakGlass': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvokeBreakGlass,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.InvokeBreakGlassRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.BreakGlass.SerializeToString,
+            ),
+            'ExportFhirConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportFhirConsent,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.ExportFhirConsentRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.FhirConsent.SerializeToString,
+            ),
+            'RegisterRepresentative': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterRepresentative,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.RegisterRepresentativeRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.Representation.SerializeToString,
+            ),
+            'EndRepresentation': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndRepresentation,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.EndRepresentationRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.Representation.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'medledger.v1.ConsentService', rpc_method_handlers)
@@ -51,3 +223,273 @@ def add_ConsentServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ConsentService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GrantConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/GrantConsent',
+            medledger_dot_v1_dot_consent__pb2.GrantConsentRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.Consent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/RevokeConsent',
+            medledger_dot_v1_dot_consent__pb2.RevokeConsentRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.Consent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/GetConsent',
+            medledger_dot_v1_dot_consent__pb2.GetConsentRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.Consent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/ListConsents',
+            medledger_dot_v1_dot_consent__pb2.ListConsentsRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.ListConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoCanAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/WhoCanAccess',
+            medledger_dot_v1_dot_consent__pb2.WhoCanAccessRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.WhoCanAccessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/CheckAccess',
+            medledger_dot_v1_dot_consent__pb2.CheckAccessRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.AccessDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeBreakGlass(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/InvokeBreakGlass',
+            medledger_dot_v1_dot_consent__pb2.InvokeBreakGlassRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.BreakGlass.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportFhirConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/ExportFhirConsent',
+            medledger_dot_v1_dot_consent__pb2.ExportFhirConsentRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.FhirConsent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterRepresentative(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/RegisterRepresentative',
+            medledger_dot_v1_dot_consent__pb2.RegisterRepresentativeRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.Representation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndRepresentation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/EndRepresentation',
+            medledger_dot_v1_dot_consent__pb2.EndRepresentationRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.Representation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -52,8 +52,9 @@ async def test_sequences_events_and_serves_verifiable_proofs(
         assert found == entries[5]
     # followers: ledger.entries carries every entry once, in order
     published = await consume_all(topics.ledger_entries, 200)
-    indices = [events_pb2.LedgerEntry.FromString(r.value).index for r in published]
-    assert indices == list(range(200))
+    followed = [events_pb2.LedgerEntry.FromString(r.value) for r in published]
+    assert [f.index for f in followed] == list(range(200))
+    assert all(f.source_topic in topics.event_topics and f.event == entries[f.index].event for f in followed)
     cps = await consume_all(topics.ledger_checkpoints, 1)
     sizes = [ledger_pb2.Checkpoint.FromString(r.value).tree_size for r in cps]
     assert sizes == sorted(set(sizes)) and sizes[-1] == 200

@@ -1,0 +1,308 @@
+"""The consent service as operators run it — a real process with its own
+database and topics — against the real broker, PostgreSQL and a spawned
+identity service: bad input, grant → ALLOW → revoke → DENY, expiry,
+organization grants ending with the membership, break-glass, views, FHIR
+export, access decisions on access.events, and revocation across replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import asyncpg
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fhir.resources.R4B.consent import Consent as FhirConsent
+
+from medledger.consent.signing import canonical_terms
+from medledger.runtime.settings import Topics
+from medledger.v1 import consent_pb2 as pb
+from medledger.v1 import consent_pb2_grpc, identity_pb2
+from tests.consent_support import consent_env, events_when, grant_request, payloads, read_topic, terms
+from tests.identity_support import IdentityHarness, Party
+from tests.support import ServiceProcess, free_port, wait_until
+
+TREAT, EMERGENCY = pb.PURPOSE_TREATMENT, pb.PURPOSE_EMERGENCY
+ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
+
+
+@dataclass
+class World:
+    identity: IdentityHarness
+    consent: ServiceProcess
+    stub: consent_pb2_grpc.ConsentServiceStub
+    org: Party
+    patient: Party
+    doc: Party
+    service: Party
+
+    def grant(self, t: pb.ConsentTerms, key: Ed25519PrivateKey | None = None, by: Party | None = None) -> pb.Consent:
+        request = grant_request(key or self.patient.private_key, t)
+        return self.stub.GrantConsent(request, metadata=(by or self.patient).metadata, timeout=15)
+
+    def terms(self, grantee: Party | None = None, **kw: object) -> pb.ConsentTerms:
+        return terms(self.patient.identity_id, (grantee or self.doc).identity_id, signer_key_id=self.patient.key_id, **kw)  # type: ignore[arg-type]
+
+    def check(self, requester: Party | None = None, purpose: int = TREAT, category: str = "Observation",
+              stub: consent_pb2_grpc.ConsentServiceStub | None = None) -> pb.AccessDecision:
+        request = pb.CheckAccessRequest(
+            requester_id=(requester or self.doc).identity_id, patient_id=self.patient.identity_id,
+            purpose=purpose, category=category,
+        )
+        return (stub or self.stub).CheckAccess(request, metadata=self.service.metadata, timeout=5)
+
+
+def start_consent(spawn: Callable[..., ServiceProcess], env: dict[str, str]) -> tuple[ServiceProcess, consent_pb2_grpc.ConsentServiceStub]:
+    process = spawn("consent", MEDLEDGER_CONSENT_PORT=str(free_port()), **env).wait_serving()
+    return process, consent_pb2_grpc.ConsentServiceStub(grpc.insecure_channel(process.address))
+
+
+@pytest.fixture
+def world(identity_service: IdentityHarness, spawn: Callable[..., ServiceProcess], tmp_path: Path) -> Iterator[World]:
+    env = consent_env(identity_service, tmp_path)
+    process, stub = start_consent(spawn, env)
+    org = identity_service.organization()
+    yield World(
+        identity_service, process, stub, org, identity_service.patient(org), identity_service.practitioner(org),
+        identity_service.service(),
+    )
+
+
+def status_of(call: Callable[[], object]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+async def test_bad_input_gets_its_status_and_records_nothing(world: World, topics: Topics) -> None:
+    w = world
+    stranger = w.identity.patient(w.org)
+    good = w.terms()
+    unsigned = pb.GrantConsentRequest(terms=canonical_terms(good))
+    cases: list[tuple[str, Callable[[], object], grpc.StatusCode]] = [
+        ("unsigned", lambda: w.stub.GrantConsent(unsigned, metadata=w.patient.metadata, timeout=15),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ("wrongly signed", lambda: w.grant(good, key=stranger.private_key), grpc.StatusCode.PERMISSION_DENIED),
+        ("signed by someone not the patient",
+         lambda: w.grant(terms(w.patient.identity_id, w.doc.identity_id, signer_id=stranger.identity_id,
+                               signer_key_id=stranger.key_id), key=stranger.private_key, by=stranger),
+         grpc.StatusCode.PERMISSION_DENIED),
+        ("unknown grantee", lambda: w.grant(terms(w.patient.identity_id, "no-such-identity", signer_key_id=w.patient.key_id)),
+         grpc.StatusCode.NOT_FOUND),
+        ("grantee is a patient", lambda: w.grant(w.terms(grantee=stranger)), grpc.StatusCode.INVALID_ARGUMENT),
+        ("empty purposes", lambda: w.grant(w.terms(purposes=[])), grpc.StatusCode.INVALID_ARGUMENT),
+        ("window ends before it starts",
+         lambda: w.grant(w.terms(valid_from=datetime.now(timezone.utc) + timedelta(days=2),
+                                 valid_until=datetime.now(timezone.utc) + timedelta(days=1))),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        ("not canonical", lambda: w.stub.GrantConsent(
+            pb.GrantConsentRequest(terms=canonical_terms(good) + b"\xa0\x06\x01", signature=b"s" * 64),
+            metadata=w.patient.metadata, timeout=15), grpc.StatusCode.INVALID_ARGUMENT),
+        ("no token", lambda: w.stub.GrantConsent(grant_request(w.patient.private_key, good), timeout=15),
+         grpc.StatusCode.UNAUTHENTICATED),
+    ]
+    for name, call, expected in cases:
+        assert status_of(call) == expected, name
+    consent = w.grant(good)
+    assert consent.status == pb.CONSENT_STATUS_ACTIVE and consent.signer_role == pb.SIGNER_ROLE_PATIENT
+    assert status_of(lambda: w.grant(good)) == grpc.StatusCode.ALREADY_EXISTS
+    revoke = pb.RevokeConsentRequest(consent_id=good.consent_id)
+    assert status_of(lambda: w.stub.RevokeConsent(revoke, metadata=stranger.metadata, timeout=15)) == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(lambda: w.stub.RevokeConsent(pb.RevokeConsentRequest(consent_id="nope"), metadata=w.patient.metadata,
+                                                  timeout=15)) == grpc.StatusCode.NOT_FOUND
+    assert status_of(lambda: w.stub.CheckAccess(pb.CheckAccessRequest(patient_id=w.patient.identity_id, purpose=TREAT,
+                                                                      category="Observation"),
+                                                metadata=w.patient.metadata, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(lambda: w.stub.CheckAccess(pb.CheckAccessRequest(patient_id=w.patient.identity_id, purpose=TREAT),
+                                                metadata=w.service.metadata, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+    # Only the one good grant was recorded, by anyone.
+    recorded = await read_topic(topics.consent_events)
+    assert [g.terms.consent_id for g in payloads(recorded, pb.ConsentGranted)] == [good.consent_id]
+    assert payloads(recorded, pb.ConsentRevoked) == []
+    listed = w.stub.ListConsents(pb.ListConsentsRequest(patient_id=w.patient.identity_id), metadata=w.patient.metadata, timeout=5)
+    assert [c.terms.consent_id for c in listed.consents] == [good.consent_id]
+
+
+async def test_grant_allow_revoke_deny_and_every_decision_on_access_events(world: World, topics: Topics) -> None:
+    w = world
+    t = w.terms(categories=["Observation"])
+    assert w.check().decision == DENY
+    granted = w.grant(t)
+    assert granted.terms == t and granted.granted_event_id
+    allowed = w.check()
+    assert (allowed.decision, allowed.reason, allowed.consent_id) == (ALLOW, pb.REASON_CONSENT, t.consent_id)
+    own = w.stub.CheckAccess(pb.CheckAccessRequest(patient_id=w.patient.identity_id, purpose=TREAT, category="Observation"),
+                             metadata=w.doc.metadata, timeout=5)
+    assert own.decision == ALLOW
+    assert w.check(category="Condition").reason == pb.REASON_OUT_OF_SCOPE
+    revoked = w.stub.RevokeConsent(pb.RevokeConsentRequest(consent_id=t.consent_id), metadata=w.patient.metadata, timeout=15)
+    assert revoked.status == pb.CONSENT_STATUS_REVOKED and revoked.revoked_by == w.patient.identity_id
+    denied = w.check()
+    assert (denied.decision, denied.reason) == (DENY, pb.REASON_CONSENT_REVOKED)
+    asked = {d.decision_event_id for d in (allowed, own, denied)}
+    events = await events_when(topics.access_events, lambda found: asked <= {e.event_id for e in found})
+    by_id = {e.event_id: e for e in events}
+    first = by_id[allowed.decision_event_id]
+    assert first.aggregate_id == w.patient.identity_id and first.producer == "consent" and first.actor == w.doc.identity_id
+    (decided,) = payloads([first], pb.AccessDecided)
+    assert (decided.decision, decided.consent_id, decided.asked_by) == (ALLOW, t.consent_id, w.service.identity_id)
+    assert len(payloads(events, pb.AccessDecided)) == 5  # DENY, ALLOW, ALLOW, OUT_OF_SCOPE, DENY
+
+
+def test_expiry_needs_no_action(world: World) -> None:
+    w = world
+    now = datetime.now(timezone.utc)
+    t = w.terms(valid_from=now - timedelta(minutes=1), valid_until=now + timedelta(seconds=3))
+    w.grant(t)
+    assert w.check().decision == ALLOW
+    wait_until(lambda: w.check().reason == pb.REASON_CONSENT_EXPIRED, 10, 0.2, "expiry")
+    got = w.stub.GetConsent(pb.GetConsentRequest(consent_id=t.consent_id), metadata=w.patient.metadata, timeout=5)
+    assert got.status == pb.CONSENT_STATUS_EXPIRED
+
+
+async def test_expiry_is_published_once(world: World, topics: Topics) -> None:
+    w = world
+    now = datetime.now(timezone.utc)
+    t = w.terms(valid_from=now - timedelta(minutes=1), valid_until=now + timedelta(seconds=1))
+    w.grant(t)
+
+    await events_when(topics.consent_events, lambda found: bool(payloads(found, pb.ConsentExpired)))
+    await asyncio.sleep(1)  # time for a wrongly repeated expiry to show
+    expired = payloads(await read_topic(topics.consent_events), pb.ConsentExpired)
+    assert [e.consent_id for e in expired] == [t.consent_id]
+
+
+async def test_the_consents_table_follows_the_log(world: World) -> None:
+    w = world
+    kept, gone = w.terms(categories=["Observation"]), w.terms(grantee=w.org)
+    w.grant(kept)
+    w.grant(gone)
+    w.stub.RevokeConsent(pb.RevokeConsentRequest(consent_id=gone.consent_id), metadata=w.patient.metadata, timeout=15)
+    url = w.consent.env["MEDLEDGER_CONSENT_DATABASE_URL"]
+    deadline = time.monotonic() + 10
+    while True:
+        conn = await asyncpg.connect(url)
+        try:
+            rows = {r["consent_id"]: r for r in await conn.fetch("SELECT * FROM consents")}
+            tracked = await conn.fetchval("SELECT count(*) FROM applied_events")
+        finally:
+            await conn.close()
+        if len(rows) == 2 and rows[gone.consent_id]["revoked_at"] is not None or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert rows[kept.consent_id]["revoked_at"] is None and rows[gone.consent_id]["revoked_by"] == w.patient.identity_id
+    assert rows[kept.consent_id]["purposes"] == ["TREAT"] and rows[kept.consent_id]["categories"] == ["Observation"]
+    assert rows[gone.consent_id]["grantee_kind"] == "GRANTEE_KIND_ORGANIZATION"
+    assert bytes(rows[kept.consent_id]["terms"]) == canonical_terms(kept)
+    assert tracked == 3
+
+
+def test_organization_grant_ends_with_the_membership(world: World) -> None:
+    w = world
+    nurse = w.identity.practitioner(w.org, "nurse")
+    t = w.terms(grantee=w.org)
+    assert w.grant(t).grantee_kind == pb.GRANTEE_KIND_ORGANIZATION
+    assert w.check(nurse).reason == pb.REASON_ORGANIZATION_CONSENT
+    membership = next(m for m in w.identity.stub.GetIdentity(
+        identity_pb2.GetIdentityRequest(identity_id=nurse.identity_id), metadata=nurse.metadata, timeout=5
+    ).memberships if m.active)
+    w.identity.stub.EndMembership(identity_pb2.EndMembershipRequest(membership_id=membership.membership_id),
+                                  metadata=w.org.metadata, timeout=15)
+    wait_until(lambda: w.check(nurse).reason == pb.REASON_MEMBERSHIP_INACTIVE, 5, 0.1, "membership end to deny")
+    assert w.check().decision == ALLOW  # the doctor's membership is untouched
+
+
+async def test_break_glass_rules(world: World, topics: Topics) -> None:
+    w = world
+    loner = w.identity.register("PRACTITIONER", w.org, "IAL2")  # no membership
+    request = pb.InvokeBreakGlassRequest(patient_id=w.patient.identity_id, justification="unconscious in ER, allergies unknown")
+    assert status_of(lambda: w.stub.InvokeBreakGlass(request, metadata=loner.metadata, timeout=15)) == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(lambda: w.stub.InvokeBreakGlass(request, metadata=w.patient.metadata, timeout=15)) == grpc.StatusCode.PERMISSION_DENIED
+    no_reason = pb.InvokeBreakGlassRequest(patient_id=w.patient.identity_id)
+    assert status_of(lambda: w.stub.InvokeBreakGlass(no_reason, metadata=w.doc.metadata, timeout=15)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert w.check(purpose=EMERGENCY).reason == pb.REASON_BREAK_GLASS_REQUIRED
+    record = w.stub.InvokeBreakGlass(request, metadata=w.doc.metadata, timeout=15)
+    assert record.review_required and record.organization_id == w.org.identity_id
+    allowed = w.check(purpose=EMERGENCY)
+    assert (allowed.decision, allowed.reason, allowed.break_glass_id) == (ALLOW, pb.REASON_BREAK_GLASS, record.break_glass_id)
+    assert w.check(purpose=TREAT).decision == DENY
+    assert w.check(loner, purpose=EMERGENCY).decision == DENY
+    listed = w.stub.ListConsents(pb.ListConsentsRequest(patient_id=w.patient.identity_id), metadata=w.patient.metadata, timeout=5)
+    (shown,) = listed.break_glass
+    assert shown.justification == request.justification and shown.practitioner_id == w.doc.identity_id
+    raw = [e for e in await read_topic(topics.consent_events) if e.event_type == "medledger.v1.BreakGlassInvoked"]
+    assert len(raw) == 1 and b"allergies" not in raw[0].SerializeToString()  # no free text on the event
+
+
+def test_views_are_for_the_patient_representatives_and_auditors(world: World) -> None:
+    w = world
+    t = w.terms(grantee=w.org, purposes=[TREAT, pb.PURPOSE_RESEARCH])
+    w.grant(t)
+    patient_id = w.patient.identity_id
+    ask = pb.WhoCanAccessRequest(patient_id=patient_id)
+    who = w.stub.WhoCanAccess(ask, metadata=w.patient.metadata, timeout=5)
+    assert [p.purpose for p in who.by_purpose] == [TREAT, pb.PURPOSE_RESEARCH]
+    assert list(who.by_purpose[0].grantees[0].members) == [w.doc.identity_id]
+    auditor = w.identity.auditor()
+    assert w.stub.ListConsents(pb.ListConsentsRequest(patient_id=patient_id), metadata=auditor.metadata, timeout=5).consents
+    for outsider in (w.doc, w.service):
+        assert status_of(lambda: w.stub.WhoCanAccess(ask, metadata=outsider.metadata, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+    # A representative registered by the patient's organization may view and sign.
+    guardian = w.identity.patient(w.org)
+    assert status_of(lambda: w.stub.ListConsents(pb.ListConsentsRequest(patient_id=patient_id), metadata=guardian.metadata,
+                                                 timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+    w.stub.RegisterRepresentative(pb.RegisterRepresentativeRequest(patient_id=patient_id, representative_id=guardian.identity_id),
+                                  metadata=w.org.metadata, timeout=15)
+    assert w.stub.ListConsents(pb.ListConsentsRequest(patient_id=patient_id), metadata=guardian.metadata, timeout=5).consents
+    by_guardian = terms(patient_id, w.doc.identity_id, signer_id=guardian.identity_id, signer_key_id=guardian.key_id)
+    assert w.grant(by_guardian, key=guardian.private_key, by=guardian).signer_role == pb.SIGNER_ROLE_REPRESENTATIVE
+
+
+def test_fhir_export_validates(world: World) -> None:
+    w = world
+    t = w.terms(purposes=[TREAT, pb.PURPOSE_PAYMENT], categories=["Observation", "DiagnosticReport"])
+    w.grant(t)
+    exported = w.stub.ExportFhirConsent(pb.ExportFhirConsentRequest(consent_id=t.consent_id), metadata=w.patient.metadata, timeout=5)
+    resource = FhirConsent.model_validate_json(exported.json)
+    assert resource.id == t.consent_id and resource.status == "active"
+    provision = json.loads(exported.json)["provision"]
+    assert [p["code"] for p in provision["purpose"]] == ["TREAT", "HPAYMT"]
+    assert provision["actor"][0]["reference"]["reference"] == f"Practitioner/{w.doc.identity_id}"
+    by_grantee = w.stub.ExportFhirConsent(pb.ExportFhirConsentRequest(consent_id=t.consent_id), metadata=w.doc.metadata, timeout=5)
+    assert by_grantee.json == exported.json
+    outsider = w.identity.practitioner(w.identity.organization())
+    assert status_of(lambda: w.stub.ExportFhirConsent(pb.ExportFhirConsentRequest(consent_id=t.consent_id),
+                                                      metadata=outsider.metadata, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_revocation_reaches_another_replica_before_revoke_returns(
+    world: World, spawn: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    w = world
+    _, other = start_consent(spawn, consent_env(w.identity, tmp_path))
+    t = w.terms()
+    w.grant(t)
+    wait_until(lambda: w.check(stub=other).decision == ALLOW, 5, 0.05, "grant on the second replica")
+    w.stub.RevokeConsent(pb.RevokeConsentRequest(consent_id=t.consent_id), metadata=w.patient.metadata, timeout=15)
+    assert w.check(stub=other).decision == DENY
+    assert w.check().decision == DENY
+
+
+def test_decisions_carry_the_ledger_index_once_sequenced(world: World, spawn: Callable[..., ServiceProcess]) -> None:
+    w = world
+    spawn("ledger").wait_serving()
+    t = w.terms()
+    w.grant(t)
+    get = pb.GetConsentRequest(consent_id=t.consent_id)
+    wait_until(lambda: w.stub.GetConsent(get, metadata=w.patient.metadata, timeout=5).HasField("ledger_index"),
+               20, 0.2, "the grant's ledger index")
+    index = w.stub.GetConsent(get, metadata=w.patient.metadata, timeout=5).ledger_index
+    decision = w.check()
+    assert decision.consent_id == t.consent_id and decision.HasField("consent_ledger_index")
+    assert decision.consent_ledger_index == index
