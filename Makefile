@@ -11,8 +11,8 @@ up:            ## install what is missing, start Kafka, PostgreSQL and the four 
 down:          ## stop the services, Kafka and PostgreSQL
 	bash deploy/stack.sh down
 
-status:        ## one line per part of the stack
-	bash deploy/stack.sh status
+status:        ## one line per part of the stack (the script exits 1 when a part is down)
+	-@bash deploy/stack.sh status
 
 logs:          ## follow every log
 	bash deploy/stack.sh logs
