@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from medledger.ledger.note import NoteSigner  # noqa: E402
 from medledger.runtime.events import envelope  # noqa: E402
-from medledger.runtime.kafka import ensure_topics, make_producer, topic_specs  # noqa: E402
+from medledger.runtime.kafka import delete_topics, ensure_topics, make_producer, topic_specs  # noqa: E402
 from medledger.runtime.postgres import drop_database  # noqa: E402
 from medledger.runtime.settings import Topics  # noqa: E402
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc  # noqa: E402
@@ -202,6 +202,7 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="medledger-bench-"))
     key = tmp / "bench.key"
     key.write_text(NoteSigner.generate("bench.medledger.local/ledger").signer_key + "\n")
+    identity_topics = Topics(f"bench_identity_{uuid.uuid4().hex[:8]}.")
     port, identity_port = free_port(), free_port()
     identity_db = f"{PG_SERVER_URL}/bench_identity_{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, MEDLEDGER_KAFKA_BOOTSTRAP=BOOTSTRAP, MEDLEDGER_TOPIC_PREFIX=topics.prefix,
@@ -244,7 +245,6 @@ async def main() -> None:
 
         # an auditor, as the entries require: identity on its own topics so the log stays as measured
         operator_key = generate_key()
-        identity_topics = Topics(f"bench_identity_{uuid.uuid4().hex[:8]}.")
         await ensure_topics(BOOTSTRAP, topic_specs(identity_topics))
         id_env = dict(env, MEDLEDGER_TOPIC_PREFIX=identity_topics.prefix, **identity_env(tmp, operator_key))
         identity = ServiceProcess("identity", id_env, identity_port, tmp / "identity.log").start().wait_serving(60)
@@ -290,6 +290,7 @@ async def main() -> None:
         ledger.stop()
         await drop_database(db)
         await drop_database(identity_db)
+        await delete_topics(BOOTSTRAP, topics.all + identity_topics.all)
 
 
 if __name__ == "__main__":

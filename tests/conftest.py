@@ -11,7 +11,7 @@ from typing import AsyncIterator, Callable, Iterator
 import pytest
 
 from medledger.ledger.note import NoteSigner
-from medledger.runtime.kafka import ensure_topics, topic_specs
+from medledger.runtime.kafka import delete_topics, ensure_topics, topic_specs
 from medledger.runtime.postgres import drop_database, ensure_database
 from medledger.runtime.settings import DEFAULT_PORTS, Topics
 from tests.identity_support import IdentityHarness, generate_key, identity_env, identity_service  # noqa: F401
@@ -53,11 +53,13 @@ def stack() -> None:
 
 
 @pytest.fixture
-async def topics(stack: None) -> Topics:
-    """A fresh set of every MedLedger topic under a random prefix."""
+async def topics(stack: None) -> AsyncIterator[Topics]:
+    """A fresh set of every MedLedger topic under a random prefix, deleted after
+    the test so a long-lived local broker does not accumulate them."""
     t = Topics(unique("t") + ".")
     await ensure_topics(BOOTSTRAP, topic_specs(t))
-    return t
+    yield t
+    await delete_topics(BOOTSTRAP, t.all)
 
 
 @pytest.fixture
@@ -139,6 +141,8 @@ async def isolated_identity(
     harness = IdentityHarness(proc.address, operator_key, proc, env)
     yield harness
     harness.close()
+    proc.stop()
+    await delete_topics(BOOTSTRAP, own.all)
 
 
 @pytest.fixture

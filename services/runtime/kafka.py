@@ -76,6 +76,19 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]
         await admin.close()
 
 
+async def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
+    """Delete topics (tests and benchmarks clean up their random ones)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [n for n in names if n in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
 def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
     """An idempotent producer (enable_idempotence, acks=all) that never loses an
     acknowledged event and never writes one twice on retry."""

@@ -33,6 +33,9 @@ class _Purpose:
 class _PurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Purpose.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PURPOSE_UNSPECIFIED: _Purpose.ValueType  # 0
+    """Not a purpose: refused in ConsentTerms.purposes and CheckAccess
+    (INVALID_ARGUMENT); never returned.
+    """
     PURPOSE_TREATMENT: _Purpose.ValueType  # 1
     """TREAT: treatment."""
     PURPOSE_PAYMENT: _Purpose.ValueType  # 2
@@ -50,6 +53,9 @@ class Purpose(_Purpose, metaclass=_PurposeEnumTypeWrapper):
     """Purposes of use, the HL7 v3 ActReason (PurposeOfUse) codes."""
 
 PURPOSE_UNSPECIFIED: Purpose.ValueType  # 0
+"""Not a purpose: refused in ConsentTerms.purposes and CheckAccess
+(INVALID_ARGUMENT); never returned.
+"""
 PURPOSE_TREATMENT: Purpose.ValueType  # 1
 """TREAT: treatment."""
 PURPOSE_PAYMENT: Purpose.ValueType  # 2
@@ -71,14 +77,19 @@ class _GranteeKind:
 class _GranteeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GranteeKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     GRANTEE_KIND_UNSPECIFIED: _GranteeKind.ValueType  # 0
+    """Never returned."""
     GRANTEE_KIND_PRACTITIONER: _GranteeKind.ValueType  # 1
+    """One practitioner: the grantee itself."""
     GRANTEE_KIND_ORGANIZATION: _GranteeKind.ValueType  # 2
     """Every practitioner with an active membership in the organization."""
 
-class GranteeKind(_GranteeKind, metaclass=_GranteeKindEnumTypeWrapper): ...
+class GranteeKind(_GranteeKind, metaclass=_GranteeKindEnumTypeWrapper):
+    """Who a consent names as grantee."""
 
 GRANTEE_KIND_UNSPECIFIED: GranteeKind.ValueType  # 0
+"""Never returned."""
 GRANTEE_KIND_PRACTITIONER: GranteeKind.ValueType  # 1
+"""One practitioner: the grantee itself."""
 GRANTEE_KIND_ORGANIZATION: GranteeKind.ValueType  # 2
 """Every practitioner with an active membership in the organization."""
 Global___GranteeKind: _TypeAlias = GranteeKind  # noqa: Y015
@@ -90,14 +101,21 @@ class _SignerRole:
 class _SignerRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SignerRole.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SIGNER_ROLE_UNSPECIFIED: _SignerRole.ValueType  # 0
+    """Never returned."""
     SIGNER_ROLE_PATIENT: _SignerRole.ValueType  # 1
+    """The patient signed for themselves (signer_id = patient_id)."""
     SIGNER_ROLE_REPRESENTATIVE: _SignerRole.ValueType  # 2
+    """A legal representative registered with RegisterRepresentative signed."""
 
-class SignerRole(_SignerRole, metaclass=_SignerRoleEnumTypeWrapper): ...
+class SignerRole(_SignerRole, metaclass=_SignerRoleEnumTypeWrapper):
+    """In which capacity the signer signed a consent."""
 
 SIGNER_ROLE_UNSPECIFIED: SignerRole.ValueType  # 0
+"""Never returned."""
 SIGNER_ROLE_PATIENT: SignerRole.ValueType  # 1
+"""The patient signed for themselves (signer_id = patient_id)."""
 SIGNER_ROLE_REPRESENTATIVE: SignerRole.ValueType  # 2
+"""A legal representative registered with RegisterRepresentative signed."""
 Global___SignerRole: _TypeAlias = SignerRole  # noqa: Y015
 
 class _ConsentStatus:
@@ -107,22 +125,29 @@ class _ConsentStatus:
 class _ConsentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CONSENT_STATUS_UNSPECIFIED: _ConsentStatus.ValueType  # 0
+    """Never returned."""
     CONSENT_STATUS_ACTIVE: _ConsentStatus.ValueType  # 1
     """Granted and inside its window."""
     CONSENT_STATUS_PENDING: _ConsentStatus.ValueType  # 2
     """Granted, window not started yet."""
     CONSENT_STATUS_REVOKED: _ConsentStatus.ValueType  # 3
+    """Revoked by the patient or a representative (whatever its window); final."""
     CONSENT_STATUS_EXPIRED: _ConsentStatus.ValueType  # 4
     """Its window ended (whether or not ConsentExpired was published yet)."""
 
-class ConsentStatus(_ConsentStatus, metaclass=_ConsentStatusEnumTypeWrapper): ...
+class ConsentStatus(_ConsentStatus, metaclass=_ConsentStatusEnumTypeWrapper):
+    """A consent's state at the time of the answer (computed from the replica's
+    clock; expiry needs no event).
+    """
 
 CONSENT_STATUS_UNSPECIFIED: ConsentStatus.ValueType  # 0
+"""Never returned."""
 CONSENT_STATUS_ACTIVE: ConsentStatus.ValueType  # 1
 """Granted and inside its window."""
 CONSENT_STATUS_PENDING: ConsentStatus.ValueType  # 2
 """Granted, window not started yet."""
 CONSENT_STATUS_REVOKED: ConsentStatus.ValueType  # 3
+"""Revoked by the patient or a representative (whatever its window); final."""
 CONSENT_STATUS_EXPIRED: ConsentStatus.ValueType  # 4
 """Its window ended (whether or not ConsentExpired was published yet)."""
 Global___ConsentStatus: _TypeAlias = ConsentStatus  # noqa: Y015
@@ -134,14 +159,21 @@ class _Decision:
 class _DecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decision.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DECISION_UNSPECIFIED: _Decision.ValueType  # 0
+    """Never returned."""
     DECISION_ALLOW: _Decision.ValueType  # 1
+    """The requester may read the records asked for, for the purpose asked for."""
     DECISION_DENY: _Decision.ValueType  # 2
+    """The requester may not; DecisionReason says why."""
 
-class Decision(_Decision, metaclass=_DecisionEnumTypeWrapper): ...
+class Decision(_Decision, metaclass=_DecisionEnumTypeWrapper):
+    """ALLOW or DENY."""
 
 DECISION_UNSPECIFIED: Decision.ValueType  # 0
+"""Never returned."""
 DECISION_ALLOW: Decision.ValueType  # 1
+"""The requester may read the records asked for, for the purpose asked for."""
 DECISION_DENY: Decision.ValueType  # 2
+"""The requester may not; DecisionReason says why."""
 Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
 class _DecisionReason:
@@ -151,6 +183,7 @@ class _DecisionReason:
 class _DecisionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DecisionReason.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     DECISION_REASON_UNSPECIFIED: _DecisionReason.ValueType  # 0
+    """Never returned."""
     REASON_CONSENT: _DecisionReason.ValueType  # 1
     """ALLOW: a consent to the requester covers the request."""
     REASON_ORGANIZATION_CONSENT: _DecisionReason.ValueType  # 2
@@ -160,8 +193,11 @@ class _DecisionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decisi
     REASON_NO_CONSENT: _DecisionReason.ValueType  # 10
     """DENY: no consent names the requester or any of its organizations."""
     REASON_CONSENT_REVOKED: _DecisionReason.ValueType  # 11
+    """DENY: the most nearly matching consent was revoked."""
     REASON_CONSENT_EXPIRED: _DecisionReason.ValueType  # 12
+    """DENY: the most nearly matching consent's window has ended."""
     REASON_CONSENT_NOT_YET_VALID: _DecisionReason.ValueType  # 13
+    """DENY: the most nearly matching consent's window has not started yet."""
     REASON_PURPOSE_NOT_COVERED: _DecisionReason.ValueType  # 14
     """A consent exists but not for this purpose."""
     REASON_OUT_OF_SCOPE: _DecisionReason.ValueType  # 15
@@ -179,6 +215,7 @@ class DecisionReason(_DecisionReason, metaclass=_DecisionReasonEnumTypeWrapper):
     """Why access was allowed or denied."""
 
 DECISION_REASON_UNSPECIFIED: DecisionReason.ValueType  # 0
+"""Never returned."""
 REASON_CONSENT: DecisionReason.ValueType  # 1
 """ALLOW: a consent to the requester covers the request."""
 REASON_ORGANIZATION_CONSENT: DecisionReason.ValueType  # 2
@@ -188,8 +225,11 @@ REASON_BREAK_GLASS: DecisionReason.ValueType  # 3
 REASON_NO_CONSENT: DecisionReason.ValueType  # 10
 """DENY: no consent names the requester or any of its organizations."""
 REASON_CONSENT_REVOKED: DecisionReason.ValueType  # 11
+"""DENY: the most nearly matching consent was revoked."""
 REASON_CONSENT_EXPIRED: DecisionReason.ValueType  # 12
+"""DENY: the most nearly matching consent's window has ended."""
 REASON_CONSENT_NOT_YET_VALID: DecisionReason.ValueType  # 13
+"""DENY: the most nearly matching consent's window has not started yet."""
 REASON_PURPOSE_NOT_COVERED: DecisionReason.ValueType  # 14
 """A consent exists but not for this purpose."""
 REASON_OUT_OF_SCOPE: DecisionReason.ValueType  # 15
@@ -216,14 +256,25 @@ class ConsentScope(_message.Message):
     CATEGORIES_FIELD_NUMBER: _builtins.int
     RECORD_IDS_FIELD_NUMBER: _builtins.int
     all_records: _builtins.bool
-    """Every record of the patient; the lists must then be empty."""
+    """Every record of the patient; the lists must then be empty.
+    False: at least one category or record id must be listed (an empty scope
+    is INVALID_ARGUMENT).
+    """
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """FHIR R4 resource type names, e.g. "Observation", "MedicationRequest"."""
+        """FHIR R4 resource type names, e.g. "Observation", "MedicationRequest".
+        Case-sensitive, each a real FHIR resource type (not a data type), no
+        duplicates; empty when all_records is set or only record ids are listed.
+        At most 1000 entries together with record_ids.
+        """
 
     @_builtins.property
     def record_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Record ids as the records service assigns them."""
+        """Record ids as the records service assigns them.
+        Each 1-128 letters, digits, '.', '_', ':' or '-', starting with a letter
+        or digit; no duplicates; empty when all_records is set or only categories
+        are listed. At most 1000 entries together with categories.
+        """
 
     def __init__(
         self,
@@ -252,6 +303,9 @@ class ConsentTerms(_message.Message):
     "medledger.v1.ConsentTerms\\n" || SerializeToString(terms, deterministic=True).
     The prefix separates consent signatures from every other Ed25519 signature a
     key makes (e.g. identity challenges).
+
+    Every id field below is required and 1-128 letters, digits, '.', '_', ':'
+    or '-', starting with a letter or digit (INVALID_ARGUMENT otherwise).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -269,29 +323,61 @@ class ConsentTerms(_message.Message):
     consent_id: _builtins.str
     """Chosen by the signer (a UUID): binds the signature to one consent, so a
     signed grant can be submitted once and revoked by id.
+    Unique across all patients: a consent id used before is ALREADY_EXISTS.
     """
     patient_id: _builtins.str
-    """The patient whose records are covered."""
+    """The patient whose records are covered.
+    An active PATIENT identity (NOT_FOUND if unknown, INVALID_ARGUMENT if of
+    another kind, FAILED_PRECONDITION if revoked).
+    """
     grantee_id: _builtins.str
-    """The practitioner or organization granted access."""
+    """The practitioner or organization granted access.
+    An active PRACTITIONER or ORGANIZATION identity, not the patient
+    (NOT_FOUND if unknown, INVALID_ARGUMENT for another kind,
+    FAILED_PRECONDITION if revoked). An organization grant covers its
+    practitioners while their membership is active.
+    """
     signer_id: _builtins.str
-    """Who signed: the patient, or a registered legal representative."""
+    """Who signed: the patient, or a registered legal representative.
+    Must be active and be patient_id itself or one of its representatives
+    (PERMISSION_DENIED otherwise).
+    """
     signer_key_id: _builtins.str
-    """The signer's key id; the identity service resolves it as of signed_at."""
+    """The signer's key id; the identity service resolves it as of signed_at.
+    Lower-case hex (see ResolvedKey.key_id). The key must be the signer's, in
+    effect at signed_at and never revoked (PERMISSION_DENIED otherwise).
+    """
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[Global___Purpose.ValueType]:
-        """At least one; EMERGENCY is not grantable."""
+        """At least one; EMERGENCY is not grantable.
+        Each of TREATMENT, PAYMENT, OPERATIONS, RESEARCH at most once; never
+        UNSPECIFIED.
+        """
 
     @_builtins.property
-    def scope(self) -> Global___ConsentScope: ...
+    def scope(self) -> Global___ConsentScope:
+        """Which of the patient's records are covered; required (see ConsentScope)."""
+
     @_builtins.property
     def valid_from(self) -> _timestamp_pb2.Timestamp:
-        """Validity window [valid_from, valid_until); both required."""
+        """Validity window [valid_from, valid_until); both required.
+        valid_from: when access starts (UTC); may be in the past; before it the
+        consent is PENDING.
+        """
 
     @_builtins.property
-    def valid_until(self) -> _timestamp_pb2.Timestamp: ...
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """End of the window, exclusive (UTC); required; after valid_from and still
+        in the future when the grant is submitted. From then on the consent is
+        EXPIRED.
+        """
+
     @_builtins.property
-    def signed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def signed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the signer signed (UTC); required; at most
+        MEDLEDGER_CONSENT_SIGNING_SKEW_S (default 300 s) in the future.
+        """
+
     def __init__(
         self,
         *,
@@ -331,20 +417,45 @@ class Consent(_message.Message):
     GRANTED_EVENT_ID_FIELD_NUMBER: _builtins.int
     LEDGER_INDEX_FIELD_NUMBER: _builtins.int
     signature: _builtins.bytes
-    """Ed25519 signature over the canonical encoding (see ConsentTerms)."""
+    """Ed25519 signature over the canonical encoding (see ConsentTerms).
+    Always 64 bytes.
+    """
     grantee_kind: Global___GranteeKind.ValueType
+    """PRACTITIONER or ORGANIZATION, from the grantee's identity kind at grant
+    time; never UNSPECIFIED.
+    """
     signer_role: Global___SignerRole.ValueType
+    """PATIENT or REPRESENTATIVE; never UNSPECIFIED."""
     status: Global___ConsentStatus.ValueType
+    """The status now, as of this answer; never UNSPECIFIED."""
     revoked_by: _builtins.str
+    """Identity id of whoever revoked it (the patient or a representative);
+    empty unless revoked.
+    """
     granted_event_id: _builtins.str
-    """The ConsentGranted event's id, and its ledger index once sequenced."""
+    """The ConsentGranted event's id, and its ledger index once sequenced.
+    granted_event_id: EventEnvelope.event_id (UUIDv7); never empty.
+    """
     ledger_index: _builtins.int
+    """0-based index of the ConsentGranted event in the ledger (Entry.index);
+    unset until this replica has read the ledger entry for it.
+    """
     @_builtins.property
-    def terms(self) -> Global___ConsentTerms: ...
+    def terms(self) -> Global___ConsentTerms:
+        """The signed terms, exactly as signed: re-serializing them with
+        deterministic=True reproduces the bytes the signature covers.
+        """
+
     @_builtins.property
-    def granted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def granted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the service recorded the grant (UTC; the ConsentGranted event's
+        occurred_at), not the signing time; always set.
+        """
+
     @_builtins.property
-    def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def revoked_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was revoked (UTC); unset unless status is REVOKED."""
+
     def __init__(
         self,
         *,
@@ -385,22 +496,37 @@ class BreakGlass(_message.Message):
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     REVIEW_REQUIRED_FIELD_NUMBER: _builtins.int
     break_glass_id: _builtins.str
+    """Opaque id (UUIDv7) assigned by InvokeBreakGlass; never empty."""
     patient_id: _builtins.str
+    """The patient whose records were opened."""
     practitioner_id: _builtins.str
+    """The practitioner who invoked it."""
     organization_id: _builtins.str
-    """The organization whose active membership allowed it."""
+    """The organization whose active membership allowed it.
+    Never empty. The access covers the practitioner only while that
+    membership stays active.
+    """
     justification: _builtins.str
     """Shown to the patient, the practitioner and auditors only; events carry
     its SHA-256.
+    The practitioner's text with surrounding whitespace removed, 10-2000
+    characters; empty only if the database no longer holds it.
     """
     justification_sha256: _builtins.bytes
+    """SHA-256 of the UTF-8 justification (32 bytes), as on BreakGlassInvoked."""
     review_required: _builtins.bool
-    """Every break-glass is flagged for review."""
+    """Every break-glass is flagged for review.
+    Always true.
+    """
     @_builtins.property
-    def invoked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def invoked_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was invoked (UTC); always set."""
+
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp:
-        """Emergency access lasts until then."""
+        """Emergency access lasts until then.
+        invoked_at + MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h), exclusive.
+        """
 
     def __init__(
         self,
@@ -425,15 +551,22 @@ Global___BreakGlass: _TypeAlias = BreakGlass  # noqa: Y015
 
 @_typing.final
 class GrantConsentRequest(_message.Message):
+    """GrantConsent's request: signed terms, from any authenticated caller."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TERMS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     terms: _builtins.bytes
-    """The serialized ConsentTerms, in canonical encoding (see ConsentTerms)."""
+    """The serialized ConsentTerms, in canonical encoding (see ConsentTerms).
+    Required; at most 64 KiB; any other encoding or unknown fields is
+    INVALID_ARGUMENT.
+    """
     signature: _builtins.bytes
     """Ed25519 signature by terms.signer_id's key terms.signer_key_id over
     "medledger.v1.ConsentTerms\\n" || terms.
+    Required, exactly 64 bytes (INVALID_ARGUMENT otherwise); one that does
+    not verify is PERMISSION_DENIED.
     """
     def __init__(
         self,
@@ -451,10 +584,13 @@ Global___GrantConsentRequest: _TypeAlias = GrantConsentRequest  # noqa: Y015
 
 @_typing.final
 class RevokeConsentRequest(_message.Message):
+    """RevokeConsent's request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENT_ID_FIELD_NUMBER: _builtins.int
     consent_id: _builtins.str
+    """The consent to revoke (ConsentTerms.consent_id); required."""
     def __init__(
         self,
         *,
@@ -470,10 +606,13 @@ Global___RevokeConsentRequest: _TypeAlias = RevokeConsentRequest  # noqa: Y015
 
 @_typing.final
 class GetConsentRequest(_message.Message):
+    """GetConsent's request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENT_ID_FIELD_NUMBER: _builtins.int
     consent_id: _builtins.str
+    """The consent to return (ConsentTerms.consent_id); required."""
     def __init__(
         self,
         *,
@@ -489,10 +628,15 @@ Global___GetConsentRequest: _TypeAlias = GetConsentRequest  # noqa: Y015
 
 @_typing.final
 class ListConsentsRequest(_message.Message):
+    """ListConsents' request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
+    """The patient's identity id; required. A patient with no consents (or an
+    unknown id) gives empty lists, not NOT_FOUND.
+    """
     def __init__(
         self,
         *,
@@ -508,6 +652,8 @@ Global___ListConsentsRequest: _TypeAlias = ListConsentsRequest  # noqa: Y015
 
 @_typing.final
 class ListConsentsResponse(_message.Message):
+    """ListConsents' answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENTS_FIELD_NUMBER: _builtins.int
@@ -518,7 +664,9 @@ class ListConsentsResponse(_message.Message):
 
     @_builtins.property
     def break_glass(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakGlass]:
-        """Every break-glass access to the patient's records, oldest first."""
+        """Every break-glass access to the patient's records, oldest first.
+        Expired ones included, with their justification text.
+        """
 
     def __init__(
         self,
@@ -536,10 +684,13 @@ Global___ListConsentsResponse: _TypeAlias = ListConsentsResponse  # noqa: Y015
 
 @_typing.final
 class WhoCanAccessRequest(_message.Message):
+    """WhoCanAccess' request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
+    """The patient's identity id; required."""
     def __init__(
         self,
         *,
@@ -566,15 +717,27 @@ class EffectiveGrantee(_message.Message):
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     grantee_id: _builtins.str
+    """The consent's grantee (a practitioner or organization identity id)."""
     grantee_kind: Global___GranteeKind.ValueType
+    """PRACTITIONER or ORGANIZATION; never UNSPECIFIED."""
     consent_id: _builtins.str
+    """The ACTIVE consent that grants the access."""
     @_builtins.property
-    def scope(self) -> Global___ConsentScope: ...
+    def scope(self) -> Global___ConsentScope:
+        """What that consent covers (all_records, or sorted categories and record
+        ids).
+        """
+
     @_builtins.property
-    def valid_until(self) -> _timestamp_pb2.Timestamp: ...
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """When that consent's window ends (UTC, exclusive)."""
+
     @_builtins.property
     def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """For an organization: the practitioners covered now (active memberships)."""
+        """For an organization: the practitioners covered now (active memberships).
+        Active PRACTITIONER identity ids, sorted; empty for a practitioner grantee
+        or an organization with no such member.
+        """
 
     def __init__(
         self,
@@ -596,13 +759,22 @@ Global___EffectiveGrantee: _TypeAlias = EffectiveGrantee  # noqa: Y015
 
 @_typing.final
 class PurposeGrantees(_message.Message):
+    """The grantees that can use one purpose now."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PURPOSE_FIELD_NUMBER: _builtins.int
     GRANTEES_FIELD_NUMBER: _builtins.int
     purpose: Global___Purpose.ValueType
+    """TREATMENT, PAYMENT, OPERATIONS or RESEARCH; never EMERGENCY (covered by
+    TREATMENT or break-glass) nor UNSPECIFIED.
+    """
     @_builtins.property
-    def grantees(self) -> _containers.RepeatedCompositeFieldContainer[Global___EffectiveGrantee]: ...
+    def grantees(self) -> _containers.RepeatedCompositeFieldContainer[Global___EffectiveGrantee]:
+        """One entry per ACTIVE consent listing the purpose, oldest grant first; a
+        grantee with several such consents appears once per consent. Never empty.
+        """
+
     def __init__(
         self,
         *,
@@ -619,17 +791,23 @@ Global___PurposeGrantees: _TypeAlias = PurposeGrantees  # noqa: Y015
 
 @_typing.final
 class WhoCanAccessResponse(_message.Message):
+    """WhoCanAccess' answer, as of the replica's clock."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BY_PURPOSE_FIELD_NUMBER: _builtins.int
     BREAK_GLASS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def by_purpose(self) -> _containers.RepeatedCompositeFieldContainer[Global___PurposeGrantees]:
-        """One entry per purpose that someone can use now."""
+        """One entry per purpose that someone can use now.
+        Sorted by Purpose number; empty when no consent is ACTIVE.
+        """
 
     @_builtins.property
     def break_glass(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakGlass]:
-        """Break-glass accesses still in effect."""
+        """Break-glass accesses still in effect.
+        Those with valid_until after now, with their justification text.
+        """
 
     def __init__(
         self,
@@ -647,6 +825,10 @@ Global___WhoCanAccessResponse: _TypeAlias = WhoCanAccessResponse  # noqa: Y015
 
 @_typing.final
 class CheckAccessRequest(_message.Message):
+    """CheckAccess' request: may this requester read these records of this patient
+    for this purpose?
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUESTER_ID_FIELD_NUMBER: _builtins.int
@@ -657,14 +839,28 @@ class CheckAccessRequest(_message.Message):
     requester_id: _builtins.str
     """Who wants to read. A practitioner may leave it empty (itself) and may ask
     only for itself; a service asks on a requester's behalf.
+    Empty always means the caller itself. A practitioner naming anyone else
+    gets PERMISSION_DENIED.
     """
     patient_id: _builtins.str
+    """The patient whose records are asked for; required. An unknown patient
+    gets a DENY, not NOT_FOUND.
+    """
     purpose: Global___Purpose.ValueType
+    """Required: TREATMENT, PAYMENT, OPERATIONS, RESEARCH or EMERGENCY
+    (INVALID_ARGUMENT for UNSPECIFIED or an unknown value).
+    """
     category: _builtins.str
     """The FHIR resource type of the records asked for, or a record id, or both
     (a record matches a consent that lists either).
+    category: a FHIR R4 resource type name, compared exactly
+    (case-sensitive) with ConsentScope.categories; may be empty if record_id
+    is set. At least one of category and record_id is required.
     """
     record_id: _builtins.str
+    """The record id asked for, compared exactly with ConsentScope.record_ids;
+    may be empty if category is set.
+    """
     def __init__(
         self,
         *,
@@ -684,6 +880,8 @@ Global___CheckAccessRequest: _TypeAlias = CheckAccessRequest  # noqa: Y015
 
 @_typing.final
 class AccessDecision(_message.Message):
+    """CheckAccess' answer: one decision, already handed to access.events."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DECISION_FIELD_NUMBER: _builtins.int
@@ -695,19 +893,38 @@ class AccessDecision(_message.Message):
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     decision: Global___Decision.ValueType
+    """ALLOW or DENY; never UNSPECIFIED."""
     reason: Global___DecisionReason.ValueType
+    """Why; never UNSPECIFIED (REASON_CONSENT, REASON_ORGANIZATION_CONSENT or
+    REASON_BREAK_GLASS for ALLOW, a DENY reason otherwise).
+    """
     consent_id: _builtins.str
     """The consent that allowed it (or the closest one that did not), and its
     ledger index once the ledger sequenced the grant.
+    consent_id: empty for a break-glass ALLOW and for DENY reasons
+    NO_CONSENT, MEMBERSHIP_INACTIVE and REQUESTER_NOT_ACTIVE (and for
+    BREAK_GLASS_REQUIRED when no consent names the requester).
     """
     consent_ledger_index: _builtins.int
+    """0-based ledger index of that consent's ConsentGranted event; unset when
+    consent_id is empty or this replica has not read its ledger entry yet.
+    """
     break_glass_id: _builtins.str
+    """The break-glass that allowed it; set only for REASON_BREAK_GLASS."""
     decision_event_id: _builtins.str
-    """The AccessDecided event recording this decision on access.events."""
+    """The AccessDecided event recording this decision on access.events.
+    Its EventEnvelope.event_id (UUIDv7); never empty. The event was handed
+    to Kafka before this answer; its acknowledgement is awaited in the
+    background.
+    """
     detail: _builtins.str
-    """Human-readable detail for DENY; ids only."""
+    """Human-readable detail for DENY; ids only.
+    Empty for ALLOW. For display and logs, not for parsing.
+    """
     @_builtins.property
-    def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    def decided_at(self) -> _timestamp_pb2.Timestamp:
+        """When the decision was made (UTC, the replica's clock); always set."""
+
     def __init__(
         self,
         *,
@@ -732,19 +949,29 @@ Global___AccessDecision: _TypeAlias = AccessDecision  # noqa: Y015
 
 @_typing.final
 class InvokeBreakGlassRequest(_message.Message):
+    """InvokeBreakGlass' request, from a practitioner."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     JUSTIFICATION_FIELD_NUMBER: _builtins.int
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
+    """The patient whose records are needed; required; must be a registered
+    PATIENT (NOT_FOUND otherwise).
+    """
     justification: _builtins.str
     """Why, in the practitioner's words; required. Stored by the consent service
     and shown to the patient; never put on an event.
+    10-2000 characters once surrounding whitespace is removed
+    (INVALID_ARGUMENT otherwise).
     """
     organization_id: _builtins.str
     """The organization the practitioner acts for; may be empty when the
     practitioner has exactly one active membership.
+    If given, the practitioner must have an active membership in it
+    (PERMISSION_DENIED otherwise); empty with several memberships is
+    INVALID_ARGUMENT.
     """
     def __init__(
         self,
@@ -775,8 +1002,11 @@ class RegisterRepresentativeRequest(_message.Message):
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
+    """The represented patient: an active PATIENT identity; required."""
     representative_id: _builtins.str
-    """An active PATIENT or PRACTITIONER identity (a person)."""
+    """An active PATIENT or PRACTITIONER identity (a person).
+    Required; not the patient themselves (INVALID_ARGUMENT otherwise).
+    """
     def __init__(
         self,
         *,
@@ -793,12 +1023,18 @@ Global___RegisterRepresentativeRequest: _TypeAlias = RegisterRepresentativeReque
 
 @_typing.final
 class EndRepresentationRequest(_message.Message):
+    """EndRepresentation's request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
+    """The represented patient; required."""
     representative_id: _builtins.str
+    """The current representative to remove; required (NOT_FOUND if not a
+    representative of the patient).
+    """
     def __init__(
         self,
         *,
@@ -815,15 +1051,23 @@ Global___EndRepresentationRequest: _TypeAlias = EndRepresentationRequest  # noqa
 
 @_typing.final
 class Representation(_message.Message):
+    """A patient-representative relation, as RegisterRepresentative and
+    EndRepresentation leave it.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
+    """The represented patient, as in the request."""
     representative_id: _builtins.str
+    """The representative, as in the request."""
     active: _builtins.bool
-    """False once ended."""
+    """False once ended.
+    True after RegisterRepresentative, false after EndRepresentation.
+    """
     def __init__(
         self,
         *,
@@ -841,10 +1085,13 @@ Global___Representation: _TypeAlias = Representation  # noqa: Y015
 
 @_typing.final
 class ExportFhirConsentRequest(_message.Message):
+    """ExportFhirConsent's request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENT_ID_FIELD_NUMBER: _builtins.int
     consent_id: _builtins.str
+    """The consent to export (ConsentTerms.consent_id); required."""
     def __init__(
         self,
         *,
@@ -860,11 +1107,17 @@ Global___ExportFhirConsentRequest: _TypeAlias = ExportFhirConsentRequest  # noqa
 
 @_typing.final
 class FhirConsent(_message.Message):
+    """A consent exported as FHIR."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JSON_FIELD_NUMBER: _builtins.int
     json: _builtins.str
-    """A FHIR R4 Consent resource as JSON (application/fhir+json)."""
+    """A FHIR R4 Consent resource as JSON (application/fhir+json).
+    Validated against the R4 model. status "active" while the consent is
+    ACTIVE or PENDING, else "inactive"; the signed canonical terms and the
+    signature are in sourceAttachment, so the export verifies on its own.
+    """
     def __init__(
         self,
         *,
@@ -880,7 +1133,11 @@ Global___FhirConsent: _TypeAlias = FhirConsent  # noqa: Y015
 
 @_typing.final
 class ConsentGranted(_message.Message):
-    """---- Events on consent.events (aggregate_id = patient id) ----"""
+    """---- Events on consent.events (aggregate_id = patient id) ----
+
+    A consent was granted. Envelope actor: the signer; occurred_at: the time
+    the service recorded it (Consent.granted_at).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -890,12 +1147,21 @@ class ConsentGranted(_message.Message):
     SIGNER_ROLE_FIELD_NUMBER: _builtins.int
     SUBMITTED_BY_FIELD_NUMBER: _builtins.int
     signature: _builtins.bytes
+    """Ed25519 signature (64 bytes) over "medledger.v1.ConsentTerms\\n" || the
+    canonical terms.
+    """
     grantee_kind: Global___GranteeKind.ValueType
+    """PRACTITIONER or ORGANIZATION, from the grantee's identity kind."""
     signer_role: Global___SignerRole.ValueType
+    """PATIENT or REPRESENTATIVE."""
     submitted_by: _builtins.str
-    """Who submitted the signed grant (may differ from the signer)."""
+    """Who submitted the signed grant (may differ from the signer).
+    The authenticated caller's identity id.
+    """
     @_builtins.property
-    def terms(self) -> Global___ConsentTerms: ...
+    def terms(self) -> Global___ConsentTerms:
+        """The terms exactly as signed (re-serialize deterministically to verify)."""
+
     def __init__(
         self,
         *,
@@ -915,14 +1181,22 @@ Global___ConsentGranted: _TypeAlias = ConsentGranted  # noqa: Y015
 
 @_typing.final
 class ConsentRevoked(_message.Message):
+    """A consent was revoked. Envelope actor: revoked_by; occurred_at: the
+    revocation time (Consent.revoked_at). A repeat for the same consent changes
+    nothing.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENT_ID_FIELD_NUMBER: _builtins.int
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     REVOKED_BY_FIELD_NUMBER: _builtins.int
     consent_id: _builtins.str
+    """The revoked consent."""
     patient_id: _builtins.str
+    """Its patient (also the envelope's aggregate_id)."""
     revoked_by: _builtins.str
+    """Identity id of the patient or representative who revoked it."""
     def __init__(
         self,
         *,
@@ -942,6 +1216,7 @@ Global___ConsentRevoked: _TypeAlias = ConsentRevoked  # noqa: Y015
 class ConsentExpired(_message.Message):
     """Published once by the expiry sweeper after valid_until; decisions do not
     wait for it (they compare the window with the clock).
+    Not published for a consent that was revoked first.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -950,9 +1225,13 @@ class ConsentExpired(_message.Message):
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     consent_id: _builtins.str
+    """The expired consent."""
     patient_id: _builtins.str
+    """Its patient (also the envelope's aggregate_id)."""
     @_builtins.property
-    def valid_until(self) -> _timestamp_pb2.Timestamp: ...
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """The consent's valid_until (UTC), the moment it expired."""
+
     def __init__(
         self,
         *,
@@ -970,6 +1249,10 @@ Global___ConsentExpired: _TypeAlias = ConsentExpired  # noqa: Y015
 
 @_typing.final
 class BreakGlassInvoked(_message.Message):
+    """A practitioner invoked break-glass. Envelope actor: the practitioner;
+    occurred_at: BreakGlass.invoked_at. The justification text is not here.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BREAK_GLASS_ID_FIELD_NUMBER: _builtins.int
@@ -980,14 +1263,25 @@ class BreakGlassInvoked(_message.Message):
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     REVIEW_REQUIRED_FIELD_NUMBER: _builtins.int
     break_glass_id: _builtins.str
+    """Opaque id (UUIDv7) of the break-glass access."""
     patient_id: _builtins.str
+    """The patient whose records were opened."""
     practitioner_id: _builtins.str
+    """The practitioner who invoked it."""
     organization_id: _builtins.str
+    """The organization of the practitioner's active membership it was made
+    under; never empty.
+    """
     justification_sha256: _builtins.bytes
-    """SHA-256 of the UTF-8 justification text kept in the consent database."""
+    """SHA-256 of the UTF-8 justification text kept in the consent database.
+    32 bytes; the text is hashed with surrounding whitespace removed.
+    """
     review_required: _builtins.bool
+    """Always true: every break-glass is flagged for review."""
     @_builtins.property
-    def valid_until(self) -> _timestamp_pb2.Timestamp: ...
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """End of the emergency access (UTC, exclusive)."""
+
     def __init__(
         self,
         *,
@@ -1009,14 +1303,19 @@ Global___BreakGlassInvoked: _TypeAlias = BreakGlassInvoked  # noqa: Y015
 
 @_typing.final
 class RepresentativeRegistered(_message.Message):
+    """A legal representative was registered for a patient."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
     REGISTERED_BY_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
+    """The represented patient."""
     representative_id: _builtins.str
+    """The representative: a PATIENT or PRACTITIONER identity id."""
     registered_by: _builtins.str
+    """Who registered it: the patient or the organization that registered them."""
     def __init__(
         self,
         *,
@@ -1034,14 +1333,21 @@ Global___RepresentativeRegistered: _TypeAlias = RepresentativeRegistered  # noqa
 
 @_typing.final
 class RepresentationEnded(_message.Message):
+    """A representation ended."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
     ENDED_BY_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
+    """The represented patient."""
     representative_id: _builtins.str
+    """The former representative."""
     ended_by: _builtins.str
+    """Who ended it: the patient, their registering organization or the
+    representative.
+    """
     def __init__(
         self,
         *,
@@ -1062,6 +1368,8 @@ class AccessDecided(_message.Message):
     """---- Event on access.events (aggregate_id = patient id) ----
 
     One access decision, allowed or denied.
+    Envelope actor: requester_id. Mirrors the CheckAccess request and its AccessDecision; its envelope's
+    event_id is AccessDecision.decision_event_id.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1077,14 +1385,23 @@ class AccessDecided(_message.Message):
     BREAK_GLASS_ID_FIELD_NUMBER: _builtins.int
     ASKED_BY_FIELD_NUMBER: _builtins.int
     requester_id: _builtins.str
+    """The requester decided on (the caller itself if the request left it empty)."""
     patient_id: _builtins.str
+    """The patient whose records were asked for."""
     purpose: Global___Purpose.ValueType
+    """The purpose asked for; never UNSPECIFIED."""
     category: _builtins.str
+    """The FHIR resource type asked for, as in the request; may be empty."""
     record_id: _builtins.str
+    """The record id asked for, as in the request; may be empty (not both empty)."""
     decision: Global___Decision.ValueType
+    """ALLOW or DENY."""
     reason: Global___DecisionReason.ValueType
+    """Why (see DecisionReason)."""
     consent_id: _builtins.str
+    """As AccessDecision.consent_id: the allowing or closest consent; may be empty."""
     break_glass_id: _builtins.str
+    """The allowing break-glass; set only for REASON_BREAK_GLASS."""
     asked_by: _builtins.str
     """The authenticated caller that asked (a service or the practitioner)."""
     def __init__(

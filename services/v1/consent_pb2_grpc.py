@@ -26,7 +26,13 @@ if _version_not_supported:
 
 
 class ConsentServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The consent registry and access-decision point. Every rpc needs a bearer
+    token. Every rpc may answer UNAVAILABLE when this replica's projection of
+    consent.events is more than MEDLEDGER_CONSENT_MAX_STALENESS_MS (default
+    500 ms) behind (try another replica), when Kafka or PostgreSQL is
+    unreachable, or (commands that ask the identity service) when the service
+    has no identity credentials. INVALID_ARGUMENT for a missing required field.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -87,11 +93,23 @@ class ConsentServiceStub:
 
 
 class ConsentServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The consent registry and access-decision point. Every rpc needs a bearer
+    token. Every rpc may answer UNAVAILABLE when this replica's projection of
+    consent.events is more than MEDLEDGER_CONSENT_MAX_STALENESS_MS (default
+    500 ms) behind (try another replica), when Kafka or PostgreSQL is
+    unreachable, or (commands that ask the identity service) when the service
+    has no identity credentials. INVALID_ARGUMENT for a missing required field.
+    """
 
     def GrantConsent(self, request, context):
         """Record a patient-signed consent. Any authenticated caller may submit it;
         the signature is the authority.
+        Returns the consent, ACTIVE or PENDING. INVALID_ARGUMENT for malformed,
+        non-canonical or invalid terms or a missing or malformed signature;
+        PERMISSION_DENIED when the signer may not sign for the patient, is
+        revoked, or the key or signature does not check out; NOT_FOUND for an
+        unknown patient, signer or grantee; FAILED_PRECONDITION for a revoked
+        patient or grantee; ALREADY_EXISTS for a consent id used before.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -100,13 +118,21 @@ class ConsentServiceServicer:
     def RevokeConsent(self, request, context):
         """Revoke a consent; only its patient or their representative. When this
         returns, no replica answers ALLOW on the consent any more.
+        (It waits out the staleness bound after recording ConsentRevoked.)
+        Revoking a revoked consent returns it unchanged. NOT_FOUND for an unknown
+        consent; PERMISSION_DENIED for any other caller (only PATIENT and
+        PRACTITIONER tokens are accepted at all).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConsent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One consent. Callable by its patient, their representative, an auditor,
+        any service, the grantee, or a caller whose token lists the grantee
+        organization (an active member). NOT_FOUND for an unknown consent; PERMISSION_DENIED for any
+        other caller.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -114,6 +140,8 @@ class ConsentServiceServicer:
     def ListConsents(self, request, context):
         """The patient's consents and break-glass accesses; to the patient, their
         representative or an auditor.
+        PERMISSION_DENIED for anyone else (only PATIENT, PRACTITIONER and AUDITOR
+        tokens are accepted at all).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +149,7 @@ class ConsentServiceServicer:
 
     def WhoCanAccess(self, request, context):
         """Who can access the patient's records now, by purpose; same callers.
+        PERMISSION_DENIED for anyone else.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +157,11 @@ class ConsentServiceServicer:
 
     def CheckAccess(self, request, context):
         """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners.
+        A practitioner may ask only for itself (PERMISSION_DENIED otherwise).
+        INVALID_ARGUMENT for an empty patient_id, an unspecified purpose, or
+        neither category nor record_id. UNAVAILABLE (fail closed) when the
+        decision cannot be handed to access.events or too many decisions are
+        still unacknowledged. A DENY is an answer, not an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,19 +169,31 @@ class ConsentServiceServicer:
 
     def InvokeBreakGlass(self, request, context):
         """Emergency access without consent; practitioners with an active membership.
+        Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h) and allows
+        purpose EMERGENCY only. INVALID_ARGUMENT for a short or long
+        justification or an ambiguous organization; NOT_FOUND for an unknown
+        patient; PERMISSION_DENIED for a revoked practitioner or one without an
+        active membership (in organization_id, if given).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExportFhirConsent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The consent as a FHIR R4 Consent resource; same callers and statuses as
+        GetConsent.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RegisterRepresentative(self, request, context):
         """The patient or their registering organization names a legal representative.
+        Registering an existing representative changes nothing. INVALID_ARGUMENT
+        if patient_id is not a patient or the representative is not an active
+        person other than the patient; NOT_FOUND for an unknown identity;
+        FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
+        caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +201,9 @@ class ConsentServiceServicer:
 
     def EndRepresentation(self, request, context):
         """The patient, their registering organization or the representative ends it.
+        NOT_FOUND for an unknown patient or a representative not registered;
+        FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
+        caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,7 +271,13 @@ def add_ConsentServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ConsentService:
-    """Missing associated documentation comment in .proto file."""
+    """The consent registry and access-decision point. Every rpc needs a bearer
+    token. Every rpc may answer UNAVAILABLE when this replica's projection of
+    consent.events is more than MEDLEDGER_CONSENT_MAX_STALENESS_MS (default
+    500 ms) behind (try another replica), when Kafka or PostgreSQL is
+    unreachable, or (commands that ask the identity service) when the service
+    has no identity credentials. INVALID_ARGUMENT for a missing required field.
+    """
 
     @staticmethod
     def GrantConsent(request,

@@ -33,6 +33,14 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ConsentServiceStub:
+    """The consent registry and access-decision point. Every rpc needs a bearer
+    token. Every rpc may answer UNAVAILABLE when this replica's projection of
+    consent.events is more than MEDLEDGER_CONSENT_MAX_STALENESS_MS (default
+    500 ms) behind (try another replica), when Kafka or PostgreSQL is
+    unreachable, or (commands that ask the identity service) when the service
+    has no identity credentials. INVALID_ARGUMENT for a missing required field.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -40,57 +48,161 @@ class ConsentServiceStub:
     GrantConsent: _grpc.UnaryUnaryMultiCallable[_consent_pb2.GrantConsentRequest, _consent_pb2.Consent]
     """Record a patient-signed consent. Any authenticated caller may submit it;
     the signature is the authority.
+    Returns the consent, ACTIVE or PENDING. INVALID_ARGUMENT for malformed,
+    non-canonical or invalid terms or a missing or malformed signature;
+    PERMISSION_DENIED when the signer may not sign for the patient, is
+    revoked, or the key or signature does not check out; NOT_FOUND for an
+    unknown patient, signer or grantee; FAILED_PRECONDITION for a revoked
+    patient or grantee; ALREADY_EXISTS for a consent id used before.
     """
     RevokeConsent: _grpc.UnaryUnaryMultiCallable[_consent_pb2.RevokeConsentRequest, _consent_pb2.Consent]
     """Revoke a consent; only its patient or their representative. When this
     returns, no replica answers ALLOW on the consent any more.
+    (It waits out the staleness bound after recording ConsentRevoked.)
+    Revoking a revoked consent returns it unchanged. NOT_FOUND for an unknown
+    consent; PERMISSION_DENIED for any other caller (only PATIENT and
+    PRACTITIONER tokens are accepted at all).
     """
     GetConsent: _grpc.UnaryUnaryMultiCallable[_consent_pb2.GetConsentRequest, _consent_pb2.Consent]
+    """One consent. Callable by its patient, their representative, an auditor,
+    any service, the grantee, or a caller whose token lists the grantee
+    organization (an active member). NOT_FOUND for an unknown consent; PERMISSION_DENIED for any
+    other caller.
+    """
     ListConsents: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ListConsentsRequest, _consent_pb2.ListConsentsResponse]
     """The patient's consents and break-glass accesses; to the patient, their
     representative or an auditor.
+    PERMISSION_DENIED for anyone else (only PATIENT, PRACTITIONER and AUDITOR
+    tokens are accepted at all).
     """
     WhoCanAccess: _grpc.UnaryUnaryMultiCallable[_consent_pb2.WhoCanAccessRequest, _consent_pb2.WhoCanAccessResponse]
-    """Who can access the patient's records now, by purpose; same callers."""
+    """Who can access the patient's records now, by purpose; same callers.
+    PERMISSION_DENIED for anyone else.
+    """
     CheckAccess: _grpc.UnaryUnaryMultiCallable[_consent_pb2.CheckAccessRequest, _consent_pb2.AccessDecision]
-    """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners."""
+    """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners.
+    A practitioner may ask only for itself (PERMISSION_DENIED otherwise).
+    INVALID_ARGUMENT for an empty patient_id, an unspecified purpose, or
+    neither category nor record_id. UNAVAILABLE (fail closed) when the
+    decision cannot be handed to access.events or too many decisions are
+    still unacknowledged. A DENY is an answer, not an error.
+    """
     InvokeBreakGlass: _grpc.UnaryUnaryMultiCallable[_consent_pb2.InvokeBreakGlassRequest, _consent_pb2.BreakGlass]
-    """Emergency access without consent; practitioners with an active membership."""
+    """Emergency access without consent; practitioners with an active membership.
+    Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h) and allows
+    purpose EMERGENCY only. INVALID_ARGUMENT for a short or long
+    justification or an ambiguous organization; NOT_FOUND for an unknown
+    patient; PERMISSION_DENIED for a revoked practitioner or one without an
+    active membership (in organization_id, if given).
+    """
     ExportFhirConsent: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ExportFhirConsentRequest, _consent_pb2.FhirConsent]
+    """The consent as a FHIR R4 Consent resource; same callers and statuses as
+    GetConsent.
+    """
     RegisterRepresentative: _grpc.UnaryUnaryMultiCallable[_consent_pb2.RegisterRepresentativeRequest, _consent_pb2.Representation]
-    """The patient or their registering organization names a legal representative."""
+    """The patient or their registering organization names a legal representative.
+    Registering an existing representative changes nothing. INVALID_ARGUMENT
+    if patient_id is not a patient or the representative is not an active
+    person other than the patient; NOT_FOUND for an unknown identity;
+    FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
+    caller.
+    """
     EndRepresentation: _grpc.UnaryUnaryMultiCallable[_consent_pb2.EndRepresentationRequest, _consent_pb2.Representation]
-    """The patient, their registering organization or the representative ends it."""
+    """The patient, their registering organization or the representative ends it.
+    NOT_FOUND for an unknown patient or a representative not registered;
+    FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
+    caller.
+    """
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
+    """The consent registry and access-decision point. Every rpc needs a bearer
+    token. Every rpc may answer UNAVAILABLE when this replica's projection of
+    consent.events is more than MEDLEDGER_CONSENT_MAX_STALENESS_MS (default
+    500 ms) behind (try another replica), when Kafka or PostgreSQL is
+    unreachable, or (commands that ask the identity service) when the service
+    has no identity credentials. INVALID_ARGUMENT for a missing required field.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     GrantConsent: _aio.UnaryUnaryMultiCallable[_consent_pb2.GrantConsentRequest, _consent_pb2.Consent]  # type: ignore[assignment]
     """Record a patient-signed consent. Any authenticated caller may submit it;
     the signature is the authority.
+    Returns the consent, ACTIVE or PENDING. INVALID_ARGUMENT for malformed,
+    non-canonical or invalid terms or a missing or malformed signature;
+    PERMISSION_DENIED when the signer may not sign for the patient, is
+    revoked, or the key or signature does not check out; NOT_FOUND for an
+    unknown patient, signer or grantee; FAILED_PRECONDITION for a revoked
+    patient or grantee; ALREADY_EXISTS for a consent id used before.
     """
     RevokeConsent: _aio.UnaryUnaryMultiCallable[_consent_pb2.RevokeConsentRequest, _consent_pb2.Consent]  # type: ignore[assignment]
     """Revoke a consent; only its patient or their representative. When this
     returns, no replica answers ALLOW on the consent any more.
+    (It waits out the staleness bound after recording ConsentRevoked.)
+    Revoking a revoked consent returns it unchanged. NOT_FOUND for an unknown
+    consent; PERMISSION_DENIED for any other caller (only PATIENT and
+    PRACTITIONER tokens are accepted at all).
     """
     GetConsent: _aio.UnaryUnaryMultiCallable[_consent_pb2.GetConsentRequest, _consent_pb2.Consent]  # type: ignore[assignment]
+    """One consent. Callable by its patient, their representative, an auditor,
+    any service, the grantee, or a caller whose token lists the grantee
+    organization (an active member). NOT_FOUND for an unknown consent; PERMISSION_DENIED for any
+    other caller.
+    """
     ListConsents: _aio.UnaryUnaryMultiCallable[_consent_pb2.ListConsentsRequest, _consent_pb2.ListConsentsResponse]  # type: ignore[assignment]
     """The patient's consents and break-glass accesses; to the patient, their
     representative or an auditor.
+    PERMISSION_DENIED for anyone else (only PATIENT, PRACTITIONER and AUDITOR
+    tokens are accepted at all).
     """
     WhoCanAccess: _aio.UnaryUnaryMultiCallable[_consent_pb2.WhoCanAccessRequest, _consent_pb2.WhoCanAccessResponse]  # type: ignore[assignment]
-    """Who can access the patient's records now, by purpose; same callers."""
+    """Who can access the patient's records now, by purpose; same callers.
+    PERMISSION_DENIED for anyone else.
+    """
     CheckAccess: _aio.UnaryUnaryMultiCallable[_consent_pb2.CheckAccessRequest, _consent_pb2.AccessDecision]  # type: ignore[assignment]
-    """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners."""
+    """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners.
+    A practitioner may ask only for itself (PERMISSION_DENIED otherwise).
+    INVALID_ARGUMENT for an empty patient_id, an unspecified purpose, or
+    neither category nor record_id. UNAVAILABLE (fail closed) when the
+    decision cannot be handed to access.events or too many decisions are
+    still unacknowledged. A DENY is an answer, not an error.
+    """
     InvokeBreakGlass: _aio.UnaryUnaryMultiCallable[_consent_pb2.InvokeBreakGlassRequest, _consent_pb2.BreakGlass]  # type: ignore[assignment]
-    """Emergency access without consent; practitioners with an active membership."""
+    """Emergency access without consent; practitioners with an active membership.
+    Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h) and allows
+    purpose EMERGENCY only. INVALID_ARGUMENT for a short or long
+    justification or an ambiguous organization; NOT_FOUND for an unknown
+    patient; PERMISSION_DENIED for a revoked practitioner or one without an
+    active membership (in organization_id, if given).
+    """
     ExportFhirConsent: _aio.UnaryUnaryMultiCallable[_consent_pb2.ExportFhirConsentRequest, _consent_pb2.FhirConsent]  # type: ignore[assignment]
+    """The consent as a FHIR R4 Consent resource; same callers and statuses as
+    GetConsent.
+    """
     RegisterRepresentative: _aio.UnaryUnaryMultiCallable[_consent_pb2.RegisterRepresentativeRequest, _consent_pb2.Representation]  # type: ignore[assignment]
-    """The patient or their registering organization names a legal representative."""
+    """The patient or their registering organization names a legal representative.
+    Registering an existing representative changes nothing. INVALID_ARGUMENT
+    if patient_id is not a patient or the representative is not an active
+    person other than the patient; NOT_FOUND for an unknown identity;
+    FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
+    caller.
+    """
     EndRepresentation: _aio.UnaryUnaryMultiCallable[_consent_pb2.EndRepresentationRequest, _consent_pb2.Representation]  # type: ignore[assignment]
-    """The patient, their registering organization or the representative ends it."""
+    """The patient, their registering organization or the representative ends it.
+    NOT_FOUND for an unknown patient or a representative not registered;
+    FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
+    caller.
+    """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The consent registry and access-decision point. Every rpc needs a bearer
+    token. Every rpc may answer UNAVAILABLE when this replica's projection of
+    consent.events is more than MEDLEDGER_CONSENT_MAX_STALENESS_MS (default
+    500 ms) behind (try another replica), when Kafka or PostgreSQL is
+    unreachable, or (commands that ask the identity service) when the service
+    has no identity credentials. INVALID_ARGUMENT for a missing required field.
+    """
+
     @_abc_1.abstractmethod
     def GrantConsent(
         self,
@@ -99,6 +211,12 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_pb2.Consent, _abc.Awaitable[_consent_pb2.Consent]]:
         """Record a patient-signed consent. Any authenticated caller may submit it;
         the signature is the authority.
+        Returns the consent, ACTIVE or PENDING. INVALID_ARGUMENT for malformed,
+        non-canonical or invalid terms or a missing or malformed signature;
+        PERMISSION_DENIED when the signer may not sign for the patient, is
+        revoked, or the key or signature does not check out; NOT_FOUND for an
+        unknown patient, signer or grantee; FAILED_PRECONDITION for a revoked
+        patient or grantee; ALREADY_EXISTS for a consent id used before.
         """
 
     @_abc_1.abstractmethod
@@ -109,6 +227,10 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_pb2.Consent, _abc.Awaitable[_consent_pb2.Consent]]:
         """Revoke a consent; only its patient or their representative. When this
         returns, no replica answers ALLOW on the consent any more.
+        (It waits out the staleness bound after recording ConsentRevoked.)
+        Revoking a revoked consent returns it unchanged. NOT_FOUND for an unknown
+        consent; PERMISSION_DENIED for any other caller (only PATIENT and
+        PRACTITIONER tokens are accepted at all).
         """
 
     @_abc_1.abstractmethod
@@ -116,7 +238,12 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _consent_pb2.GetConsentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_consent_pb2.Consent, _abc.Awaitable[_consent_pb2.Consent]]: ...
+    ) -> _typing.Union[_consent_pb2.Consent, _abc.Awaitable[_consent_pb2.Consent]]:
+        """One consent. Callable by its patient, their representative, an auditor,
+        any service, the grantee, or a caller whose token lists the grantee
+        organization (an active member). NOT_FOUND for an unknown consent; PERMISSION_DENIED for any
+        other caller.
+        """
 
     @_abc_1.abstractmethod
     def ListConsents(
@@ -126,6 +253,8 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_consent_pb2.ListConsentsResponse, _abc.Awaitable[_consent_pb2.ListConsentsResponse]]:
         """The patient's consents and break-glass accesses; to the patient, their
         representative or an auditor.
+        PERMISSION_DENIED for anyone else (only PATIENT, PRACTITIONER and AUDITOR
+        tokens are accepted at all).
         """
 
     @_abc_1.abstractmethod
@@ -134,7 +263,9 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.WhoCanAccessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.WhoCanAccessResponse, _abc.Awaitable[_consent_pb2.WhoCanAccessResponse]]:
-        """Who can access the patient's records now, by purpose; same callers."""
+        """Who can access the patient's records now, by purpose; same callers.
+        PERMISSION_DENIED for anyone else.
+        """
 
     @_abc_1.abstractmethod
     def CheckAccess(
@@ -142,7 +273,13 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.CheckAccessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.AccessDecision, _abc.Awaitable[_consent_pb2.AccessDecision]]:
-        """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners."""
+        """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners.
+        A practitioner may ask only for itself (PERMISSION_DENIED otherwise).
+        INVALID_ARGUMENT for an empty patient_id, an unspecified purpose, or
+        neither category nor record_id. UNAVAILABLE (fail closed) when the
+        decision cannot be handed to access.events or too many decisions are
+        still unacknowledged. A DENY is an answer, not an error.
+        """
 
     @_abc_1.abstractmethod
     def InvokeBreakGlass(
@@ -150,14 +287,23 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.InvokeBreakGlassRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.BreakGlass, _abc.Awaitable[_consent_pb2.BreakGlass]]:
-        """Emergency access without consent; practitioners with an active membership."""
+        """Emergency access without consent; practitioners with an active membership.
+        Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h) and allows
+        purpose EMERGENCY only. INVALID_ARGUMENT for a short or long
+        justification or an ambiguous organization; NOT_FOUND for an unknown
+        patient; PERMISSION_DENIED for a revoked practitioner or one without an
+        active membership (in organization_id, if given).
+        """
 
     @_abc_1.abstractmethod
     def ExportFhirConsent(
         self,
         request: _consent_pb2.ExportFhirConsentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_consent_pb2.FhirConsent, _abc.Awaitable[_consent_pb2.FhirConsent]]: ...
+    ) -> _typing.Union[_consent_pb2.FhirConsent, _abc.Awaitable[_consent_pb2.FhirConsent]]:
+        """The consent as a FHIR R4 Consent resource; same callers and statuses as
+        GetConsent.
+        """
 
     @_abc_1.abstractmethod
     def RegisterRepresentative(
@@ -165,7 +311,13 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.RegisterRepresentativeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.Representation, _abc.Awaitable[_consent_pb2.Representation]]:
-        """The patient or their registering organization names a legal representative."""
+        """The patient or their registering organization names a legal representative.
+        Registering an existing representative changes nothing. INVALID_ARGUMENT
+        if patient_id is not a patient or the representative is not an active
+        person other than the patient; NOT_FOUND for an unknown identity;
+        FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
+        caller.
+        """
 
     @_abc_1.abstractmethod
     def EndRepresentation(
@@ -173,6 +325,10 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.EndRepresentationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.Representation, _abc.Awaitable[_consent_pb2.Representation]]:
-        """The patient, their registering organization or the representative ends it."""
+        """The patient, their registering organization or the representative ends it.
+        NOT_FOUND for an unknown patient or a representative not registered;
+        FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
+        caller.
+        """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -106,9 +106,11 @@ class LedgerEntry(_message.Message):
     event_id: _builtins.str
     """event_id copied from the envelope, so followers can index without decoding."""
     source_topic: _builtins.str
-    """Where the ledger read it: source topic, partition and offset."""
+    """Kafka topic the ledger read the event from, e.g. "consent.events"."""
     source_partition: _builtins.int
+    """Partition of source_topic the event was read from."""
     source_offset: _builtins.int
+    """Offset of the record within that partition."""
     @_builtins.property
     def sequenced_at(self) -> _timestamp_pb2.Timestamp:
         """When the sequencer committed the entry."""
@@ -152,9 +154,11 @@ class RejectedRecord(_message.Message):
     reason: _builtins.str
     """Why it was rejected, for an operator to read."""
     source_topic: _builtins.str
-    """Where the record was read: topic, partition, offset."""
+    """Kafka topic the refused record was read from."""
     source_partition: _builtins.int
+    """Partition of source_topic."""
     source_offset: _builtins.int
+    """Offset of the refused record within that partition."""
     value_sha256: _builtins.bytes
     """SHA-256 of the record value, so the bytes can be matched without storing
     them again (the value may be large or garbage).

@@ -34,21 +34,52 @@ class _IdentityKind:
 class _IdentityKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdentityKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     IDENTITY_KIND_UNSPECIFIED: _IdentityKind.ValueType  # 0
+    """Not a kind: refused by RegisterIdentity (INVALID_ARGUMENT), never returned."""
     PATIENT: _IdentityKind.ValueType  # 1
+    """A person whose records MedLedger holds; registered by an organization."""
     PRACTITIONER: _IdentityKind.ValueType  # 2
+    """A clinician acting for organizations it is a member of; registered by an
+    organization.
+    """
     ORGANIZATION: _IdentityKind.ValueType  # 3
+    """A hospital, clinic, laboratory, research body or operator (see
+    Identity.organization_type); registered by an operator organization.
+    """
     AUDITOR: _IdentityKind.ValueType  # 4
+    """Reads consents, decisions and ledger entries for oversight; registered by
+    an operator organization.
+    """
     SERVICE: _IdentityKind.ValueType  # 5
+    """A MedLedger service or integrated system acting with its own key;
+    registered by an operator organization.
+    """
 
 class IdentityKind(_IdentityKind, metaclass=_IdentityKindEnumTypeWrapper):
-    """---- identities ------------------------------------------------------------"""
+    """---- identities ------------------------------------------------------------
+
+    What an identity is. The value names are also the "kind" claim of tokens.
+    """
 
 IDENTITY_KIND_UNSPECIFIED: IdentityKind.ValueType  # 0
+"""Not a kind: refused by RegisterIdentity (INVALID_ARGUMENT), never returned."""
 PATIENT: IdentityKind.ValueType  # 1
+"""A person whose records MedLedger holds; registered by an organization."""
 PRACTITIONER: IdentityKind.ValueType  # 2
+"""A clinician acting for organizations it is a member of; registered by an
+organization.
+"""
 ORGANIZATION: IdentityKind.ValueType  # 3
+"""A hospital, clinic, laboratory, research body or operator (see
+Identity.organization_type); registered by an operator organization.
+"""
 AUDITOR: IdentityKind.ValueType  # 4
+"""Reads consents, decisions and ledger entries for oversight; registered by
+an operator organization.
+"""
 SERVICE: IdentityKind.ValueType  # 5
+"""A MedLedger service or integrated system acting with its own key;
+registered by an operator organization.
+"""
 Global___IdentityKind: _TypeAlias = IdentityKind  # noqa: Y015
 
 class _IdentityStatus:
@@ -58,19 +89,34 @@ class _IdentityStatus:
 class _IdentityStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdentityStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     IDENTITY_STATUS_UNSPECIFIED: _IdentityStatus.ValueType  # 0
+    """Never returned."""
     ACTIVE: _IdentityStatus.ValueType  # 1
+    """Registered and not revoked: may obtain tokens and sign."""
     REVOKED: _IdentityStatus.ValueType  # 2
+    """Revoked (RevokeIdentity): no new challenge or token, signatures from
+    revoked_at on are invalid. Final.
+    """
 
-class IdentityStatus(_IdentityStatus, metaclass=_IdentityStatusEnumTypeWrapper): ...
+class IdentityStatus(_IdentityStatus, metaclass=_IdentityStatusEnumTypeWrapper):
+    """Whether an identity may still act."""
 
 IDENTITY_STATUS_UNSPECIFIED: IdentityStatus.ValueType  # 0
+"""Never returned."""
 ACTIVE: IdentityStatus.ValueType  # 1
+"""Registered and not revoked: may obtain tokens and sign."""
 REVOKED: IdentityStatus.ValueType  # 2
+"""Revoked (RevokeIdentity): no new challenge or token, signatures from
+revoked_at on are invalid. Final.
+"""
 Global___IdentityStatus: _TypeAlias = IdentityStatus  # noqa: Y015
 
 @_typing.final
 class Demographics(_message.Message):
-    """Protected health information: stored encrypted (AES-256-GCM), never in an event."""
+    """Protected health information: stored encrypted (AES-256-GCM), never in an event.
+    Every field is optional free text of at most 256 characters; empty means not
+    recorded. Returned only to the identity itself, its registering organization
+    and operator organizations.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -81,12 +127,28 @@ class Demographics(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     POSTAL_ADDRESS_FIELD_NUMBER: _builtins.int
     given_name: _builtins.str
+    """Given (first) name(s), as the registering organization recorded them;
+    empty if not recorded. At most 256 characters.
+    """
     family_name: _builtins.str
+    """Family name (surname); empty if not recorded. At most 256 characters."""
     birth_date: _builtins.str
-    """ISO 8601 date, YYYY-MM-DD."""
+    """ISO 8601 date, YYYY-MM-DD.
+    Checked to be a real calendar date of exactly 10 characters
+    (INVALID_ARGUMENT otherwise); empty if not recorded.
+    """
     phone: _builtins.str
+    """Telephone number as free text (format not validated); empty if not
+    recorded. At most 256 characters.
+    """
     email: _builtins.str
+    """E-mail address, free text (not validated); empty if not recorded. At most
+    256 characters.
+    """
     postal_address: _builtins.str
+    """Postal address as one free-text string (format not validated); empty if
+    not recorded. At most 256 characters.
+    """
     def __init__(
         self,
         *,
@@ -107,6 +169,8 @@ Global___Demographics: _TypeAlias = Demographics  # noqa: Y015
 
 @_typing.final
 class Membership(_message.Message):
+    """One membership of a practitioner, auditor or service in an organization."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERSHIP_ID_FIELD_NUMBER: _builtins.int
@@ -117,19 +181,36 @@ class Membership(_message.Message):
     GRANTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     membership_id: _builtins.str
+    """Stable opaque id of the membership (UUIDv7 text), assigned by
+    GrantMembership; never empty. Used by EndMembership.
+    """
     organization_id: _builtins.str
-    """The organization the member belongs to."""
+    """The organization the member belongs to.
+    An ORGANIZATION identity id; never empty.
+    """
     role: _builtins.str
-    """e.g. "physician", "nurse", "auditor", "service"."""
+    """e.g. "physician", "nurse", "auditor", "service".
+    Free-form label chosen by the granter: 1-64 lower-case letters, digits,
+    '-' or '_'. MedLedger records it but does not interpret it.
+    """
     active: _builtins.bool
-    """False once ended."""
+    """False once ended.
+    True from GrantMembership until EndMembership; an active membership puts
+    the organization in the member's tokens ("orgs" claim).
+    """
     member_id: _builtins.str
-    """The practitioner, auditor or service."""
+    """The practitioner, auditor or service.
+    Its identity id; never empty.
+    """
     @_builtins.property
-    def granted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def granted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the membership was granted (UTC); always set."""
+
     @_builtins.property
     def ended_at(self) -> _timestamp_pb2.Timestamp:
-        """Unset while active."""
+        """Unset while active.
+        When EndMembership ended it (UTC).
+        """
 
     def __init__(
         self,
@@ -152,6 +233,10 @@ Global___Membership: _TypeAlias = Membership  # noqa: Y015
 
 @_typing.final
 class Identity(_message.Message):
+    """An identity as the registry holds it (GetIdentity, FindPatientByMrn and
+    command responses).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
@@ -168,35 +253,69 @@ class Identity(_message.Message):
     CURRENT_KEY_ID_FIELD_NUMBER: _builtins.int
     DEMOGRAPHICS_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
-    """Stable opaque id (UUID text)."""
+    """Stable opaque id (UUID text).
+    UUIDv7 assigned at registration; for the bootstrap organization a UUIDv5
+    derived from its public key. Never empty, never reused.
+    """
     kind: Global___IdentityKind.ValueType
+    """What the identity is; never IDENTITY_KIND_UNSPECIFIED. Fixed at
+    registration.
+    """
     status: Global___IdentityStatus.ValueType
+    """ACTIVE or REVOKED; never IDENTITY_STATUS_UNSPECIFIED."""
     assurance_level: _builtins.str
-    """NIST 800-63 identity assurance level recorded at registration, e.g. "IAL2"."""
+    """NIST 800-63 identity assurance level recorded at registration, e.g. "IAL2".
+    One of "IAL1", "IAL2", "IAL3"; always set for PATIENT, PRACTITIONER and
+    AUDITOR, empty for ORGANIZATION and SERVICE unless given at registration.
+    """
     registered_by: _builtins.str
-    """Who registered it; empty for the bootstrap organization."""
+    """Who registered it; empty for the bootstrap organization.
+    The registering organization's identity id.
+    """
     organization_type: _builtins.str
-    """ORGANIZATION only: HOSPITAL, CLINIC, LABORATORY, RESEARCH, OPERATOR."""
+    """ORGANIZATION only: HOSPITAL, CLINIC, LABORATORY, RESEARCH, OPERATOR.
+    Empty for every other kind. OPERATOR organizations may register
+    organizations, auditors and services and see every identity's demographics.
+    """
     revocation_reason: _builtins.str
+    """The reason given to RevokeIdentity, at most 200 characters, no PHI; empty
+    unless revoked (and may be empty for a revoked identity too).
+    """
     current_key_id: _builtins.str
-    """The key that authenticates now; empty if it was revoked and not replaced."""
+    """The key that authenticates now; empty if it was revoked and not replaced.
+    Lower-case hex key id (see ResolvedKey.key_id). Still set for a revoked
+    identity, which nonetheless gets no token.
+    """
     @_builtins.property
     def memberships(self) -> _containers.RepeatedCompositeFieldContainer[Global___Membership]:
-        """Every membership, active or ended (members only)."""
+        """Every membership, active or ended (members only).
+        In the order they were granted. Always empty for PATIENT and ORGANIZATION
+        identities (an organization's members are not listed here).
+        """
 
     @_builtins.property
-    def registered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def registered_at(self) -> _timestamp_pb2.Timestamp:
+        """When the identity was registered (UTC); always set."""
+
     @_builtins.property
     def revoked_at(self) -> _timestamp_pb2.Timestamp:
-        """Unset unless revoked."""
+        """Unset unless revoked.
+        When RevokeIdentity revoked it (UTC); set exactly when status is REVOKED.
+        """
 
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResolvedKey]:
-        """Every key the identity ever had, oldest first."""
+        """Every key the identity ever had, oldest first.
+        Never empty (the registration key comes first). Here ResolvedKey.revoked
+        means revoked at any time so far.
+        """
 
     @_builtins.property
     def demographics(self) -> Global___Demographics:
-        """Set only for callers allowed to see it (see GetIdentity)."""
+        """Set only for callers allowed to see it (see GetIdentity).
+        Unset also when none were recorded, and always unset in
+        RegisterIdentityResponse and RevokeIdentityResponse.
+        """
 
     def __init__(
         self,
@@ -225,6 +344,10 @@ Global___Identity: _TypeAlias = Identity  # noqa: Y015
 
 @_typing.final
 class RegisterIdentityRequest(_message.Message):
+    """RegisterIdentity's request. Caller: an active ORGANIZATION (see the rpc for
+    which kinds need an OPERATOR organization).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
@@ -236,16 +359,30 @@ class RegisterIdentityRequest(_message.Message):
     kind: Global___IdentityKind.ValueType
     """Required, not IDENTITY_KIND_UNSPECIFIED."""
     public_key: _builtins.bytes
-    """Raw 32-byte Ed25519 public key; its key id is derived from it."""
+    """Raw 32-byte Ed25519 public key; its key id is derived from it.
+    Required; not all zeros; never used by any identity before
+    (ALREADY_EXISTS otherwise).
+    """
     assurance_level: _builtins.str
-    """Required for PATIENT, PRACTITIONER and AUDITOR: IAL1, IAL2 or IAL3."""
+    """Required for PATIENT, PRACTITIONER and AUDITOR: IAL1, IAL2 or IAL3.
+    Optional for ORGANIZATION and SERVICE, but one of those values if given.
+    """
     organization_type: _builtins.str
-    """Required for ORGANIZATION, empty for every other kind."""
+    """Required for ORGANIZATION, empty for every other kind.
+    One of HOSPITAL, CLINIC, LABORATORY, RESEARCH, OPERATOR (INVALID_ARGUMENT
+    otherwise).
+    """
     medical_record_number: _builtins.str
-    """PATIENT only, optional: the registering organization's own record number."""
+    """PATIENT only, optional: the registering organization's own record number.
+    1-64 characters (ignoring surrounding whitespace), unique per
+    organization (ALREADY_EXISTS otherwise). Stored only as an HMAC keyed per
+    organization; look it up with FindPatientByMrn using exactly the same text.
+    """
     @_builtins.property
     def demographics(self) -> Global___Demographics:
-        """Optional; stored encrypted."""
+        """Optional; stored encrypted.
+        Unset or empty: none recorded. Each field at most 256 characters.
+        """
 
     def __init__(
         self,
@@ -267,15 +404,21 @@ Global___RegisterIdentityRequest: _TypeAlias = RegisterIdentityRequest  # noqa: 
 
 @_typing.final
 class RegisterIdentityResponse(_message.Message):
+    """RegisterIdentity's answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_FIELD_NUMBER: _builtins.int
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def identity(self) -> Global___Identity: ...
+    def identity(self) -> Global___Identity:
+        """The new identity: ACTIVE, one key, no memberships, demographics unset."""
+
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The events recorded (and published on identity.events), in order."""
+        """The events recorded (and published on identity.events), in order.
+        EventEnvelope.event_id values (UUIDv7); one IdentityRegistered event.
+        """
 
     def __init__(
         self,
@@ -293,10 +436,13 @@ Global___RegisterIdentityResponse: _TypeAlias = RegisterIdentityResponse  # noqa
 
 @_typing.final
 class GetIdentityRequest(_message.Message):
+    """GetIdentity's request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity to return; required (INVALID_ARGUMENT if empty)."""
     def __init__(
         self,
         *,
@@ -312,10 +458,16 @@ Global___GetIdentityRequest: _TypeAlias = GetIdentityRequest  # noqa: Y015
 
 @_typing.final
 class FindPatientByMrnRequest(_message.Message):
+    """FindPatientByMrn's request. Caller: an ORGANIZATION."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEDICAL_RECORD_NUMBER_FIELD_NUMBER: _builtins.int
     medical_record_number: _builtins.str
+    """The record number the calling organization gave at RegisterIdentity,
+    exactly as given then (matched by keyed hash, so case and spacing count);
+    required (INVALID_ARGUMENT if empty or blank).
+    """
     def __init__(
         self,
         *,
@@ -331,7 +483,10 @@ Global___FindPatientByMrnRequest: _TypeAlias = FindPatientByMrnRequest  # noqa: 
 
 @_typing.final
 class ResolveKeyRequest(_message.Message):
-    """---- keys ------------------------------------------------------------------"""
+    """---- keys ------------------------------------------------------------------
+
+    ResolveKey's request: which key of an identity to return.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -339,11 +494,17 @@ class ResolveKeyRequest(_message.Message):
     AT_TIME_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity whose key is asked for; required."""
     key_id: _builtins.str
-    """Optional: resolve this key rather than the one in effect at at_time."""
+    """Optional: resolve this key rather than the one in effect at at_time.
+    Lower-case hex key id; NOT_FOUND if the identity never had it.
+    """
     @_builtins.property
     def at_time(self) -> _timestamp_pb2.Timestamp:
-        """Unset means now."""
+        """Unset means now.
+        The point in time the key must have been in effect at (ignored for
+        choosing the key when key_id is given); ResolvedKey.revoked is as of it.
+        """
 
     def __init__(
         self,
@@ -362,6 +523,10 @@ Global___ResolveKeyRequest: _TypeAlias = ResolveKeyRequest  # noqa: Y015
 
 @_typing.final
 class ResolvedKey(_message.Message):
+    """One key of an identity with its validity window (ResolveKey, Identity.keys,
+    key command responses).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
@@ -373,25 +538,40 @@ class ResolvedKey(_message.Message):
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     PREVIOUS_KEY_ID_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity the key belongs to; never empty."""
     key_id: _builtins.str
-    """Lower-case hex of the first 16 bytes of SHA-256(public_key)."""
+    """Lower-case hex of the first 16 bytes of SHA-256(public_key).
+    32 hex characters; derived, so clients can compute it themselves.
+    """
     public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key."""
     revoked: _builtins.bool
-    """Whether the key had been revoked as of the time asked about."""
+    """Whether the key had been revoked as of the time asked about.
+    ResolveKey: as of at_time (now if unset). Identity.keys, RotateKeyResponse
+    and RevokeKeyResponse: revoked at any time so far.
+    """
     previous_key_id: _builtins.str
-    """The key this one replaced; empty for the first key."""
+    """The key this one replaced; empty for the first key.
+    Key id of the identity's latest key at the time of the rotation.
+    """
     @_builtins.property
     def valid_from(self) -> _timestamp_pb2.Timestamp:
-        """When the key was registered or rotated in."""
+        """When the key was registered or rotated in.
+        UTC; always set.
+        """
 
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp:
-        """When it was rotated out or revoked; unset while it is current."""
+        """When it was rotated out or revoked; unset while it is current.
+        The earlier of the two if both happened. The key is in effect on
+        [valid_from, rotated-out time).
+        """
 
     @_builtins.property
     def revoked_at(self) -> _timestamp_pb2.Timestamp:
-        """When it was revoked (even if after the time asked about); unset if never."""
+        """When it was revoked (even if after the time asked about); unset if never.
+        UTC.
+        """
 
     def __init__(
         self,
@@ -415,13 +595,18 @@ Global___ResolvedKey: _TypeAlias = ResolvedKey  # noqa: Y015
 
 @_typing.final
 class RotateKeyRequest(_message.Message):
+    """RotateKey's request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity whose key is replaced; required."""
     public_key: _builtins.bytes
-    """Raw 32-byte Ed25519 public key, never used by any identity before."""
+    """Raw 32-byte Ed25519 public key, never used by any identity before.
+    Required; not all zeros.
+    """
     def __init__(
         self,
         *,
@@ -438,14 +623,20 @@ Global___RotateKeyRequest: _TypeAlias = RotateKeyRequest  # noqa: Y015
 
 @_typing.final
 class RotateKeyResponse(_message.Message):
+    """RotateKey's answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def key(self) -> Global___ResolvedKey: ...
+    def key(self) -> Global___ResolvedKey:
+        """The new current key (valid_from = now, previous_key_id = the replaced key)."""
+
     @_builtins.property
-    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """EventEnvelope.event_id values; one KeyRotated event."""
+
     def __init__(
         self,
         *,
@@ -462,12 +653,18 @@ Global___RotateKeyResponse: _TypeAlias = RotateKeyResponse  # noqa: Y015
 
 @_typing.final
 class RevokeKeyRequest(_message.Message):
+    """RevokeKey's request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity the key belongs to; required."""
     key_id: _builtins.str
+    """Lower-case hex id of the key to revoke; required; any key of the identity
+    that is not revoked yet, current or not.
+    """
     def __init__(
         self,
         *,
@@ -484,14 +681,20 @@ Global___RevokeKeyRequest: _TypeAlias = RevokeKeyRequest  # noqa: Y015
 
 @_typing.final
 class RevokeKeyResponse(_message.Message):
+    """RevokeKey's answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def key(self) -> Global___ResolvedKey: ...
+    def key(self) -> Global___ResolvedKey:
+        """The key as revoked: revoked true, revoked_at = now."""
+
     @_builtins.property
-    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """EventEnvelope.event_id values; one KeyRevoked event."""
+
     def __init__(
         self,
         *,
@@ -508,13 +711,18 @@ Global___RevokeKeyResponse: _TypeAlias = RevokeKeyResponse  # noqa: Y015
 
 @_typing.final
 class RevokeIdentityRequest(_message.Message):
+    """RevokeIdentity's request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity to revoke; required."""
     reason: _builtins.str
-    """Why, for auditors; no PHI (it goes into the event)."""
+    """Why, for auditors; no PHI (it goes into the event).
+    Optional, at most 200 characters.
+    """
     def __init__(
         self,
         *,
@@ -531,14 +739,22 @@ Global___RevokeIdentityRequest: _TypeAlias = RevokeIdentityRequest  # noqa: Y015
 
 @_typing.final
 class RevokeIdentityResponse(_message.Message):
+    """RevokeIdentity's answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_FIELD_NUMBER: _builtins.int
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def identity(self) -> Global___Identity: ...
+    def identity(self) -> Global___Identity:
+        """The identity as revoked (status REVOKED, revoked_at set); demographics
+        unset.
+        """
+
     @_builtins.property
-    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """EventEnvelope.event_id values; one IdentityRevoked event."""
+
     def __init__(
         self,
         *,
@@ -555,7 +771,11 @@ Global___RevokeIdentityResponse: _TypeAlias = RevokeIdentityResponse  # noqa: Y0
 
 @_typing.final
 class GrantMembershipRequest(_message.Message):
-    """---- memberships -----------------------------------------------------------"""
+    """---- memberships -----------------------------------------------------------
+
+    GrantMembership's request. Caller: the organization itself or an operator
+    organization.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -563,10 +783,15 @@ class GrantMembershipRequest(_message.Message):
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
-    """A PRACTITIONER, AUDITOR or SERVICE."""
+    """A PRACTITIONER, AUDITOR or SERVICE.
+    Its identity id; required; must be active.
+    """
     organization_id: _builtins.str
+    """The ORGANIZATION identity id to join; required; must be active."""
     role: _builtins.str
-    """Lower-case letters, digits, '-' and '_', at most 64."""
+    """Lower-case letters, digits, '-' and '_', at most 64.
+    Required (at least 1 character), e.g. "physician".
+    """
     def __init__(
         self,
         *,
@@ -584,14 +809,20 @@ Global___GrantMembershipRequest: _TypeAlias = GrantMembershipRequest  # noqa: Y0
 
 @_typing.final
 class GrantMembershipResponse(_message.Message):
+    """GrantMembership's answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERSHIP_FIELD_NUMBER: _builtins.int
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def membership(self) -> Global___Membership: ...
+    def membership(self) -> Global___Membership:
+        """The new, active membership."""
+
     @_builtins.property
-    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """EventEnvelope.event_id values; one MembershipGranted event."""
+
     def __init__(
         self,
         *,
@@ -608,10 +839,13 @@ Global___GrantMembershipResponse: _TypeAlias = GrantMembershipResponse  # noqa: 
 
 @_typing.final
 class EndMembershipRequest(_message.Message):
+    """EndMembership's request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERSHIP_ID_FIELD_NUMBER: _builtins.int
     membership_id: _builtins.str
+    """The membership to end (Membership.membership_id); required."""
     def __init__(
         self,
         *,
@@ -627,14 +861,20 @@ Global___EndMembershipRequest: _TypeAlias = EndMembershipRequest  # noqa: Y015
 
 @_typing.final
 class EndMembershipResponse(_message.Message):
+    """EndMembership's answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERSHIP_FIELD_NUMBER: _builtins.int
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def membership(self) -> Global___Membership: ...
+    def membership(self) -> Global___Membership:
+        """The membership as ended: active false, ended_at set."""
+
     @_builtins.property
-    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """EventEnvelope.event_id values; one MembershipEnded event."""
+
     def __init__(
         self,
         *,
@@ -651,15 +891,21 @@ Global___EndMembershipResponse: _TypeAlias = EndMembershipResponse  # noqa: Y015
 
 @_typing.final
 class ChallengeRequest(_message.Message):
-    """---- authentication --------------------------------------------------------"""
+    """---- authentication --------------------------------------------------------
+
+    Challenge's request (public: no token needed).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity that wants a token; required."""
     key_id: _builtins.str
-    """Optional; must name the current key if given."""
+    """Optional; must name the current key if given.
+    FAILED_PRECONDITION otherwise.
+    """
     def __init__(
         self,
         *,
@@ -676,6 +922,8 @@ Global___ChallengeRequest: _TypeAlias = ChallengeRequest  # noqa: Y015
 
 @_typing.final
 class ChallengeResponse(_message.Message):
+    """A challenge to sign and return through IssueToken."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NONCE_FIELD_NUMBER: _builtins.int
@@ -689,9 +937,15 @@ class ChallengeResponse(_message.Message):
     "medledger-identity-challenge-v1" 0x00 identity_id 0x00 nonce.
     """
     key_id: _builtins.str
-    """The key the signature must be made with."""
+    """The key the signature must be made with.
+    The identity's current key id (lower-case hex).
+    """
     @_builtins.property
-    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the nonce stops being accepted (UTC): issued +
+        MEDLEDGER_IDENTITY_CHALLENGE_TTL_S (default 60 s).
+        """
+
     def __init__(
         self,
         *,
@@ -710,6 +964,8 @@ Global___ChallengeResponse: _TypeAlias = ChallengeResponse  # noqa: Y015
 
 @_typing.final
 class IssueTokenRequest(_message.Message):
+    """IssueToken's request (public: no token needed)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
@@ -717,11 +973,17 @@ class IssueTokenRequest(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity the challenge was issued to; required."""
     nonce: _builtins.bytes
+    """ChallengeResponse.nonce, exactly as received (32 bytes)."""
     signature: _builtins.bytes
-    """Ed25519 signature over ChallengeResponse.message."""
+    """Ed25519 signature over ChallengeResponse.message.
+    64 bytes, made with the challenged key.
+    """
     key_id: _builtins.str
-    """Optional; must match the challenge's key."""
+    """Optional; must match the challenge's key.
+    UNAUTHENTICATED otherwise.
+    """
     def __init__(
         self,
         *,
@@ -740,14 +1002,24 @@ Global___IssueTokenRequest: _TypeAlias = IssueTokenRequest  # noqa: Y015
 
 @_typing.final
 class IssueTokenResponse(_message.Message):
+    """IssueToken's answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """EdDSA JWT: iss "medledger-identity", sub, kind, orgs, exp (at most 15 min)."""
+    """EdDSA JWT: iss "medledger-identity", sub, kind, orgs, exp (at most 15 min).
+    Also iat, nbf, jti; header kid names the signing key (see
+    GetTokenVerificationKey). orgs lists the organizations of the subject's
+    active memberships at issue time. Send as "authorization: Bearer <token>".
+    """
     @_builtins.property
-    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """The token's exp (UTC, whole seconds): issue time +
+        MEDLEDGER_IDENTITY_TOKEN_TTL_S (default 600 s, at most 900 s).
+        """
+
     def __init__(
         self,
         *,
@@ -764,6 +1036,8 @@ Global___IssueTokenResponse: _TypeAlias = IssueTokenResponse  # noqa: Y015
 
 @_typing.final
 class GetTokenVerificationKeyRequest(_message.Message):
+    """GetTokenVerificationKey's request (public); no fields."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -779,13 +1053,17 @@ Global___GetTokenVerificationKeyRequest: _TypeAlias = GetTokenVerificationKeyReq
 
 @_typing.final
 class TokenKey(_message.Message):
+    """One key that verifies identity-service tokens."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     ALGORITHM_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
-    """The JWT header "kid"."""
+    """The JWT header "kid".
+    Lower-case hex of the first 16 bytes of SHA-256(public_key).
+    """
     public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key."""
     algorithm: _builtins.str
@@ -807,11 +1085,17 @@ Global___TokenKey: _TypeAlias = TokenKey  # noqa: Y015
 
 @_typing.final
 class TokenVerificationKeys(_message.Message):
+    """The keys that verify tokens."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEYS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenKey]: ...
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenKey]:
+        """The current signing key first, then retired keys still published so the
+        tokens they signed verify until they expire. Never empty.
+        """
+
     def __init__(
         self,
         *,
@@ -827,6 +1111,8 @@ Global___TokenVerificationKeys: _TypeAlias = TokenVerificationKeys  # noqa: Y015
 
 @_typing.final
 class VerifySignatureRequest(_message.Message):
+    """VerifySignature's request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
@@ -835,10 +1121,15 @@ class VerifySignatureRequest(_message.Message):
     AT_TIME_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity that supposedly signed; required (NOT_FOUND if unknown)."""
     message: _builtins.bytes
+    """The exact bytes that were signed (any length, may be empty)."""
     signature: _builtins.bytes
+    """The Ed25519 signature to check (64 bytes; any other length is invalid)."""
     key_id: _builtins.str
-    """Optional: the key to verify with; otherwise the key in effect at at_time."""
+    """Optional: the key to verify with; otherwise the key in effect at at_time.
+    Even when named, the key must have been in effect at at_time.
+    """
     @_builtins.property
     def at_time(self) -> _timestamp_pb2.Timestamp:
         """The time the signature claims to be from; unset means now."""
@@ -862,14 +1153,20 @@ Global___VerifySignatureRequest: _TypeAlias = VerifySignatureRequest  # noqa: Y0
 
 @_typing.final
 class VerifySignatureResponse(_message.Message):
+    """VerifySignature's answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VALID_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     valid: _builtins.bool
-    """True only if the key was in effect and unrevoked at at_time and the signature verifies."""
+    """True only if the key was in effect and unrevoked at at_time and the signature verifies.
+    Also false if the identity was revoked by at_time.
+    """
     key_id: _builtins.str
-    """The key checked (empty if the identity had none at that time)."""
+    """The key checked (empty if the identity had none at that time).
+    Empty also when the named key_id is not a key of the identity.
+    """
     def __init__(
         self,
         *,
@@ -886,7 +1183,12 @@ Global___VerifySignatureResponse: _TypeAlias = VerifySignatureResponse  # noqa: 
 
 @_typing.final
 class IdentityRegistered(_message.Message):
-    """---- events on identity.events (no PHI) -------------------------------------"""
+    """---- events on identity.events (no PHI) -------------------------------------
+
+    An identity was registered. Envelope aggregate_id: the new identity's id;
+    actor: the registering organization ("" for the bootstrap); occurred_at is
+    the registration time.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -898,15 +1200,25 @@ class IdentityRegistered(_message.Message):
     REGISTERED_BY_FIELD_NUMBER: _builtins.int
     ORGANIZATION_TYPE_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The new identity's id (see Identity.identity_id)."""
     kind: Global___IdentityKind.ValueType
+    """Its kind; never IDENTITY_KIND_UNSPECIFIED."""
     key_id: _builtins.str
+    """Id of its first key: lower-case hex of the first 16 bytes of
+    SHA-256(public_key).
+    """
     public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key."""
     assurance_level: _builtins.str
+    """"IAL1", "IAL2" or "IAL3"; empty for ORGANIZATION and SERVICE
+    registered without one.
+    """
     registered_by: _builtins.str
     """Identity id of the registering organization; empty for the bootstrap one."""
     organization_type: _builtins.str
-    """ORGANIZATION only."""
+    """ORGANIZATION only.
+    HOSPITAL, CLINIC, LABORATORY, RESEARCH or OPERATOR; empty otherwise.
+    """
     def __init__(
         self,
         *,
@@ -928,6 +1240,11 @@ Global___IdentityRegistered: _TypeAlias = IdentityRegistered  # noqa: Y015
 
 @_typing.final
 class KeyRotated(_message.Message):
+    """An identity's current key was replaced. Envelope aggregate_id: the
+    identity; actor: the identity or its organization; occurred_at: the moment
+    the new key took effect (and the previous one stopped).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
@@ -935,9 +1252,15 @@ class KeyRotated(_message.Message):
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     PREVIOUS_KEY_ID_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity whose key changed."""
     key_id: _builtins.str
+    """Id of the new key (lower-case hex, see ResolvedKey.key_id)."""
     public_key: _builtins.bytes
+    """The new key: raw 32-byte Ed25519 public key."""
     previous_key_id: _builtins.str
+    """Id of the key it replaced (the identity's latest key before this event);
+    never empty.
+    """
     def __init__(
         self,
         *,
@@ -956,12 +1279,18 @@ Global___KeyRotated: _TypeAlias = KeyRotated  # noqa: Y015
 
 @_typing.final
 class KeyRevoked(_message.Message):
+    """A key was revoked. Envelope aggregate_id: the identity; occurred_at: the
+    revocation time, from which the key signs nothing valid.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The identity the key belongs to."""
     key_id: _builtins.str
+    """Id of the revoked key (lower-case hex)."""
     def __init__(
         self,
         *,
@@ -978,12 +1307,20 @@ Global___KeyRevoked: _TypeAlias = KeyRevoked  # noqa: Y015
 
 @_typing.final
 class IdentityRevoked(_message.Message):
+    """An identity was revoked. Envelope aggregate_id: the identity;
+    occurred_at: the revocation time.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTITY_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
+    """The revoked identity."""
     reason: _builtins.str
+    """Why, as given to RevokeIdentity: at most 200 characters, no PHI; may be
+    empty.
+    """
     def __init__(
         self,
         *,
@@ -1000,6 +1337,10 @@ Global___IdentityRevoked: _TypeAlias = IdentityRevoked  # noqa: Y015
 
 @_typing.final
 class MembershipGranted(_message.Message):
+    """A membership was granted. Envelope aggregate_id: the member (so one
+    identity's history stays on one partition); occurred_at: the grant time.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERSHIP_ID_FIELD_NUMBER: _builtins.int
@@ -1007,9 +1348,13 @@ class MembershipGranted(_message.Message):
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     membership_id: _builtins.str
+    """The new membership's id (UUIDv7)."""
     member_id: _builtins.str
+    """The practitioner, auditor or service that joined."""
     organization_id: _builtins.str
+    """The ORGANIZATION it joined."""
     role: _builtins.str
+    """The role label: 1-64 lower-case letters, digits, '-' or '_'."""
     def __init__(
         self,
         *,
@@ -1028,14 +1373,21 @@ Global___MembershipGranted: _TypeAlias = MembershipGranted  # noqa: Y015
 
 @_typing.final
 class MembershipEnded(_message.Message):
+    """A membership ended. Envelope aggregate_id: the member; occurred_at: the
+    end time.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERSHIP_ID_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     membership_id: _builtins.str
+    """The membership that ended (as in MembershipGranted)."""
     member_id: _builtins.str
+    """The member whose membership ended."""
     organization_id: _builtins.str
+    """The organization it belonged to."""
     def __init__(
         self,
         *,

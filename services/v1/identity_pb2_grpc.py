@@ -26,7 +26,18 @@ if _version_not_supported:
 
 
 class IdentityServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The identity registry and token issuer. Challenge, IssueToken and
+    GetTokenVerificationKey are public; every other rpc needs a bearer token
+    ("authorization: Bearer <token>"; UNAUTHENTICATED without a valid one, and
+    for commands also when the token's subject is not a known identity). RegisterIdentity,
+    GrantMembership and FindPatientByMrn accept ORGANIZATION tokens only
+    (PERMISSION_DENIED for any other kind). Every rpc may answer INVALID_ARGUMENT
+    for a missing required id and UNAVAILABLE while PostgreSQL is unreachable.
+    Commands (register, rotate, revoke, memberships) are committed with their
+    events in one transaction and answer once the events reach identity.events,
+    or after at most MEDLEDGER_IDENTITY_PUBLISH_WAIT_S (default 5 s) anyway: the
+    events are committed and will be published.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -102,13 +113,29 @@ class IdentityServiceStub:
 
 
 class IdentityServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The identity registry and token issuer. Challenge, IssueToken and
+    GetTokenVerificationKey are public; every other rpc needs a bearer token
+    ("authorization: Bearer <token>"; UNAUTHENTICATED without a valid one, and
+    for commands also when the token's subject is not a known identity). RegisterIdentity,
+    GrantMembership and FindPatientByMrn accept ORGANIZATION tokens only
+    (PERMISSION_DENIED for any other kind). Every rpc may answer INVALID_ARGUMENT
+    for a missing required id and UNAVAILABLE while PostgreSQL is unreachable.
+    Commands (register, rotate, revoke, memberships) are committed with their
+    events in one transaction and answer once the events reach identity.events,
+    or after at most MEDLEDGER_IDENTITY_PUBLISH_WAIT_S (default 5 s) anyway: the
+    events are committed and will be published.
+    """
 
     def RegisterIdentity(self, request, context):
         """Register a new identity. PATIENT and PRACTITIONER: any active ORGANIZATION.
         ORGANIZATION, AUDITOR and SERVICE: an active OPERATOR organization (the
         bootstrap organization, or one it registered). ALREADY_EXISTS for a public
         key already in use or a medical record number the organization already has.
+        INVALID_ARGUMENT for an unspecified kind, a malformed public key, a missing
+        or unknown assurance_level or organization_type, a demographics field over
+        256 characters or a malformed birth_date, or a medical record number for a
+        non-patient. PERMISSION_DENIED when the caller is revoked or may not
+        register this kind. The response carries no demographics.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,7 +143,9 @@ class IdentityServiceServicer:
 
     def GetIdentity(self, request, context):
         """An identity's public record; demographics only for the identity itself,
-        the organization that registered it, or an operator organization.
+        the organization that registered it, or an operator organization (the
+        viewer must be active); everyone else gets the record without them.
+        Any authenticated caller; NOT_FOUND for an unknown identity_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +154,8 @@ class IdentityServiceServicer:
     def ResolveKey(self, request, context):
         """The key an identity used at a point in time (or the named key), with its
         validity window. NOT_FOUND if the identity had no key at that time.
+        Any authenticated caller; NOT_FOUND also for an unknown identity or an
+        unknown key_id. A revoked key is still returned, with revoked set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -133,6 +164,11 @@ class IdentityServiceServicer:
     def RotateKey(self, request, context):
         """Replace the current key. Callable by the identity itself or, for a
         practitioner, by its registering organization or one it is a member of.
+        The new key is in effect from now and the previous one stops being in
+        effect. INVALID_ARGUMENT for a malformed public key; ALREADY_EXISTS for a
+        key this or any other identity has used; NOT_FOUND for an unknown
+        identity; PERMISSION_DENIED for any other caller or a revoked caller;
+        FAILED_PRECONDITION when the identity is revoked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,7 +176,10 @@ class IdentityServiceServicer:
 
     def RevokeKey(self, request, context):
         """Mark a key revoked (compromised): from now on it signs nothing valid.
-        Same callers as RotateKey.
+        Same callers as RotateKey. Revoking the current key leaves the identity
+        without a usable key until one is rotated in. NOT_FOUND for an unknown
+        identity or key; FAILED_PRECONDITION for a key already revoked or a
+        revoked identity; PERMISSION_DENIED for any other caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,7 +188,9 @@ class IdentityServiceServicer:
     def RevokeIdentity(self, request, context):
         """Revoke an identity: it gets no new token and its signatures from now on are
         invalid. Callable by the identity itself, its registering organization or
-        an operator organization.
+        an operator organization. Irreversible. INVALID_ARGUMENT for a reason over
+        200 characters; NOT_FOUND for an unknown identity; FAILED_PRECONDITION if
+        it is already revoked; PERMISSION_DENIED for any other caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +199,10 @@ class IdentityServiceServicer:
     def GrantMembership(self, request, context):
         """Make a practitioner, auditor or service a member of an organization.
         Callable by that organization or an operator organization.
+        INVALID_ARGUMENT for a malformed role or a member of another kind;
+        NOT_FOUND for an unknown member or organization; FAILED_PRECONDITION if
+        either is revoked; ALREADY_EXISTS if the member already has an active
+        membership there; PERMISSION_DENIED for any other caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,7 +210,9 @@ class IdentityServiceServicer:
 
     def EndMembership(self, request, context):
         """End a membership. Callable by the organization, an operator organization or
-        the member itself.
+        the member itself. NOT_FOUND for an unknown membership; FAILED_PRECONDITION
+        if it has already ended; PERMISSION_DENIED for any other caller. Tokens
+        issued before keep listing the organization until they expire.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +220,9 @@ class IdentityServiceServicer:
 
     def Challenge(self, request, context):
         """Public. A single-use nonce the identity signs to obtain a token.
+        NOT_FOUND for an unknown identity; PERMISSION_DENIED for a revoked one;
+        FAILED_PRECONDITION when it has no usable (unrevoked current) key or
+        key_id is not its current key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,7 +231,9 @@ class IdentityServiceServicer:
     def IssueToken(self, request, context):
         """Public. A short-lived bearer token for a signed challenge. UNAUTHENTICATED
         for an unknown, used or expired nonce or a bad signature; PERMISSION_DENIED
-        for a revoked identity.
+        for a revoked identity. FAILED_PRECONDITION if the challenged key stopped
+        being the current key since the challenge. The nonce is spent by this
+        call whatever the outcome.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,6 +248,8 @@ class IdentityServiceServicer:
 
     def VerifySignature(self, request, context):
         """Check an Ed25519 signature by an identity as of a point in time.
+        Any authenticated caller; NOT_FOUND for an unknown identity. A signature
+        that does not check out is an answer (valid false), not an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,6 +258,9 @@ class IdentityServiceServicer:
     def FindPatientByMrn(self, request, context):
         """ORGANIZATION only: the patient this organization registered under a
         medical record number (looked up by keyed hash, never stored in clear).
+        INVALID_ARGUMENT for an empty number; NOT_FOUND if this organization
+        registered no patient under it. Demographics are included when recorded
+        (the caller is the registering organization).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -286,7 +343,18 @@ def add_IdentityServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class IdentityService:
-    """Missing associated documentation comment in .proto file."""
+    """The identity registry and token issuer. Challenge, IssueToken and
+    GetTokenVerificationKey are public; every other rpc needs a bearer token
+    ("authorization: Bearer <token>"; UNAUTHENTICATED without a valid one, and
+    for commands also when the token's subject is not a known identity). RegisterIdentity,
+    GrantMembership and FindPatientByMrn accept ORGANIZATION tokens only
+    (PERMISSION_DENIED for any other kind). Every rpc may answer INVALID_ARGUMENT
+    for a missing required id and UNAVAILABLE while PostgreSQL is unreachable.
+    Commands (register, rotate, revoke, memberships) are committed with their
+    events in one transaction and answer once the events reach identity.events,
+    or after at most MEDLEDGER_IDENTITY_PUBLISH_WAIT_S (default 5 s) anyway: the
+    events are committed and will be published.
+    """
 
     @staticmethod
     def RegisterIdentity(request,

@@ -34,6 +34,19 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class IdentityServiceStub:
+    """The identity registry and token issuer. Challenge, IssueToken and
+    GetTokenVerificationKey are public; every other rpc needs a bearer token
+    ("authorization: Bearer <token>"; UNAUTHENTICATED without a valid one, and
+    for commands also when the token's subject is not a known identity). RegisterIdentity,
+    GrantMembership and FindPatientByMrn accept ORGANIZATION tokens only
+    (PERMISSION_DENIED for any other kind). Every rpc may answer INVALID_ARGUMENT
+    for a missing required id and UNAVAILABLE while PostgreSQL is unreachable.
+    Commands (register, rotate, revoke, memberships) are committed with their
+    events in one transaction and answer once the events reach identity.events,
+    or after at most MEDLEDGER_IDENTITY_PUBLISH_WAIT_S (default 5 s) anyway: the
+    events are committed and will be published.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -43,107 +56,207 @@ class IdentityServiceStub:
     ORGANIZATION, AUDITOR and SERVICE: an active OPERATOR organization (the
     bootstrap organization, or one it registered). ALREADY_EXISTS for a public
     key already in use or a medical record number the organization already has.
+    INVALID_ARGUMENT for an unspecified kind, a malformed public key, a missing
+    or unknown assurance_level or organization_type, a demographics field over
+    256 characters or a malformed birth_date, or a medical record number for a
+    non-patient. PERMISSION_DENIED when the caller is revoked or may not
+    register this kind. The response carries no demographics.
     """
     GetIdentity: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetIdentityRequest, _identity_pb2.Identity]
     """An identity's public record; demographics only for the identity itself,
-    the organization that registered it, or an operator organization.
+    the organization that registered it, or an operator organization (the
+    viewer must be active); everyone else gets the record without them.
+    Any authenticated caller; NOT_FOUND for an unknown identity_id.
     """
     ResolveKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResolveKeyRequest, _identity_pb2.ResolvedKey]
     """The key an identity used at a point in time (or the named key), with its
     validity window. NOT_FOUND if the identity had no key at that time.
+    Any authenticated caller; NOT_FOUND also for an unknown identity or an
+    unknown key_id. A revoked key is still returned, with revoked set.
     """
     RotateKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RotateKeyRequest, _identity_pb2.RotateKeyResponse]
     """Replace the current key. Callable by the identity itself or, for a
     practitioner, by its registering organization or one it is a member of.
+    The new key is in effect from now and the previous one stops being in
+    effect. INVALID_ARGUMENT for a malformed public key; ALREADY_EXISTS for a
+    key this or any other identity has used; NOT_FOUND for an unknown
+    identity; PERMISSION_DENIED for any other caller or a revoked caller;
+    FAILED_PRECONDITION when the identity is revoked.
     """
     RevokeKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeKeyRequest, _identity_pb2.RevokeKeyResponse]
     """Mark a key revoked (compromised): from now on it signs nothing valid.
-    Same callers as RotateKey.
+    Same callers as RotateKey. Revoking the current key leaves the identity
+    without a usable key until one is rotated in. NOT_FOUND for an unknown
+    identity or key; FAILED_PRECONDITION for a key already revoked or a
+    revoked identity; PERMISSION_DENIED for any other caller.
     """
     RevokeIdentity: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeIdentityRequest, _identity_pb2.RevokeIdentityResponse]
     """Revoke an identity: it gets no new token and its signatures from now on are
     invalid. Callable by the identity itself, its registering organization or
-    an operator organization.
+    an operator organization. Irreversible. INVALID_ARGUMENT for a reason over
+    200 characters; NOT_FOUND for an unknown identity; FAILED_PRECONDITION if
+    it is already revoked; PERMISSION_DENIED for any other caller.
     """
     GrantMembership: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GrantMembershipRequest, _identity_pb2.GrantMembershipResponse]
     """Make a practitioner, auditor or service a member of an organization.
     Callable by that organization or an operator organization.
+    INVALID_ARGUMENT for a malformed role or a member of another kind;
+    NOT_FOUND for an unknown member or organization; FAILED_PRECONDITION if
+    either is revoked; ALREADY_EXISTS if the member already has an active
+    membership there; PERMISSION_DENIED for any other caller.
     """
     EndMembership: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EndMembershipRequest, _identity_pb2.EndMembershipResponse]
     """End a membership. Callable by the organization, an operator organization or
-    the member itself.
+    the member itself. NOT_FOUND for an unknown membership; FAILED_PRECONDITION
+    if it has already ended; PERMISSION_DENIED for any other caller. Tokens
+    issued before keep listing the organization until they expire.
     """
     Challenge: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ChallengeRequest, _identity_pb2.ChallengeResponse]
-    """Public. A single-use nonce the identity signs to obtain a token."""
+    """Public. A single-use nonce the identity signs to obtain a token.
+    NOT_FOUND for an unknown identity; PERMISSION_DENIED for a revoked one;
+    FAILED_PRECONDITION when it has no usable (unrevoked current) key or
+    key_id is not its current key.
+    """
     IssueToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.IssueTokenRequest, _identity_pb2.IssueTokenResponse]
     """Public. A short-lived bearer token for a signed challenge. UNAUTHENTICATED
     for an unknown, used or expired nonce or a bad signature; PERMISSION_DENIED
-    for a revoked identity.
+    for a revoked identity. FAILED_PRECONDITION if the challenged key stopped
+    being the current key since the challenge. The nonce is spent by this
+    call whatever the outcome.
     """
     GetTokenVerificationKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetTokenVerificationKeyRequest, _identity_pb2.TokenVerificationKeys]
     """Public. The Ed25519 keys that verify tokens (the current one first)."""
     VerifySignature: _grpc.UnaryUnaryMultiCallable[_identity_pb2.VerifySignatureRequest, _identity_pb2.VerifySignatureResponse]
-    """Check an Ed25519 signature by an identity as of a point in time."""
+    """Check an Ed25519 signature by an identity as of a point in time.
+    Any authenticated caller; NOT_FOUND for an unknown identity. A signature
+    that does not check out is an answer (valid false), not an error.
+    """
     FindPatientByMrn: _grpc.UnaryUnaryMultiCallable[_identity_pb2.FindPatientByMrnRequest, _identity_pb2.Identity]
     """ORGANIZATION only: the patient this organization registered under a
     medical record number (looked up by keyed hash, never stored in clear).
+    INVALID_ARGUMENT for an empty number; NOT_FOUND if this organization
+    registered no patient under it. Demographics are included when recorded
+    (the caller is the registering organization).
     """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
+    """The identity registry and token issuer. Challenge, IssueToken and
+    GetTokenVerificationKey are public; every other rpc needs a bearer token
+    ("authorization: Bearer <token>"; UNAUTHENTICATED without a valid one, and
+    for commands also when the token's subject is not a known identity). RegisterIdentity,
+    GrantMembership and FindPatientByMrn accept ORGANIZATION tokens only
+    (PERMISSION_DENIED for any other kind). Every rpc may answer INVALID_ARGUMENT
+    for a missing required id and UNAVAILABLE while PostgreSQL is unreachable.
+    Commands (register, rotate, revoke, memberships) are committed with their
+    events in one transaction and answer once the events reach identity.events,
+    or after at most MEDLEDGER_IDENTITY_PUBLISH_WAIT_S (default 5 s) anyway: the
+    events are committed and will be published.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     RegisterIdentity: _aio.UnaryUnaryMultiCallable[_identity_pb2.RegisterIdentityRequest, _identity_pb2.RegisterIdentityResponse]  # type: ignore[assignment]
     """Register a new identity. PATIENT and PRACTITIONER: any active ORGANIZATION.
     ORGANIZATION, AUDITOR and SERVICE: an active OPERATOR organization (the
     bootstrap organization, or one it registered). ALREADY_EXISTS for a public
     key already in use or a medical record number the organization already has.
+    INVALID_ARGUMENT for an unspecified kind, a malformed public key, a missing
+    or unknown assurance_level or organization_type, a demographics field over
+    256 characters or a malformed birth_date, or a medical record number for a
+    non-patient. PERMISSION_DENIED when the caller is revoked or may not
+    register this kind. The response carries no demographics.
     """
     GetIdentity: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetIdentityRequest, _identity_pb2.Identity]  # type: ignore[assignment]
     """An identity's public record; demographics only for the identity itself,
-    the organization that registered it, or an operator organization.
+    the organization that registered it, or an operator organization (the
+    viewer must be active); everyone else gets the record without them.
+    Any authenticated caller; NOT_FOUND for an unknown identity_id.
     """
     ResolveKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResolveKeyRequest, _identity_pb2.ResolvedKey]  # type: ignore[assignment]
     """The key an identity used at a point in time (or the named key), with its
     validity window. NOT_FOUND if the identity had no key at that time.
+    Any authenticated caller; NOT_FOUND also for an unknown identity or an
+    unknown key_id. A revoked key is still returned, with revoked set.
     """
     RotateKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.RotateKeyRequest, _identity_pb2.RotateKeyResponse]  # type: ignore[assignment]
     """Replace the current key. Callable by the identity itself or, for a
     practitioner, by its registering organization or one it is a member of.
+    The new key is in effect from now and the previous one stops being in
+    effect. INVALID_ARGUMENT for a malformed public key; ALREADY_EXISTS for a
+    key this or any other identity has used; NOT_FOUND for an unknown
+    identity; PERMISSION_DENIED for any other caller or a revoked caller;
+    FAILED_PRECONDITION when the identity is revoked.
     """
     RevokeKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeKeyRequest, _identity_pb2.RevokeKeyResponse]  # type: ignore[assignment]
     """Mark a key revoked (compromised): from now on it signs nothing valid.
-    Same callers as RotateKey.
+    Same callers as RotateKey. Revoking the current key leaves the identity
+    without a usable key until one is rotated in. NOT_FOUND for an unknown
+    identity or key; FAILED_PRECONDITION for a key already revoked or a
+    revoked identity; PERMISSION_DENIED for any other caller.
     """
     RevokeIdentity: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeIdentityRequest, _identity_pb2.RevokeIdentityResponse]  # type: ignore[assignment]
     """Revoke an identity: it gets no new token and its signatures from now on are
     invalid. Callable by the identity itself, its registering organization or
-    an operator organization.
+    an operator organization. Irreversible. INVALID_ARGUMENT for a reason over
+    200 characters; NOT_FOUND for an unknown identity; FAILED_PRECONDITION if
+    it is already revoked; PERMISSION_DENIED for any other caller.
     """
     GrantMembership: _aio.UnaryUnaryMultiCallable[_identity_pb2.GrantMembershipRequest, _identity_pb2.GrantMembershipResponse]  # type: ignore[assignment]
     """Make a practitioner, auditor or service a member of an organization.
     Callable by that organization or an operator organization.
+    INVALID_ARGUMENT for a malformed role or a member of another kind;
+    NOT_FOUND for an unknown member or organization; FAILED_PRECONDITION if
+    either is revoked; ALREADY_EXISTS if the member already has an active
+    membership there; PERMISSION_DENIED for any other caller.
     """
     EndMembership: _aio.UnaryUnaryMultiCallable[_identity_pb2.EndMembershipRequest, _identity_pb2.EndMembershipResponse]  # type: ignore[assignment]
     """End a membership. Callable by the organization, an operator organization or
-    the member itself.
+    the member itself. NOT_FOUND for an unknown membership; FAILED_PRECONDITION
+    if it has already ended; PERMISSION_DENIED for any other caller. Tokens
+    issued before keep listing the organization until they expire.
     """
     Challenge: _aio.UnaryUnaryMultiCallable[_identity_pb2.ChallengeRequest, _identity_pb2.ChallengeResponse]  # type: ignore[assignment]
-    """Public. A single-use nonce the identity signs to obtain a token."""
+    """Public. A single-use nonce the identity signs to obtain a token.
+    NOT_FOUND for an unknown identity; PERMISSION_DENIED for a revoked one;
+    FAILED_PRECONDITION when it has no usable (unrevoked current) key or
+    key_id is not its current key.
+    """
     IssueToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.IssueTokenRequest, _identity_pb2.IssueTokenResponse]  # type: ignore[assignment]
     """Public. A short-lived bearer token for a signed challenge. UNAUTHENTICATED
     for an unknown, used or expired nonce or a bad signature; PERMISSION_DENIED
-    for a revoked identity.
+    for a revoked identity. FAILED_PRECONDITION if the challenged key stopped
+    being the current key since the challenge. The nonce is spent by this
+    call whatever the outcome.
     """
     GetTokenVerificationKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetTokenVerificationKeyRequest, _identity_pb2.TokenVerificationKeys]  # type: ignore[assignment]
     """Public. The Ed25519 keys that verify tokens (the current one first)."""
     VerifySignature: _aio.UnaryUnaryMultiCallable[_identity_pb2.VerifySignatureRequest, _identity_pb2.VerifySignatureResponse]  # type: ignore[assignment]
-    """Check an Ed25519 signature by an identity as of a point in time."""
+    """Check an Ed25519 signature by an identity as of a point in time.
+    Any authenticated caller; NOT_FOUND for an unknown identity. A signature
+    that does not check out is an answer (valid false), not an error.
+    """
     FindPatientByMrn: _aio.UnaryUnaryMultiCallable[_identity_pb2.FindPatientByMrnRequest, _identity_pb2.Identity]  # type: ignore[assignment]
     """ORGANIZATION only: the patient this organization registered under a
     medical record number (looked up by keyed hash, never stored in clear).
+    INVALID_ARGUMENT for an empty number; NOT_FOUND if this organization
+    registered no patient under it. Demographics are included when recorded
+    (the caller is the registering organization).
     """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The identity registry and token issuer. Challenge, IssueToken and
+    GetTokenVerificationKey are public; every other rpc needs a bearer token
+    ("authorization: Bearer <token>"; UNAUTHENTICATED without a valid one, and
+    for commands also when the token's subject is not a known identity). RegisterIdentity,
+    GrantMembership and FindPatientByMrn accept ORGANIZATION tokens only
+    (PERMISSION_DENIED for any other kind). Every rpc may answer INVALID_ARGUMENT
+    for a missing required id and UNAVAILABLE while PostgreSQL is unreachable.
+    Commands (register, rotate, revoke, memberships) are committed with their
+    events in one transaction and answer once the events reach identity.events,
+    or after at most MEDLEDGER_IDENTITY_PUBLISH_WAIT_S (default 5 s) anyway: the
+    events are committed and will be published.
+    """
+
     @_abc_1.abstractmethod
     def RegisterIdentity(
         self,
@@ -154,6 +267,11 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         ORGANIZATION, AUDITOR and SERVICE: an active OPERATOR organization (the
         bootstrap organization, or one it registered). ALREADY_EXISTS for a public
         key already in use or a medical record number the organization already has.
+        INVALID_ARGUMENT for an unspecified kind, a malformed public key, a missing
+        or unknown assurance_level or organization_type, a demographics field over
+        256 characters or a malformed birth_date, or a medical record number for a
+        non-patient. PERMISSION_DENIED when the caller is revoked or may not
+        register this kind. The response carries no demographics.
         """
 
     @_abc_1.abstractmethod
@@ -163,7 +281,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.Identity, _abc.Awaitable[_identity_pb2.Identity]]:
         """An identity's public record; demographics only for the identity itself,
-        the organization that registered it, or an operator organization.
+        the organization that registered it, or an operator organization (the
+        viewer must be active); everyone else gets the record without them.
+        Any authenticated caller; NOT_FOUND for an unknown identity_id.
         """
 
     @_abc_1.abstractmethod
@@ -174,6 +294,8 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.ResolvedKey, _abc.Awaitable[_identity_pb2.ResolvedKey]]:
         """The key an identity used at a point in time (or the named key), with its
         validity window. NOT_FOUND if the identity had no key at that time.
+        Any authenticated caller; NOT_FOUND also for an unknown identity or an
+        unknown key_id. A revoked key is still returned, with revoked set.
         """
 
     @_abc_1.abstractmethod
@@ -184,6 +306,11 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.RotateKeyResponse, _abc.Awaitable[_identity_pb2.RotateKeyResponse]]:
         """Replace the current key. Callable by the identity itself or, for a
         practitioner, by its registering organization or one it is a member of.
+        The new key is in effect from now and the previous one stops being in
+        effect. INVALID_ARGUMENT for a malformed public key; ALREADY_EXISTS for a
+        key this or any other identity has used; NOT_FOUND for an unknown
+        identity; PERMISSION_DENIED for any other caller or a revoked caller;
+        FAILED_PRECONDITION when the identity is revoked.
         """
 
     @_abc_1.abstractmethod
@@ -193,7 +320,10 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.RevokeKeyResponse, _abc.Awaitable[_identity_pb2.RevokeKeyResponse]]:
         """Mark a key revoked (compromised): from now on it signs nothing valid.
-        Same callers as RotateKey.
+        Same callers as RotateKey. Revoking the current key leaves the identity
+        without a usable key until one is rotated in. NOT_FOUND for an unknown
+        identity or key; FAILED_PRECONDITION for a key already revoked or a
+        revoked identity; PERMISSION_DENIED for any other caller.
         """
 
     @_abc_1.abstractmethod
@@ -204,7 +334,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.RevokeIdentityResponse, _abc.Awaitable[_identity_pb2.RevokeIdentityResponse]]:
         """Revoke an identity: it gets no new token and its signatures from now on are
         invalid. Callable by the identity itself, its registering organization or
-        an operator organization.
+        an operator organization. Irreversible. INVALID_ARGUMENT for a reason over
+        200 characters; NOT_FOUND for an unknown identity; FAILED_PRECONDITION if
+        it is already revoked; PERMISSION_DENIED for any other caller.
         """
 
     @_abc_1.abstractmethod
@@ -215,6 +347,10 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.GrantMembershipResponse, _abc.Awaitable[_identity_pb2.GrantMembershipResponse]]:
         """Make a practitioner, auditor or service a member of an organization.
         Callable by that organization or an operator organization.
+        INVALID_ARGUMENT for a malformed role or a member of another kind;
+        NOT_FOUND for an unknown member or organization; FAILED_PRECONDITION if
+        either is revoked; ALREADY_EXISTS if the member already has an active
+        membership there; PERMISSION_DENIED for any other caller.
         """
 
     @_abc_1.abstractmethod
@@ -224,7 +360,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.EndMembershipResponse, _abc.Awaitable[_identity_pb2.EndMembershipResponse]]:
         """End a membership. Callable by the organization, an operator organization or
-        the member itself.
+        the member itself. NOT_FOUND for an unknown membership; FAILED_PRECONDITION
+        if it has already ended; PERMISSION_DENIED for any other caller. Tokens
+        issued before keep listing the organization until they expire.
         """
 
     @_abc_1.abstractmethod
@@ -233,7 +371,11 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.ChallengeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ChallengeResponse, _abc.Awaitable[_identity_pb2.ChallengeResponse]]:
-        """Public. A single-use nonce the identity signs to obtain a token."""
+        """Public. A single-use nonce the identity signs to obtain a token.
+        NOT_FOUND for an unknown identity; PERMISSION_DENIED for a revoked one;
+        FAILED_PRECONDITION when it has no usable (unrevoked current) key or
+        key_id is not its current key.
+        """
 
     @_abc_1.abstractmethod
     def IssueToken(
@@ -243,7 +385,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.IssueTokenResponse, _abc.Awaitable[_identity_pb2.IssueTokenResponse]]:
         """Public. A short-lived bearer token for a signed challenge. UNAUTHENTICATED
         for an unknown, used or expired nonce or a bad signature; PERMISSION_DENIED
-        for a revoked identity.
+        for a revoked identity. FAILED_PRECONDITION if the challenged key stopped
+        being the current key since the challenge. The nonce is spent by this
+        call whatever the outcome.
         """
 
     @_abc_1.abstractmethod
@@ -260,7 +404,10 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.VerifySignatureRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.VerifySignatureResponse, _abc.Awaitable[_identity_pb2.VerifySignatureResponse]]:
-        """Check an Ed25519 signature by an identity as of a point in time."""
+        """Check an Ed25519 signature by an identity as of a point in time.
+        Any authenticated caller; NOT_FOUND for an unknown identity. A signature
+        that does not check out is an answer (valid false), not an error.
+        """
 
     @_abc_1.abstractmethod
     def FindPatientByMrn(
@@ -270,6 +417,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.Identity, _abc.Awaitable[_identity_pb2.Identity]]:
         """ORGANIZATION only: the patient this organization registered under a
         medical record number (looked up by keyed hash, never stored in clear).
+        INVALID_ARGUMENT for an empty number; NOT_FOUND if this organization
+        registered no patient under it. Demographics are included when recorded
+        (the caller is the registering organization).
         """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

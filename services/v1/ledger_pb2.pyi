@@ -24,6 +24,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GetCheckpointRequest(_message.Message):
+    """No arguments: the newest checkpoint is returned."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -39,6 +41,8 @@ Global___GetCheckpointRequest: _TypeAlias = GetCheckpointRequest  # noqa: Y015
 
 @_typing.final
 class Checkpoint(_message.Message):
+    """A signed checkpoint and the values it commits to."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHECKPOINT_FIELD_NUMBER: _builtins.int
@@ -79,6 +83,8 @@ Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
 
 @_typing.final
 class GetVerifierKeyRequest(_message.Message):
+    """No arguments."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -94,6 +100,8 @@ Global___GetVerifierKeyRequest: _TypeAlias = GetVerifierKeyRequest  # noqa: Y015
 
 @_typing.final
 class VerifierKey(_message.Message):
+    """What an auditor needs to check checkpoint signatures."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERIFIER_KEY_FIELD_NUMBER: _builtins.int
@@ -118,6 +126,8 @@ Global___VerifierKey: _TypeAlias = VerifierKey  # noqa: Y015
 
 @_typing.final
 class GetEntriesRequest(_message.Message):
+    """A range of log indices."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     START_FIELD_NUMBER: _builtins.int
@@ -144,6 +154,8 @@ Global___GetEntriesRequest: _TypeAlias = GetEntriesRequest  # noqa: Y015
 
 @_typing.final
 class Entry(_message.Message):
+    """One sequenced event."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
@@ -186,6 +198,8 @@ Global___Entry: _TypeAlias = Entry  # noqa: Y015
 
 @_typing.final
 class EntryPage(_message.Message):
+    """A page of consecutive entries (GetEntryPages)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
@@ -208,6 +222,8 @@ Global___EntryPage: _TypeAlias = EntryPage  # noqa: Y015
 
 @_typing.final
 class GetEntryByEventIdRequest(_message.Message):
+    """Look an entry up by the event id it carries."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
@@ -228,6 +244,8 @@ Global___GetEntryByEventIdRequest: _TypeAlias = GetEntryByEventIdRequest  # noqa
 
 @_typing.final
 class GetInclusionProofRequest(_message.Message):
+    """Inclusion proof by leaf index."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
@@ -252,6 +270,8 @@ Global___GetInclusionProofRequest: _TypeAlias = GetInclusionProofRequest  # noqa
 
 @_typing.final
 class GetInclusionProofByHashRequest(_message.Message):
+    """Inclusion proof by leaf hash."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LEAF_HASH_FIELD_NUMBER: _builtins.int
@@ -276,6 +296,8 @@ Global___GetInclusionProofByHashRequest: _TypeAlias = GetInclusionProofByHashReq
 
 @_typing.final
 class InclusionProof(_message.Message):
+    """RFC 9162 inclusion proof (audit path) of one leaf."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LEAF_INDEX_FIELD_NUMBER: _builtins.int
@@ -312,6 +334,8 @@ Global___InclusionProof: _TypeAlias = InclusionProof  # noqa: Y015
 
 @_typing.final
 class GetConsistencyProofRequest(_message.Message):
+    """Consistency proof between two tree sizes."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FIRST_SIZE_FIELD_NUMBER: _builtins.int
@@ -336,6 +360,8 @@ Global___GetConsistencyProofRequest: _TypeAlias = GetConsistencyProofRequest  # 
 
 @_typing.final
 class ConsistencyProof(_message.Message):
+    """RFC 9162 consistency proof between two tree sizes."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FIRST_SIZE_FIELD_NUMBER: _builtins.int
@@ -344,13 +370,16 @@ class ConsistencyProof(_message.Message):
     FIRST_ROOT_HASH_FIELD_NUMBER: _builtins.int
     SECOND_ROOT_HASH_FIELD_NUMBER: _builtins.int
     first_size: _builtins.int
+    """Size of the smaller tree, as requested."""
     second_size: _builtins.int
+    """Size of the larger tree (the latest checkpoint's when the request said 0)."""
     first_root_hash: _builtins.bytes
-    """Root hashes of both trees, for convenience; check them against signed checkpoints."""
+    """Root hash of the tree of first_size, for convenience; check it against a signed checkpoint."""
     second_root_hash: _builtins.bytes
+    """Root hash of the tree of second_size, for convenience; check it against a signed checkpoint."""
     @_builtins.property
     def hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """Consistency proof in RFC 9162 §2.1.4 order."""
+        """Consistency proof in RFC 9162 §2.1.4 order; empty when the sizes are equal."""
 
     def __init__(
         self,
@@ -371,6 +400,8 @@ Global___ConsistencyProof: _TypeAlias = ConsistencyProof  # noqa: Y015
 
 @_typing.final
 class WatchCheckpointsRequest(_message.Message):
+    """No arguments: the stream starts with the current checkpoint."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class LedgerServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The ledger's read API for services, hospital systems and auditors.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -82,7 +83,8 @@ class LedgerServiceStub:
 
 
 class LedgerServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The ledger's read API for services, hospital systems and auditors.
+    """
 
     def GetCheckpoint(self, request, context):
         """The newest signed checkpoint.
@@ -205,7 +207,8 @@ def add_LedgerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class LedgerService:
-    """Missing associated documentation comment in .proto file."""
+    """The ledger's read API for services, hospital systems and auditors.
+    """
 
     @staticmethod
     def GetCheckpoint(request,

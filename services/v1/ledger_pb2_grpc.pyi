@@ -30,6 +30,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class LedgerServiceStub:
+    """The ledger's read API for services, hospital systems and auditors."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -57,6 +59,8 @@ class LedgerServiceStub:
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
+    """The ledger's read API for services, hospital systems and auditors."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetCheckpointRequest, _ledger_pb2.Checkpoint]  # type: ignore[assignment]
     """The newest signed checkpoint."""
@@ -80,6 +84,8 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """The current checkpoint, then each new one as it is signed."""
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The ledger's read API for services, hospital systems and auditors."""
+
     @_abc_1.abstractmethod
     def GetCheckpoint(
         self,

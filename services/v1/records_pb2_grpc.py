@@ -25,7 +25,8 @@ if _version_not_supported:
 
 
 class RecordsServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """FHIR R4 records under consent; RPCs arrive with the records issue.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -36,7 +37,8 @@ class RecordsServiceStub:
 
 
 class RecordsServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """FHIR R4 records under consent; RPCs arrive with the records issue.
+    """
 
 
 def add_RecordsServiceServicer_to_server(servicer, server):
@@ -50,4 +52,5 @@ def add_RecordsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RecordsService:
-    """Missing associated documentation comment in .proto file."""
+    """FHIR R4 records under consent; RPCs arrive with the records issue.
+    """

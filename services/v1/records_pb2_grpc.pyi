@@ -29,6 +29,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RecordsServiceStub:
+    """FHIR R4 records under consent; RPCs arrive with the records issue."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
@@ -36,9 +38,13 @@ class RecordsServiceStub:
 
 @_typing.type_check_only
 class RecordsServiceAsyncStub(RecordsServiceStub):
+    """FHIR R4 records under consent; RPCs arrive with the records issue."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
 
 class RecordsServiceServicer(metaclass=_abc_1.ABCMeta):
+    """FHIR R4 records under consent; RPCs arrive with the records issue."""
+
     ...
 
 def add_RecordsServiceServicer_to_server(servicer: RecordsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,7 +4,10 @@ edited without `make protos` fails here rather than in production."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
+
+import pytest
 
 from tests.support import ROOT
 
@@ -26,10 +29,21 @@ def test_generated_code_matches_protos(tmp_path: Path) -> None:
     assert not extra, f"services/v1 holds files no proto generates: {extra}"
 
 
-def test_every_envelope_field_is_documented() -> None:
-    text = (ROOT / "protos" / "medledger" / "v1" / "events.proto").read_text()
-    body = text.split("message EventEnvelope {", 1)[1].split("}", 1)[0]
-    lines = [line.strip() for line in body.splitlines() if line.strip()]
-    for i, line in enumerate(lines):
-        if "=" in line and line.endswith(";"):
-            assert lines[i - 1].startswith("//"), f"field without a comment: {line}"
+_DECLARATION = re.compile(
+    r"^((repeated |optional |map<[^>]+> )?[\w.]+ \w+ = \d+;|rpc \w+|(message|enum|service) \w+)"
+)
+
+
+@pytest.mark.parametrize("proto", sorted(p.name for p in (ROOT / "protos" / "medledger" / "v1").glob("*.proto")))
+def test_every_field_message_and_rpc_is_documented(proto: str) -> None:
+    """The protos are the public contract: each declaration carries its own comment."""
+    lines = [line.strip() for line in (ROOT / "protos" / "medledger" / "v1" / proto).read_text().splitlines()]
+    undocumented = [
+        line for i, line in enumerate(lines) if _DECLARATION.match(line) and not lines[i - 1].startswith("//")
+    ]
+    assert not undocumented, f"{proto}: declarations without a comment directly above: {undocumented}"
+
+
+def test_contract_is_versioned() -> None:
+    for proto in (ROOT / "protos" / "medledger" / "v1").glob("*.proto"):
+        assert "package medledger.v1;" in proto.read_text(), proto.name
