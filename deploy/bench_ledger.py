@@ -252,7 +252,11 @@ async def main() -> None:
         token = harness.auditor().token
         harness.close()
         audit_cmd = [str(Path(sys.executable).parent / "medledger"), "audit", "verify", "--ledger", ledger.address]
-        audit_out = subprocess.run(audit_cmd + ["--token", token], capture_output=True, text=True, env=env)
+        for attempt in ("first (cold) run", "second run"):
+            audit_out = subprocess.run(audit_cmd + ["--token", token], capture_output=True, text=True, env=env)
+            result = audit_out.stdout.strip().splitlines()[-1] if audit_out.returncode == 0 else audit_out.stderr.strip()
+            print(f"audit verify of the whole log over gRPC, {attempt} ({' '.join(audit_cmd[1:])}): {result} "
+                  "(target >= 100,000 entries/s)", flush=True)
         identity.stop()
         print(f"audit verify of the whole log over gRPC ({' '.join(audit_cmd[1:])}): "
               f"{audit_out.stdout.strip().splitlines()[-1] if audit_out.returncode == 0 else audit_out.stderr.strip()} "

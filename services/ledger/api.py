@@ -108,12 +108,24 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
         if request.start >= size:
             raise OutOfRange(f"start {request.start} is beyond the log of {size} entries")
         end = min(size, request.start + count)
-        position = request.start
-        while position < end:
+
+        async def fetch(start: int) -> list[store.StoredEntry]:
             async with self.pool().acquire() as conn:
-                page = await store.entries_from(conn, position, min(ENTRY_PAGE, end - position))
-            yield entry_messages(page)
-            position = page[-1].index + 1
+                return await store.entries_from(conn, start, min(ENTRY_PAGE, end - start))
+
+        # The next page is read from the database while this one is sent.
+        upcoming: asyncio.Task[list[store.StoredEntry]] | None = asyncio.create_task(fetch(request.start))
+        try:
+            while upcoming is not None:
+                page = await upcoming
+                if not page:
+                    break
+                position = page[-1].index + 1
+                upcoming = asyncio.create_task(fetch(position)) if position < end else None
+                yield entry_messages(page)
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
 
     async def GetEntries(self, request: ledger_pb2.GetEntriesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ledger_pb2.Entry]:
         async for page in self._pages(request):
