@@ -22,6 +22,7 @@ from medledger.identity import cli as identity_cli
 from medledger.ledger import cli as ledger_cli
 from medledger.runtime.errors import SettingsError
 from medledger.runtime.settings import DEFAULT_PORTS, Topics, env_str
+from medledger.runtime.transport import GrpcTls
 
 app = typer.Typer(help="MedLedger: patient-controlled records with a verifiable ledger.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
@@ -56,13 +57,15 @@ def serve(name: Annotated[str, typer.Argument(help="identity | consent | records
         raise typer.Exit(2)
     try:
         settings = CommonSettings.from_env(name, DEFAULT_PORTS[name])
+        tls = GrpcTls.from_env()
+        credentials = tls.server_credentials(settings.grpc_host)
         factory = _load_app(name)
         service = factory.from_env() if hasattr(factory, "from_env") else factory()
     except SettingsError as exc:
         console.print(f"[red]{name}: {exc}[/red]")
         raise typer.Exit(2) from None
     configure_logging(name, settings.log_level)
-    _run_loop(ServiceHost(service, settings).run())
+    _run_loop(ServiceHost(service, settings, credentials).run())
 
 
 def _run_loop(main: Any) -> None:
@@ -91,7 +94,7 @@ def topics_ensure(
 
 
 def _health(address: str, timeout: float) -> str:
-    with grpc.insecure_channel(address) as channel:
+    with GrpcTls.from_env().channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError as exc:

@@ -11,6 +11,7 @@ import typer
 
 from medledger.audit.verify import AuditFailure, LogAuditor
 from medledger.ledger import note
+from medledger.runtime.transport import GrpcTls
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 app = typer.Typer(help="Audit tooling: replay and verify the ledger.", no_args_is_help=True)
@@ -26,7 +27,7 @@ def verify(
     """Replay every entry up to the latest checkpoint: leaf hashes, hash chain,
     RFC 6962 root and the checkpoint signature must all agree."""
     metadata = [("authorization", f"Bearer {token}")] if token else []
-    with grpc.insecure_channel(ledger) as channel:
+    with GrpcTls.from_env().channel(ledger) as channel:
         stub = ledger_pb2_grpc.LedgerServiceStub(channel)
         served = stub.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest())
         trusted = verifier_key or served.verifier_key

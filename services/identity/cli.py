@@ -18,6 +18,7 @@ from typing import Annotated
 
 import grpc
 import typer
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medledger.identity import keyfiles
@@ -25,6 +26,7 @@ from medledger.identity.domain import key_id_for
 from medledger.identity.settings import bootstrap_identity_id
 from medledger.runtime.errors import SettingsError
 from medledger.runtime.identity_client import load_private_key
+from medledger.runtime.transport import GrpcTls
 from medledger.v1 import identity_pb2, identity_pb2_grpc
 
 app = typer.Typer(help="Identities: keys, registration, tokens.", no_args_is_help=True)
@@ -84,7 +86,7 @@ def token(
     address: Address = DEFAULT_ADDRESS,
 ) -> None:
     """Print a bearer token for the identity (for grpcurl: -H 'authorization: Bearer …')."""
-    with grpc.insecure_channel(address) as channel:
+    with GrpcTls.from_env().channel(address) as channel:
         try:
             reply = login(identity_pb2_grpc.IdentityServiceStub(channel), identity_id, _key(key))
         except grpc.RpcError as exc:
@@ -113,7 +115,7 @@ def register(
         kind=identity_pb2.IdentityKind.Value(kind), public_key=public, assurance_level=assurance_level,
         organization_type=organization_type,
     )
-    with grpc.insecure_channel(address) as channel:
+    with GrpcTls.from_env().channel(address) as channel:
         stub = identity_pb2_grpc.IdentityServiceStub(channel)
         try:
             bearer = login(stub, as_id, _key(as_key)).token

@@ -87,6 +87,7 @@ class GrpcServer:
         service_names: Sequence[str],
         registrations: Sequence[Registration],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.address = f"{host}:{port}"
         self.service_names = list(service_names)
@@ -102,7 +103,12 @@ class GrpcServer:
             [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             self.server,
         )
-        self.port = self.server.add_insecure_port(self.address)
+        self.port = (
+            self.server.add_secure_port(self.address, credentials)
+            if credentials is not None
+            else self.server.add_insecure_port(self.address)
+        )
+        self.tls = credentials is not None
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address}: port in use or not allowed")
 

@@ -63,10 +63,18 @@ class ServiceApp(Protocol):
 
 
 class ServiceHost:
-    def __init__(self, app: ServiceApp, settings: CommonSettings, monitor_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        app: ServiceApp,
+        settings: CommonSettings,
+        credentials: grpc.ServerCredentials | None = None,
+        monitor_interval: float = 1.0,
+    ) -> None:
+        """credentials: TLS for the gRPC port (None: plaintext, see runtime.transport)."""
         self.app = app
         self.settings = settings
         self.monitor_interval = monitor_interval
+        self.credentials = credentials
         self.grpc: GrpcServer | None = None
         self.stop_event = asyncio.Event()
         self.serving = False
@@ -127,6 +135,7 @@ class ServiceHost:
             self.app.service_names,
             self.app.registrations(),
             self.app.interceptors(),
+            self.credentials,
         )
         await grpc_server.start()
         ctx = await self._connect()

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medledger.runtime import errors
+from medledger.runtime.transport import GrpcTls
 from medledger.runtime.auth import TokenVerifier
 from medledger.v1 import identity_pb2, identity_pb2_grpc
 
@@ -59,7 +60,7 @@ async def _call(what: str, call: Callable[[], Awaitable[T]]) -> T:
 
 async def fetch_verification_keys(address: str, timeout: float = CALL_TIMEOUT_S) -> dict[str, bytes]:
     """key id -> raw Ed25519 public key, from GetTokenVerificationKey (public)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with GrpcTls.from_env().aio_channel(address) as channel:
         stub = identity_pb2_grpc.IdentityServiceStub(channel)
         reply = await _call(
             "GetTokenVerificationKey",
@@ -95,7 +96,7 @@ class _Channel:
 
     def stub(self) -> identity_pb2_grpc.IdentityServiceStub:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = GrpcTls.from_env().aio_channel(self.address)
         return identity_pb2_grpc.IdentityServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.settings import Topics, env_int
+from medledger.runtime.transport import kafka_security
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def topic_specs(topics: Topics, event_partitions: int = 3, replication_factor: i
 
 async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, **kafka_security())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -78,7 +79,7 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]
 
 async def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
     """Delete topics (tests and benchmarks clean up their random ones)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, **kafka_security())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -99,6 +100,7 @@ def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
         linger_ms=2,
         max_request_size=2 * MAX_RECORD_BYTES,
         request_timeout_ms=30000,
+        **kafka_security(),
     )
     options.update(overrides)
     return AIOKafkaProducer(**options)
@@ -115,6 +117,7 @@ def make_consumer(bootstrap: str, *topics: str, group_id: str | None, **override
         isolation_level="read_committed",
         max_partition_fetch_bytes=4 * MAX_RECORD_BYTES,
         fetch_max_bytes=16 * 1024 * 1024,
+        **kafka_security(),
     )
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)

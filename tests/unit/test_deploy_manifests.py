@@ -42,6 +42,12 @@ CORE_KINDS = {"Namespace", "Deployment", "Service", "ServiceAccount", "PodDisrup
 
 # Either variable satisfies the requirement (the code falls back from one to the other).
 ALTERNATIVES = {"MEDLEDGER_LEDGER_SIGNING_KEY_FILE": "MEDLEDGER_LEDGER_SIGNING_KEY"}
+# Read without a default only once the setting that turns their feature on is set
+# (runtime/transport.py: Kafka SASL and client certificates); the manifests keep Kafka
+# on its in-cluster plaintext listener, so they need not set them.
+ONLY_WHEN_ENABLED = frozenset(
+    {"MEDLEDGER_KAFKA_SASL_USERNAME", "MEDLEDGER_KAFKA_SASL_PASSWORD", "MEDLEDGER_KAFKA_SSL_KEY_FILE"}
+)
 # Optional for the code, required when deployed: without the key files each identity replica
 # would generate keys of its own (and lose them on restart); the ledger's origin must be the
 # operator's own log name, not the development default.
@@ -241,7 +247,7 @@ def required(service: str) -> set[str]:
     if service == "ledger":
         explicit.add("MEDLEDGER_LEDGER_SIGNING_KEY_FILE")
     code = required_by_code(service) | loopback_defaults(service)
-    return explicit | set(code) | set(DEPLOYED_REQUIRED.get(service, ()))
+    return (explicit | set(code) | set(DEPLOYED_REQUIRED.get(service, ()))) - ONLY_WHEN_ENABLED
 
 
 def test_the_code_scan_finds_the_known_settings() -> None:
