@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Sequence
 
 import asyncpg
 import grpc
@@ -26,23 +26,20 @@ MAX_ENTRIES_PER_CALL = 100_000
 ENTRY_PAGE = 1000
 
 
-def entry_messages(entries: list[store.StoredEntry]) -> list[ledger_pb2.Entry]:
-    """Entries as messages; a batch shares one commit time, so each distinct
-    timestamp is converted once."""
+def entry_page(rows: Sequence[asyncpg.Record]) -> ledger_pb2.EntryPage:
+    """An EntryPage from ``store.entry_page`` rows, built in place (audits read
+    every entry, so no intermediate objects); a batch shares one commit time,
+    so each distinct timestamp is converted once."""
+    page = ledger_pb2.EntryPage()
+    add = page.entries.add
     stamps: dict[datetime, Timestamp] = {}
-    out = []
-    for e in entries:
-        stamp = stamps.get(e.sequenced_at)
+    for index, event_id, leaf_hash, chain_hash, event, sequenced_at in rows:
+        stamp = stamps.get(sequenced_at)
         if stamp is None:
-            stamp = stamps[e.sequenced_at] = Timestamp()
-            stamp.FromDatetime(e.sequenced_at)
-        out.append(
-            ledger_pb2.Entry(
-                index=e.index, event=e.event, leaf_hash=e.leaf_hash, chain_hash=e.chain_hash,
-                event_id=e.event_id, sequenced_at=stamp,
-            )
-        )
-    return out
+            stamp = stamps[sequenced_at] = Timestamp()
+            stamp.FromDatetime(sequenced_at)
+        add(index=index, event=event, leaf_hash=leaf_hash, chain_hash=chain_hash, event_id=event_id, sequenced_at=stamp)
+    return page
 
 
 class CheckpointFeed:
@@ -101,7 +98,7 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
     async def GetVerifierKey(self, request: ledger_pb2.GetVerifierKeyRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.VerifierKey:
         return ledger_pb2.VerifierKey(verifier_key=self.settings.signer.verifier_key, origin=self.settings.origin)
 
-    async def _pages(self, request: ledger_pb2.GetEntriesRequest) -> AsyncIterator[list[ledger_pb2.Entry]]:
+    async def _pages(self, request: ledger_pb2.GetEntriesRequest) -> AsyncIterator[ledger_pb2.EntryPage]:
         count = min(request.count or MAX_ENTRIES_PER_CALL, MAX_ENTRIES_PER_CALL)
         async with self.pool().acquire() as conn:
             size = await store.tree_size(conn)
@@ -109,32 +106,32 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
             raise OutOfRange(f"start {request.start} is beyond the log of {size} entries")
         end = min(size, request.start + count)
 
-        async def fetch(start: int) -> list[store.StoredEntry]:
+        async def fetch(start: int) -> list[asyncpg.Record]:
             async with self.pool().acquire() as conn:
-                return await store.entries_from(conn, start, min(ENTRY_PAGE, end - start))
+                return await store.entry_page(conn, start, min(ENTRY_PAGE, end - start))
 
         # The next page is read from the database while this one is sent.
-        upcoming: asyncio.Task[list[store.StoredEntry]] | None = asyncio.create_task(fetch(request.start))
+        upcoming: asyncio.Task[list[asyncpg.Record]] | None = asyncio.create_task(fetch(request.start))
         try:
             while upcoming is not None:
                 page = await upcoming
                 if not page:
                     break
-                position = page[-1].index + 1
+                position = page[-1]["idx"] + 1
                 upcoming = asyncio.create_task(fetch(position)) if position < end else None
-                yield entry_messages(page)
+                yield entry_page(page)
         finally:
             if upcoming is not None:
                 upcoming.cancel()
 
     async def GetEntries(self, request: ledger_pb2.GetEntriesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ledger_pb2.Entry]:
         async for page in self._pages(request):
-            for entry in page:
+            for entry in page.entries:
                 yield entry
 
     async def GetEntryPages(self, request: ledger_pb2.GetEntriesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ledger_pb2.EntryPage]:
         async for page in self._pages(request):
-            yield ledger_pb2.EntryPage(entries=page)
+            yield page
 
     async def GetEntryByEventId(self, request: ledger_pb2.GetEntryByEventIdRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.Entry:
         if not request.event_id:
@@ -143,7 +140,7 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
             entry = await store.entry_by_event_id(conn, request.event_id)
         if entry is None:
             raise NotFound(f"no ledger entry for event_id {request.event_id}")
-        return entry_messages([entry])[0]
+        return entry_page([entry]).entries[0]
 
     async def _sizes(self, conn: store.Conn, requested: int) -> tuple[int, int]:
         """(size to prove against, committed size); 0 means the latest checkpoint."""

@@ -200,9 +200,22 @@ async def entries_from(conn: Conn, start: int, limit: int) -> list[StoredEntry]:
     return [_entry(r) for r in rows]
 
 
-async def entry_by_event_id(conn: Conn, event_id: str) -> StoredEntry | None:
-    row = await conn.fetchrow(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE event_id = $1", event_id)
-    return None if row is None else _entry(row)
+async def entry_page(conn: Conn, start: int, limit: int) -> list[asyncpg.Record]:
+    """Rows (idx, event_id, leaf_hash, chain_hash, event, sequenced_at) from start:
+    the replay path, kept free of per-row objects because audits read every entry."""
+    return await conn.fetch(
+        "SELECT idx, event_id, leaf_hash, chain_hash, event, sequenced_at FROM entries"
+        " WHERE idx >= $1 ORDER BY idx LIMIT $2",
+        start,
+        limit,
+    )
+
+
+async def entry_by_event_id(conn: Conn, event_id: str) -> asyncpg.Record | None:
+    """The entry_page row of the entry carrying this event id, if any."""
+    return await conn.fetchrow(
+        "SELECT idx, event_id, leaf_hash, chain_hash, event, sequenced_at FROM entries WHERE event_id = $1", event_id
+    )
 
 
 async def index_of_leaf(conn: Conn, leaf_hash: bytes, below: int) -> int | None:
