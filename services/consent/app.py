@@ -31,6 +31,7 @@ from medledger.consent.stream import ConsentStream
 from medledger.consent.tokens import caching_verifier, preload_keys
 from medledger.runtime.auth import AuthInterceptor
 from medledger.runtime.errors import DependencyUnavailable
+from medledger.runtime.background import BackgroundTasks
 from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
 from medledger.runtime.identity_client import IdentityClient, ServiceCredentials
@@ -67,8 +68,8 @@ class ConsentApp:
         self.client: IdentityClient | None = None
         self.directory: IdentityDirectory | None = None
         self.leader = False
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.background = BackgroundTasks()
+        self._stop = self.background.stop
 
     @classmethod
     def from_env(cls) -> "ConsentApp":
@@ -111,7 +112,7 @@ class ConsentApp:
         return [AuthInterceptor(self.verifier, (), ALLOWED_KINDS)]
 
     def _spawn(self, what: str, job: Callable[[], Awaitable[None]]) -> None:
-        self._tasks.append(asyncio.create_task(keep_running(what, job, self._stop)))
+        self.background.start(keep_running(what, job, self._stop))
 
     async def on_ready(self, ctx: ServiceContext) -> None:
         s = ctx.settings
@@ -129,8 +130,8 @@ class ConsentApp:
         self._spawn("consent projection", self.stream.run)
         self._spawn("access decision log", self.decision_log.run)
         self._spawn("housekeeping", self._housekeeping)
-        self._tasks.append(asyncio.create_task(self._preload_token_keys()))
-        self._tasks.append(asyncio.create_task(self._freeze_when_loaded()))
+        self.background.start(self._preload_token_keys())
+        self.background.start(self._freeze_when_loaded())
 
     async def _preload_token_keys(self) -> None:
         await with_backoff("token keys", lambda: preload_keys(self.verifier, self.settings.identity_address), self._stop)
@@ -170,9 +171,7 @@ class ConsentApp:
     async def on_stop(self) -> None:
         self._stop.set()
         await self.decision_log.drain(5.0)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.background.close(cancel=True)
         if self.client is not None:
             await self.client.close()
         self.ctx = None

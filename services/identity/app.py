@@ -4,7 +4,6 @@ keys, no network), the outbox relay, and the bootstrap organization."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +19,7 @@ from medledger.identity.settings import IdentitySettings, bootstrap_identity_id
 from medledger.identity.vault import Vault
 from medledger.runtime.auth import AuthInterceptor, TokenVerifier
 from medledger.runtime.errors import DependencyUnavailable, SettingsError
+from medledger.runtime.background import BackgroundTasks
 from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
 from medledger.runtime.kafka import ensure_topics, topic_specs
@@ -42,8 +42,7 @@ class IdentityApp:
             self._pool, settings.token_keys, settings.token_ttl_s, settings.challenge_ttl_s
         )
         self.relay: Relay | None = None
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.background = BackgroundTasks()
 
     @classmethod
     def from_env(cls) -> "IdentityApp":
@@ -92,12 +91,10 @@ class IdentityApp:
         await ensure_topics(s.kafka_bootstrap, [t for t in topic_specs(s.topics) if t.name == s.topics.identity_events])
         self.ctx = ctx
         self.relay = Relay(s.database_url, ctx.producer, s.kafka_bootstrap, s.topics.identity_events, self._on_lead)
-        self._task = asyncio.create_task(self.relay.run(self._stop))
+        self.background.start(self.relay.run(self.background.stop))
 
     async def on_stop(self) -> None:
-        self._stop.set()
-        if self._task:
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.background.close()
         self.ctx = None
 
     def ready(self) -> bool:

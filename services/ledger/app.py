@@ -3,7 +3,6 @@ the follower publisher and the LedgerService reads."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +15,7 @@ from medledger.ledger.sequencer import Sequencer
 from medledger.ledger.settings import LedgerSettings
 from medledger.runtime.auth import AuthInterceptor
 from medledger.runtime.identity_client import make_verifier
+from medledger.runtime.background import BackgroundTasks
 from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -43,8 +43,7 @@ class LedgerApp:
         self.ctx: ServiceContext | None = None
         self.feed = CheckpointFeed()
         self.sequencer: Sequencer | None = None
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.background = BackgroundTasks()
 
     @classmethod
     def from_env(cls) -> "LedgerApp":
@@ -77,12 +76,10 @@ class LedgerApp:
         self.sequencer = Sequencer(
             self.settings, s.database_url, s.kafka_bootstrap, s.topics, publisher, on_commit=self.feed.notify
         )
-        self._task = asyncio.create_task(self.sequencer.run(self._stop))
+        self.background.start(self.sequencer.run(self.background.stop))
 
     async def on_stop(self) -> None:
-        self._stop.set()
-        if self._task:
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.background.close()
         self.ctx = None
 
     def ready(self) -> bool:
