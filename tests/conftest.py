@@ -20,6 +20,7 @@ from tests.support import (
     KAFKA_PORT,
     PG_PORT,
     PG_SERVER_URL,
+    PRODUCERS,
     ROOT,
     ServiceProcess,
     free_port,
@@ -84,8 +85,16 @@ async def database_url(database_factory: Callable[[str], str]) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def producer_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The session's event-signing key files and pinned producer keys."""
+    return PRODUCERS.write(tmp_path_factory.mktemp("producers"))
+
+
 @pytest.fixture
-def service_env(topics: Topics, database_factory: Callable[[str], str], tmp_path: Path) -> dict[str, str]:
+def service_env(
+    topics: Topics, database_factory: Callable[[str], str], tmp_path: Path, producer_env: dict[str, str]
+) -> dict[str, str]:
     """Environment for service processes of one test: own topics, databases, ports."""
     env = dict(os.environ)
     env.update(
@@ -93,6 +102,7 @@ def service_env(topics: Topics, database_factory: Callable[[str], str], tmp_path
         MEDLEDGER_TOPIC_PREFIX=topics.prefix,
         MEDLEDGER_RUN_DIR=str(tmp_path),
         MEDLEDGER_LOG_LEVEL="INFO",
+        **producer_env,
     )
     key_file = tmp_path / "ledger-checkpoint.key"
     key_file.write_text(NoteSigner.generate(LEDGER_ORIGIN).signer_key + "\n")

@@ -9,23 +9,45 @@ from typing import Iterable, Sequence
 
 import grpc
 from aiokafka import AIOKafkaProducer
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
 from medledger.audit.verify import LogAuditor
 from medledger.ledger import note
-from medledger.runtime.events import envelope
+from medledger.runtime.envelope import envelope
 from medledger.runtime.kafka import make_consumer, make_producer
 from medledger.runtime.settings import Topics
-from medledger.v1 import events_pb2, ledger_pb2, ledger_pb2_grpc
-from tests.support import BOOTSTRAP
+from medledger.v1 import consent_pb2, events_pb2, identity_pb2, ledger_pb2, ledger_pb2_grpc
+from tests.support import BOOTSTRAP, PRODUCERS
+
+
+def sample_payload(topic_index: int, i: int) -> tuple[Message, str]:
+    """An event of a type allowed on the topic_index-th event topic, and the
+    service allowed to produce it (ids only, no PHI)."""
+    if topic_index == 0:
+        return identity_pb2.MembershipEnded(organization_id=f"org-{i}", member_id=f"member-{i}"), "identity"
+    if topic_index == 1:
+        return consent_pb2.ConsentRevoked(consent_id=f"consent-{i}", patient_id=f"patient-{i % 97}"), "consent"
+    if topic_index == 2:
+        # records defines its events later; the policy already names this type
+        created = any_pb2.Any(type_url="type.googleapis.com/medledger.v1.RecordCreated", value=i.to_bytes(4, "big"))
+        return created, "records"
+    return consent_pb2.AccessDecided(requester_id=f"r-{i}", patient_id=f"patient-{i % 97}"), "consent"
 
 
 def sample_events(n: int, topics: Topics, start: int = 0) -> list[tuple[str, events_pb2.EventEnvelope]]:
-    """n envelopes spread over the four event topics (payloads carry no PHI)."""
+    """n signed envelopes spread over the four event topics, each of a type
+    its topic allows and signed by the test key of the service allowed to
+    produce it (payloads carry no PHI)."""
     out = []
     for i in range(start, start + n):
-        topic = topics.event_topics[i % 4]
-        payload = ledger_pb2.GetEntriesRequest(start=i, count=1)
-        out.append((topic, envelope(payload, aggregate_id=f"patient-{i % 97}", producer="test", actor="tester")))
+        payload, producer = sample_payload(i % 4, i)
+        env = envelope(payload, aggregate_id=f"patient-{i % 97}", producer=producer, actor="tester")
+        if isinstance(payload, any_pb2.Any):
+            env.event_type = payload.type_url.rsplit("/", 1)[1]
+            env.payload.CopyFrom(payload)
+        PRODUCERS.signers[producer].sign(env)
+        out.append((topics.event_topics[i % 4], env))
     return out
 
 

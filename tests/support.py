@@ -16,7 +16,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from medledger.testing.producers import TestProducers
+
 ROOT = Path(__file__).resolve().parent.parent
+# One set of event-signing keys for the whole test session: every service a
+# test starts signs with these and pins their public halves.
+PRODUCERS = TestProducers()
 KAFKA_PORT = int(os.environ.get("MEDLEDGER_KAFKA_PORT", "9092"))
 PG_PORT = int(os.environ.get("MEDLEDGER_PG_PORT", "55432"))
 BOOTSTRAP = os.environ.get("MEDLEDGER_KAFKA_BOOTSTRAP", f"127.0.0.1:{KAFKA_PORT}")

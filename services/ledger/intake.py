@@ -16,21 +16,13 @@ from typing import Iterable, Mapping, Sequence
 from google.protobuf.message import DecodeError
 
 from medledger.ledger import merkle
+from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
+from medledger.runtime.positions import Delivery as SourceRecord
 from medledger.v1 import events_pb2
 
-MAX_EVENT_BYTES = 1024 * 1024  # DESIGN: a record over 1 MiB is rejected, never sequenced
+MAX_EVENT_BYTES = 1024 * 1024  # over 1 MiB: rejected, never sequenced (docs/architecture.md, Ledger contract)
 
 SourcePartition = tuple[str, int]
-
-
-@dataclass(frozen=True)
-class SourceRecord:
-    """A Kafka record as consumed: where it came from and its exact value bytes."""
-
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
 
 
 @dataclass(frozen=True)
@@ -44,9 +36,16 @@ class Refused:
     reason: str
 
 
-def admit(value: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> Admitted | Refused:
-    """Decide whether a record value may be sequenced; it must be a valid
-    EventEnvelope with event_id and event_type, at most max_bytes long."""
+UNAUTHENTICATED = "unauthenticated producer"
+
+
+def admit(
+    record: SourceRecord, verifier: EnvelopeVerifier, max_bytes: int = MAX_EVENT_BYTES
+) -> Admitted | Refused:
+    """Decide whether a record may be sequenced: a valid EventEnvelope with
+    event_id and event_type, at most max_bytes long, signed by a producer
+    allowed to publish its type on its topic (docs/architecture.md, Event signing)."""
+    value = record.value
     if value is None:
         return Refused("record has no value (tombstone)")
     if len(value) > max_bytes:
@@ -64,6 +63,10 @@ def admit(value: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> Admitted | R
         return Refused("event_id longer than 200 characters")
     if "\x00" in envelope.event_id:
         return Refused("event_id contains a NUL character")
+    try:
+        verifier.check(record.topic, envelope)
+    except UnauthenticatedEvent as exc:
+        return Refused(f"{UNAUTHENTICATED}: {exc}")
     return Admitted(envelope.event_id, merkle.leaf_hash(value))
 
 
@@ -108,9 +111,10 @@ class BatchPlan:
     offsets: dict[SourcePartition, int] = field(default_factory=dict)  # next offset per partition touched
 
 
-def classify(records: Sequence[SourceRecord]) -> list[Admitted | Refused]:
-    """admit() for each record of a batch, in order."""
-    return [admit(r.value) for r in records]
+def classify(records: Sequence[SourceRecord], verifier: EnvelopeVerifier) -> list[Admitted | Refused]:
+    """admit() for each record of a batch, in order. CPU-bound (signature
+    checks); the sequencer runs it on worker threads, beside sequencing."""
+    return [admit(r, verifier) for r in records]
 
 
 def event_ids(verdicts: Iterable[Admitted | Refused]) -> list[str]:

@@ -159,6 +159,11 @@ class NoteSigner:
         """The secret signer-key text of this signer, for its key file."""
         return signer_key(self.name, self._private_key.private_bytes_raw())
 
+    def sign_raw(self, message: bytes) -> bytes:
+        """A bare Ed25519 signature of ``message``, for other formats that use
+        this key text (signed event envelopes); the caller domain-separates."""
+        return self._private_key.sign(message)
+
     def sign(self, body: bytes) -> bytes:
         """The whole signed note: ``body``, a blank line and this key's signature line.
 

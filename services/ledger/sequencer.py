@@ -15,16 +15,17 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, TypeAlias
+
+from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from medledger.ledger import note, store
 from medledger.ledger.publisher import Publisher
-from medledger.ledger.intake import LogState, SourceRecord, classify, event_ids, plan_batch
+from medledger.ledger.intake import Admitted, LogState, Refused, SourceRecord, classify, event_ids, plan_batch
 from medledger.ledger.settings import LedgerSettings
-from medledger.runtime.kafka import make_consumer
+from medledger.runtime.consumer import PositionedConsumer
 from medledger.runtime.leadership import lead_when_possible
 from medledger.runtime.retry import keep_running
 from medledger.runtime.settings import Topics
@@ -32,6 +33,9 @@ from medledger.runtime.settings import Topics
 log = logging.getLogger(__name__)
 
 SEQUENCER_LOCK = 0x6C656467  # "ledg"
+
+Verdict: TypeAlias = "Admitted | Refused"
+Checked: TypeAlias = "tuple[list[SourceRecord], asyncio.Future[list[Verdict]]]"
 
 
 class Sequencer:
@@ -54,6 +58,7 @@ class Sequencer:
         self.state: LogState | None = None
         self._last_checkpoint_size = -1
         self._last_checkpoint_at = 0.0
+        self._verifiers = ThreadPoolExecutor(max(1, settings.verify_threads), thread_name_prefix="verify")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Wait for leadership, sequence while leading, retry after any failure."""
@@ -76,7 +81,10 @@ class Sequencer:
         self.state = await store.load_state(conn)
         latest = await store.latest_checkpoint(conn)
         self._last_checkpoint_size = latest.tree_size if latest else -1
-        consumer = await self._consumer(self.state)
+        consumer = PositionedConsumer(
+            self.bootstrap, self.topics.event_topics, fetch_max_wait_ms=20, max_partition_fetch_bytes=8 * 1024 * 1024
+        )
+        await consumer.start(self.state.offsets)
         self.role = "leader"
         log.info("sequencing", extra={"tree_size": self.state.size})
         leading = asyncio.Event()
@@ -85,47 +93,51 @@ class Sequencer:
             if self.publisher
             else None
         )
+        checked: asyncio.Queue[Checked] = asyncio.Queue(maxsize=2)
+        reader = asyncio.create_task(self._read(consumer, checked))
         try:
             await self._checkpoint_if_due(conn, force=True)
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=50, max_records=self.settings.batch_max_records)
-                if batch:
-                    await self._sequence(conn, batch)
+                try:
+                    records, verdicts = await asyncio.wait_for(checked.get(), 0.05)
+                except asyncio.TimeoutError:
+                    if reader.done():
+                        reader.result()  # the reader failed: let keep_running restart us
+                else:
+                    await self._sequence(conn, records, await verdicts)
                 await self._checkpoint_if_due(conn)
         finally:
             self.role = "stopping"
             leading.set()
+            reader.cancel()
             if followers:
                 followers.cancel()
-                await asyncio.gather(followers, return_exceptions=True)
+            await asyncio.gather(reader, *([followers] if followers else []), return_exceptions=True)
             await consumer.stop()
 
-    async def _consumer(self, state: LogState) -> AIOKafkaConsumer:
-        consumer = make_consumer(
-            self.bootstrap, group_id=None, fetch_max_wait_ms=20, max_partition_fetch_bytes=8 * 1024 * 1024
-        )
-        await consumer.start()
-        try:
-            partitions: list[TopicPartition] = []
-            for topic in self.topics.event_topics:
-                found = await _partitions(consumer, topic)
-                partitions += [TopicPartition(topic, p) for p in sorted(found)]
-            consumer.assign(partitions)
-            for tp in partitions:
-                consumer.seek(tp, state.offsets.get((tp.topic, tp.partition), 0))
-        except BaseException:
-            await consumer.stop()
-            raise
-        return consumer
+    async def _read(self, consumer: PositionedConsumer, checked: asyncio.Queue[Checked]) -> None:
+        """Fetch batches and start checking them on worker threads while the
+        loop sequences earlier ones: signature checks stay off the critical
+        path, and at most two batches wait (the queue bounds memory)."""
+        while True:
+            records = await consumer.fetch(timeout_ms=50, max_records=self.settings.batch_max_records)
+            if records:
+                await checked.put((records, self._classify(records)))
 
-    async def _sequence(self, conn: asyncpg.Connection, batch: dict[TopicPartition, list]) -> None:
+    def _classify(self, records: list[SourceRecord]) -> asyncio.Future[list[Verdict]]:
+        loop = asyncio.get_running_loop()
+        threads = max(1, self.settings.verify_threads)
+        size = -(-len(records) // threads)
+        chunks = [records[i : i + size] for i in range(0, len(records), size)]
+        parts = [loop.run_in_executor(self._verifiers, classify, chunk, self.settings.events) for chunk in chunks]
+
+        async def joined() -> list[Verdict]:
+            return [v for part in await asyncio.gather(*parts) for v in part]
+
+        return asyncio.ensure_future(joined())
+
+    async def _sequence(self, conn: asyncpg.Connection, records: list[SourceRecord], verdicts: list[Verdict]) -> None:
         assert self.state is not None
-        records = [
-            SourceRecord(tp.topic, tp.partition, r.offset, r.value)
-            for tp in sorted(batch, key=lambda t: (t.topic, t.partition))
-            for r in batch[tp]
-        ]
-        verdicts = classify(records)
         known = await store.known_event_ids(conn, event_ids(verdicts))
         plan = plan_batch(self.state, records, verdicts, known)
         if not (plan.entries or plan.rejections or plan.offsets):
@@ -159,16 +171,4 @@ class Sequencer:
         if self.publisher:
             self.publisher.wake.set()
         self.on_commit()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    """Partition ids of a topic; the topics must exist (created at start-up)."""
-    for _ in range(50):
-        await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka exposes no public call
-        consumer._client.add_topic(topic)  # noqa: SLF001
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            return set(found)
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"topic {topic} does not exist; run `medledger topics ensure`")
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Mapping
 
 from medledger.ledger.note import NoteSigner
+from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.errors import SettingsError
-from medledger.runtime.settings import env_int, env_str
+from medledger.runtime.settings import Topics, env_int, env_str, event_verifier
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,11 @@ class LedgerSettings:
     batch_max_records: int
     standby_poll_s: float
     identity_address: str
+    # The pinned producer keys every event must be signed with to be sequenced.
+    events: EnvelopeVerifier
+    # Threads that check producer signatures beside the sequencing loop
+    # (libsodium releases the GIL, so they use the other cores).
+    verify_threads: int
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "LedgerSettings":
@@ -29,6 +35,8 @@ class LedgerSettings:
             batch_max_records=env_int("MEDLEDGER_LEDGER_BATCH_MAX_RECORDS", 10000, env),
             standby_poll_s=env_int("MEDLEDGER_LEDGER_STANDBY_POLL_MS", 250, env) / 1000,
             identity_address=env_str("MEDLEDGER_IDENTITY_ADDRESS", "127.0.0.1:50051", env),
+            events=event_verifier(Topics(env_str("MEDLEDGER_TOPIC_PREFIX", "", env)), env),
+            verify_threads=env_int("MEDLEDGER_LEDGER_VERIFY_THREADS", 2, env),
         )
 
 

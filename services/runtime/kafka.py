@@ -1,7 +1,7 @@
 """Kafka adapters shared by the services: topic creation, an idempotent
 producer, a consumer helper and a liveness probe.
 
-Producers are idempotent with acks=all (DESIGN.md, Events); consumers never
+Producers are idempotent with acks=all (docs/architecture.md, Events); consumers never
 auto-commit, because every service records what it consumed in its own
 database in the same transaction as its effects (the tracking-row pattern).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
@@ -21,6 +21,10 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.settings import Topics, env_int
 from medledger.runtime.transport import kafka_security
+
+if TYPE_CHECKING:
+    from medledger.runtime.envelope import EventSigner
+    from medledger.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +173,13 @@ async def last_record(bootstrap: str, topic: str, partition: int = 0) -> "Consum
         return records[-1]
     finally:
         await consumer.stop()
+
+
+async def publish(
+    producer: AIOKafkaProducer, topic: str, signer: "EventSigner", event: "events_pb2.EventEnvelope"
+) -> bytes:
+    """Sign one envelope, send it and wait for the broker's acknowledgement
+    (acks=all); returns the exact bytes published."""
+    value = signer.seal(event)
+    await producer.send_and_wait(topic, value, key=event.aggregate_id.encode())
+    return value

@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from medledger.runtime.errors import SettingsError
+
+if TYPE_CHECKING:
+    from medledger.runtime.envelope import EnvelopeVerifier, EventSigner
 
 _MISSING = object()
 
@@ -119,3 +122,42 @@ class CommonSettings:
 
 
 DEFAULT_PORTS: dict[str, int] = {"identity": 50051, "consent": 50052, "records": 50053, "ledger": 50054}
+
+
+def _read_setting_file(variable: str, env: Mapping[str, str] | None) -> str:
+    path = Path(env_str(variable, env=env))
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"setting {variable}: cannot read {path}: {exc.strerror}") from None
+
+
+def event_signer(service: str, env: Mapping[str, str] | None = None) -> "EventSigner":
+    """The service's event-signing key, from MEDLEDGER_<SERVICE>_EVENT_KEY_FILE
+    (a note signer-key text named after the service)."""
+    from medledger.ledger.note import NoteError
+    from medledger.runtime.envelope import EventSigner
+
+    variable = f"MEDLEDGER_{service.upper()}_EVENT_KEY_FILE"
+    try:
+        signer = EventSigner.from_key_text(_read_setting_file(variable, env))
+    except NoteError as exc:
+        raise SettingsError(f"setting {variable}: not a signer key: {exc}") from None
+    if signer.service != service:
+        raise SettingsError(f"setting {variable}: the key is named {signer.service!r}, not {service!r}")
+    return signer
+
+
+def event_verifier(topics: Topics, env: Mapping[str, str] | None = None) -> "EnvelopeVerifier":
+    """The pinned producer keys (MEDLEDGER_EVENT_PRODUCER_KEYS_FILE, one
+    verifier key per line) and the producer policy for these topics."""
+    from medledger.runtime.envelope import EnvelopeVerifier, parse_producer_keys, topic_kinds
+
+    variable = "MEDLEDGER_EVENT_PRODUCER_KEYS_FILE"
+    try:
+        keys = parse_producer_keys(_read_setting_file(variable, env))
+    except ValueError as exc:
+        raise SettingsError(f"setting {variable}: {exc}") from None
+    if not keys:
+        raise SettingsError(f"setting {variable}: the file lists no producer key")
+    return EnvelopeVerifier(keys, topic_kinds(topics.prefix))

@@ -3,7 +3,7 @@
 isort:skip_file
 ConsentService: patient-signed, purpose-bound access grants, their revocation
 and expiry, break-glass, and the access decisions every read in MedLedger asks
-for (DESIGN.md, Security model). No field of an event here carries protected
+for (docs/architecture.md, Security model). No field of an event here carries protected
 health information: only ids, categories, purposes, times, hashes, signatures
 and decisions. The one free text (a break-glass justification) stays in the
 consent service's database; events carry its SHA-256.

@@ -26,7 +26,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19medledger/v1/events.proto\x12\x0cmedledger.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x01\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12%\n\x07payload\x18\x07 \x01(\x0b\x32\x14.google.protobuf.Any\"\xdd\x01\n\x0bLedgerEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65vent\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x12\n\nchain_hash\x18\x04 \x01(\x0c\x12\x30\n\x0csequenced_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\x12\x14\n\x0csource_topic\x18\x07 \x01(\t\x12\x18\n\x10source_partition\x18\x08 \x01(\x05\x12\x15\n\rsource_offset\x18\t \x01(\x03\"\xc2\x01\n\x0eRejectedRecord\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x14\n\x0csource_topic\x18\x02 \x01(\t\x12\x18\n\x10source_partition\x18\x03 \x01(\x05\x12\x15\n\rsource_offset\x18\x04 \x01(\x03\x12\x14\n\x0cvalue_sha256\x18\x05 \x01(\x0c\x12\x12\n\nvalue_size\x18\x06 \x01(\x04\x12/\n\x0brejected_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19medledger/v1/events.proto\x12\x0cmedledger.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf0\x01\n\rEventEnvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08producer\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12%\n\x07payload\x18\x07 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x17\n\x0fproducer_key_id\x18\x08 \x01(\t\x12\x11\n\tsignature\x18\t \x01(\x0c\"\xdd\x01\n\x0bLedgerEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65vent\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x12\n\nchain_hash\x18\x04 \x01(\x0c\x12\x30\n\x0csequenced_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\x12\x14\n\x0csource_topic\x18\x07 \x01(\t\x12\x18\n\x10source_partition\x18\x08 \x01(\x05\x12\x15\n\rsource_offset\x18\t \x01(\x03\"\xc2\x01\n\x0eRejectedRecord\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x14\n\x0csource_topic\x18\x02 \x01(\t\x12\x18\n\x10source_partition\x18\x03 \x01(\x05\x12\x15\n\rsource_offset\x18\x04 \x01(\x03\x12\x14\n\x0cvalue_sha256\x18\x05 \x01(\x0c\x12\x12\n\nvalue_size\x18\x06 \x01(\x04\x12/\n\x0brejected_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medledger.v1.events_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTENVELOPE']._serialized_start=104
-  _globals['_EVENTENVELOPE']._serialized_end=300
-  _globals['_LEDGERENTRY']._serialized_start=303
-  _globals['_LEDGERENTRY']._serialized_end=524
-  _globals['_REJECTEDRECORD']._serialized_start=527
-  _globals['_REJECTEDRECORD']._serialized_end=721
+  _globals['_EVENTENVELOPE']._serialized_end=344
+  _globals['_LEDGERENTRY']._serialized_start=347
+  _globals['_LEDGERENTRY']._serialized_end=568
+  _globals['_REJECTEDRECORD']._serialized_start=571
+  _globals['_REJECTEDRECORD']._serialized_end=765
 # @@protoc_insertion_point(module_scope)

@@ -37,6 +37,8 @@ class EventEnvelope(_message.Message):
     PRODUCER_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    PRODUCER_KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Globally unique id (UUIDv7 text); the idempotency key for every consumer."""
     event_type: _builtins.str
@@ -49,6 +51,20 @@ class EventEnvelope(_message.Message):
     """Name of the producing service: "identity", "consent", "records" or "ledger"."""
     actor: _builtins.str
     """Identity id of whoever caused the event; empty for system events (e.g. expiry)."""
+    producer_key_id: _builtins.str
+    """Id of the producing service's event-signing key, in C2SP note key-id form
+    "<service>+<8 hex key hash>" (key hash = first 4 bytes of
+    SHA-256(service || 0x0A || 0x01 || public key)). Consumers look it up among
+    the producer keys pinned in their settings; it must belong to `producer`.
+    """
+    signature: _builtins.bytes
+    """Ed25519 signature by that key over the bytes
+    "medledger.v1.EventEnvelope/signed\\n" followed by this envelope serialized
+    deterministically with `signature` cleared (every other field, unknown
+    fields included, is covered). The prefix separates this use of the key from
+    any other. Every consumer verifies it before it applies or sequences the
+    event (docs/architecture.md, Event signing).
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the producing service decided the event happened."""
@@ -67,10 +83,12 @@ class EventEnvelope(_message.Message):
         producer: _builtins.str = ...,
         actor: _builtins.str = ...,
         payload: _any_pb2.Any | None = ...,
+        producer_key_id: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "event_id", b"event_id", "event_type", b"event_type", "occurred_at", b"occurred_at", "payload", b"payload", "producer", b"producer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "aggregate_id", b"aggregate_id", "event_id", b"event_id", "event_type", b"event_type", "occurred_at", b"occurred_at", "payload", b"payload", "producer", b"producer", "producer_key_id", b"producer_key_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -139,7 +157,8 @@ Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
 @_typing.final
 class RejectedRecord(_message.Message):
     """RejectedRecord is published on ledger.rejected for a Kafka record the ledger
-    refused to sequence (not an EventEnvelope, missing ids, or too large).
+    refused to sequence (not an EventEnvelope, missing ids, too large, or not
+    signed by a producer allowed to publish that event type on that topic).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -3,7 +3,7 @@
 isort:skip_file
 IdentityService: patients, practitioners, organizations, auditors and services;
 their Ed25519 keys with history; organization memberships; and the bearer
-tokens every MedLedger service verifies offline (DESIGN.md, Security model).
+tokens every MedLedger service verifies offline (docs/architecture.md, Security model).
 
 Event messages (IdentityRegistered ... MembershipEnded) are the payloads of
 EventEnvelopes on identity.events. They carry ids, kinds, public keys and

@@ -12,17 +12,36 @@ from medledger.ledger.intake import (
     LogState,
     Refused,
     SourceRecord,
-    admit,
-    classify,
+    UNAUTHENTICATED,
     event_ids,
     plan_batch,
 )
-from medledger.runtime.events import envelope
-from medledger.v1 import events_pb2, ledger_pb2
+from medledger.ledger.intake import admit as intake_admit
+from medledger.ledger.intake import classify as intake_classify
+from medledger.runtime.envelope import EnvelopeVerifier, envelope, parse_producer_keys
+from medledger.testing.producers import TestProducers
+from medledger.v1 import consent_pb2, events_pb2
+
+PRODUCERS = TestProducers()
+# the test topics "t", "a".."d" all play consent.events
+VERIFIER = EnvelopeVerifier(parse_producer_keys(PRODUCERS.keys_text), {t: "consent.events" for t in "tabcd"})
+
+
+def _unsigned(n: int, event_id: str | None = None) -> events_pb2.EventEnvelope:
+    payload = consent_pb2.ConsentRevoked(consent_id=f"c-{n}", patient_id="p")
+    return envelope(payload, aggregate_id="p", producer="consent", event_id=event_id)
 
 
 def _event(n: int, event_id: str | None = None) -> bytes:
-    return envelope(ledger_pb2.GetEntriesRequest(start=n), aggregate_id="p", producer="t", event_id=event_id).SerializeToString()
+    return PRODUCERS.seal(_unsigned(n, event_id))
+
+
+def admit(value: bytes | None, topic: str = "t") -> Admitted | Refused:
+    return intake_admit(SourceRecord(topic, 0, 0, value), VERIFIER)
+
+
+def classify(records: list[SourceRecord]) -> list[Admitted | Refused]:
+    return intake_classify(records, VERIFIER)
 
 
 def _state() -> LogState:
@@ -116,3 +135,27 @@ def test_rejections_advance_the_offset_but_not_the_log() -> None:
 def test_event_ids_lists_only_admitted_records() -> None:
     records = [SourceRecord("t", 0, 0, _event(0, "a")), SourceRecord("t", 0, 1, b"junk")]
     assert event_ids(classify(records)) == ["a"]
+
+
+def _forged() -> dict[str, bytes]:
+    return PRODUCERS.forgeries(_unsigned(1), not_allowed="records")
+
+
+@pytest.mark.parametrize("kind", list(_forged()))
+def test_admit_refuses_every_kind_of_forged_event(kind: str) -> None:
+    verdict = admit(_forged()[kind])
+    assert isinstance(verdict, Refused) and verdict.reason.startswith(UNAUTHENTICATED), verdict
+
+
+def test_a_genuine_event_is_refused_on_a_topic_that_does_not_carry_its_type() -> None:
+    verifier = EnvelopeVerifier(VERIFIER.keys, {"x": "identity.events"})
+    verdict = intake_admit(SourceRecord("x", 0, 0, _event(6)), verifier)
+    assert isinstance(verdict, Refused) and "not published on x" in verdict.reason
+
+
+def test_forged_events_never_become_entries() -> None:
+    state = _state()
+    forged = list(_forged().values())
+    plan = _plan(state, [SourceRecord("t", 0, i, v) for i, v in enumerate(forged + [_event(9)])])
+    assert len(plan.entries) == 1 and len(plan.rejections) == len(forged)
+    assert all(r.reason.startswith(UNAUTHENTICATED) for r in plan.rejections)

@@ -1,0 +1,181 @@
+"""The one positioned consumer every service reads Kafka with
+(docs/architecture.md, Consumers and positions).
+
+No consumer groups: a projection, the ledger's sequencer and the identity
+relay each need *every* partition of their topics, at positions they store
+themselves — in PostgreSQL, in the same transaction as the change a record
+caused (the tracking-row pattern), or in memory for an in-memory projection.
+So this consumer assigns all partitions and seeks to the caller's positions.
+
+Partitions are discovered through the admin client's public metadata call
+and checked again every ``refresh_partitions_s``: a partition an operator
+adds later is read from offset 0 without a restart.
+
+Delivered values are raw bytes; :meth:`PositionedConsumer.envelopes` also
+verifies each one (docs/architecture.md, Event signing), so a forged record
+reaches no projection.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
+from medledger.runtime.errors import DependencyUnavailable
+from medledger.runtime.kafka import make_consumer
+from medledger.runtime.positions import Delivery, Position
+from medledger.runtime.transport import kafka_security
+from medledger.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A delivery whose envelope verified."""
+
+    delivery: Delivery
+    envelope: events_pb2.EventEnvelope
+
+
+class PositionedConsumer:
+    def __init__(
+        self, bootstrap: str, topics: Sequence[str], *, refresh_partitions_s: float = 5.0, **options: object
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = tuple(topics)
+        self.refresh_partitions_s = refresh_partitions_s
+        self.options = options
+        self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._assigned: frozenset[TopicPartition] = frozenset()
+        self._positions: dict[Position, int] = {}
+        self._next_refresh = 0.0
+
+    async def __aenter__(self) -> PositionedConsumer:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self, positions: Mapping[Position, int] | None = None) -> PositionedConsumer:
+        """Connect, assign every partition and seek to ``positions`` (offset 0
+        where none is given). DependencyUnavailable when Kafka or a topic is missing."""
+        self._positions = dict(positions or {})
+        self._consumer = make_consumer(self.bootstrap, group_id=None, **self.options)
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.bootstrap, request_timeout_ms=15000, **kafka_security()
+        )
+        try:
+            await self._consumer.start()
+            await self._admin.start()
+            await self._refresh()
+        except (KafkaError, OSError) as exc:
+            await self.stop()
+            raise DependencyUnavailable(f"Kafka unavailable: {exc!r}") from exc
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def stop(self) -> None:
+        consumer, admin, self._consumer, self._admin = self._consumer, self._admin, None, None
+        if consumer is not None:
+            await consumer.stop()
+        if admin is not None:
+            await admin.close()
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise DependencyUnavailable("the consumer is not started")
+        return self._consumer
+
+    @property
+    def partitions(self) -> frozenset[TopicPartition]:
+        return self._assigned
+
+    async def _discover(self) -> frozenset[TopicPartition]:
+        assert self._admin is not None
+        found: set[TopicPartition] = set()
+        described = {t["topic"]: t for t in await self._admin.describe_topics(list(self.topics))}
+        for topic in self.topics:
+            info = described.get(topic)
+            if info is None or info["error_code"] != 0 or not info["partitions"]:
+                raise DependencyUnavailable(f"topic {topic} does not exist; run `medledger topics ensure`")
+            found.update(TopicPartition(topic, p["partition"]) for p in info["partitions"])
+        return frozenset(found)
+
+    async def _refresh(self) -> None:
+        self._next_refresh = time.monotonic() + self.refresh_partitions_s
+        found = await self._discover()
+        if found == self._assigned:
+            return
+        consumer = self.consumer
+        added = found - self._assigned
+        if self._assigned:
+            log.info("new partitions", extra={"partitions": ",".join(f"{t.topic}[{t.partition}]" for t in added)})
+            for tp in self._assigned:  # assign() forgets positions; keep the ones already read
+                self._positions[(tp.topic, tp.partition)] = await consumer.position(tp)
+        consumer.assign(sorted(found))
+        for tp in found:
+            consumer.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
+        self._assigned = found
+
+    async def fetch(self, timeout_ms: int = 200, max_records: int | None = None) -> list[Delivery]:
+        """The next records, grouped by partition in (topic, partition) order,
+        each partition's in offset order."""
+        if time.monotonic() >= self._next_refresh:
+            try:
+                await self._refresh()
+            except (KafkaError, DependencyUnavailable) as exc:
+                log.warning("could not refresh partitions; reading the known ones", extra={"error": repr(exc)})
+        batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[Delivery] = []
+        for tp in sorted(batch, key=lambda t: (t.topic, t.partition)):
+            records = batch[tp]
+            out += [Delivery(tp.topic, tp.partition, r.offset, r.value) for r in records]
+            if records:
+                self._positions[(tp.topic, tp.partition)] = records[-1].offset + 1
+        return out
+
+    def envelopes(self, deliveries: Sequence[Delivery], verifier: EnvelopeVerifier) -> list[Opened]:
+        """The deliveries whose envelopes verify; each other one is logged and
+        skipped (its position still advances: it will never verify)."""
+        opened: list[Opened] = []
+        for d in deliveries:
+            try:
+                opened.append(Opened(d, verifier.open(d.topic, d.value)))
+            except UnauthenticatedEvent as exc:
+                log.warning("ignored an unauthenticated record", extra={
+                    "topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": str(exc)
+                })
+        return opened
+
+    async def positions(self) -> dict[Position, int]:
+        """The next offset to read per assigned partition (past transaction
+        markers too, unlike the last delivered offset)."""
+        consumer = self.consumer
+        return {(tp.topic, tp.partition): await consumer.position(tp) for tp in self._assigned}
+
+    async def end_offsets(self, topics: Sequence[str] | None = None) -> dict[TopicPartition, int]:
+        wanted = [tp for tp in self._assigned if topics is None or tp.topic in topics]
+        return dict(await self.consumer.end_offsets(wanted))
+
+    def rewind(self, positions: Mapping[Position, int]) -> None:
+        """Seek back (after a failed commit the caller re-reads from what it stored)."""
+        for (topic, partition), offset in positions.items():
+            tp = TopicPartition(topic, partition)
+            if tp in self._assigned:
+                self.consumer.seek(tp, offset)
+                self._positions[(topic, partition)] = offset
