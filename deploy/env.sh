@@ -20,6 +20,13 @@ export MEDLEDGER_IDENTITY_TOKEN_KEY_FILE="${MEDLEDGER_IDENTITY_TOKEN_KEY_FILE:-$
 export MEDLEDGER_IDENTITY_DATA_KEY_FILE="${MEDLEDGER_IDENTITY_DATA_KEY_FILE:-$MEDLEDGER_KEYS_DIR/identity-data.key}"
 MEDLEDGER_OPERATOR_KEY_FILE="${MEDLEDGER_OPERATOR_KEY_FILE:-$MEDLEDGER_KEYS_DIR/operator.key}"
 export MEDLEDGER_IDENTITY_BOOTSTRAP_PUBLIC_KEY_FILE="${MEDLEDGER_IDENTITY_BOOTSTRAP_PUBLIC_KEY_FILE:-$MEDLEDGER_OPERATOR_KEY_FILE.pub}"
+# Event-signing keys: each producing service's private key, and the pinned
+# public keys every consumer verifies with (docs/architecture.md, Event signing).
+for _svc in identity consent records; do
+  _var="MEDLEDGER_${_svc^^}_EVENT_KEY_FILE"
+  export "$_var"="${!_var:-$MEDLEDGER_KEYS_DIR/$_svc-events.key}"
+done
+export MEDLEDGER_EVENT_PRODUCER_KEYS_FILE="${MEDLEDGER_EVENT_PRODUCER_KEYS_FILE:-$MEDLEDGER_KEYS_DIR/event-producers.pub}"
 export MEDLEDGER_LEDGER_ORIGIN="${MEDLEDGER_LEDGER_ORIGIN:-medledger.local/ledger}"
 MEDLEDGER_VENV="${MEDLEDGER_VENV:-$MEDLEDGER_ROOT/.venv}"
 MEDLEDGER_BIN="$MEDLEDGER_VENV/bin/medledger"

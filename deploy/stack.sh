@@ -23,6 +23,14 @@ infra() {
     log "generating the local checkpoint signing key (never committed) in $MEDLEDGER_LEDGER_SIGNING_KEY_FILE"
     "$MEDLEDGER_BIN" ledger keygen --out "$MEDLEDGER_LEDGER_SIGNING_KEY_FILE"
   fi
+  local svc var
+  for svc in identity consent records; do
+    var="MEDLEDGER_${svc^^}_EVENT_KEY_FILE"
+    if [ ! -f "${!var}" ]; then
+      log "generating the $svc event-signing key (never committed) in ${!var}"
+      "$MEDLEDGER_BIN" events keygen --service "$svc" --out "${!var}" --producers-file "$MEDLEDGER_EVENT_PRODUCER_KEYS_FILE" >/dev/null
+    fi
+  done
   [ -f "$MEDLEDGER_IDENTITY_TOKEN_KEY_FILE" ] || "$MEDLEDGER_BIN" identity keygen --out "$MEDLEDGER_IDENTITY_TOKEN_KEY_FILE" >/dev/null
   [ -f "$MEDLEDGER_IDENTITY_DATA_KEY_FILE" ] || "$MEDLEDGER_BIN" identity keygen --data-key --out "$MEDLEDGER_IDENTITY_DATA_KEY_FILE" >/dev/null
   if [ ! -f "$MEDLEDGER_OPERATOR_KEY_FILE" ]; then

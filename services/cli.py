@@ -20,6 +20,7 @@ from rich.console import Console
 from medledger.audit import cli as audit_cli
 from medledger.identity import cli as identity_cli
 from medledger.ledger import cli as ledger_cli
+from medledger.runtime import cli as events_cli
 from medledger.runtime.errors import SettingsError
 from medledger.runtime.settings import DEFAULT_PORTS, Topics, env_str
 from medledger.runtime.transport import GrpcTls
@@ -30,6 +31,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(ledger_cli.app, name="ledger")
 app.add_typer(identity_cli.app, name="identity")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(events_cli.app, name="events")
 console = Console(stderr=True)
 
 APPS = {

@@ -17,7 +17,7 @@ from medledger.consent.domain import timestamp as ts
 from medledger.identity import keyfiles
 from medledger.runtime.kafka import make_consumer
 from medledger.consent.signing import sign_terms
-from medledger.runtime.events import envelope
+from medledger.runtime.envelope import envelope
 from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import events_pb2
 from medledger.v1 import identity_pb2 as ipb

@@ -36,11 +36,15 @@ from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
 from medledger.runtime.identity_client import IdentityClient, ServiceCredentials
 from medledger.runtime.kafka import ensure_topics, topic_specs
+from medledger.runtime.outbox import Outbox, OutboxRelay
 from medledger.runtime.retry import keep_running, with_backoff
 from medledger.runtime.settings import DEFAULT_PORTS, CommonSettings
 from medledger.v1 import consent_pb2, consent_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+RELAY_LOCK = 0x636F6F78  # "coox": the consent outbox relay
+OUTBOX_CHANNEL = "consent_outbox"
 
 
 class ConsentApp:
@@ -54,16 +58,18 @@ class ConsentApp:
         self.ctx: ServiceContext | None = None
         self.projection = Projection()
         self.stream = ConsentStream(
-            common.kafka_bootstrap, common.topics, self.projection, settings.freshness_probe_s, self._partitions
+            common.kafka_bootstrap, common.topics, self.projection, settings.freshness_probe_s, settings.events
         )
         self.decision_log = DecisionLog(
-            self._producer, common.topics.access_events, self.name, settings.max_unrecorded_decisions
+            self._producer, common.topics.access_events, settings.event_signer, settings.max_unrecorded_decisions
         )
+        self.outbox = Outbox(common.topics.consent_events, settings.event_signer, OUTBOX_CHANNEL)
+        self.relay: OutboxRelay | None = None
         self.commands = ConsentCommands(
             settings, common.topics.consent_events, self.projection, self.stream,
-            Ports(self._producer, self._pool, self._identity),
+            Ports(self._pool, self._identity, self.outbox, self._relay),
         )
-        self.mirror = ConsentMirror(common.kafka_bootstrap, common.topics.consent_events, self._pool, self._partitions)
+        self.mirror = ConsentMirror(common.kafka_bootstrap, common.topics.consent_events, self._pool, settings.events)
         self.verifier = caching_verifier(settings.identity_address)
         self.client: IdentityClient | None = None
         self.directory: IdentityDirectory | None = None
@@ -80,8 +86,10 @@ class ConsentApp:
             raise DependencyUnavailable("service is starting: Kafka not connected yet")
         return self.ctx.producer
 
-    async def _partitions(self, topic: str) -> set[int]:
-        return set(await self._producer().partitions_for(topic))
+    def _relay(self) -> OutboxRelay:
+        if self.relay is None:
+            raise DependencyUnavailable("service is starting: the outbox relay is not running yet")
+        return self.relay
 
     def _pool(self) -> asyncpg.Pool:
         if self.ctx is None:
@@ -127,6 +135,11 @@ class ConsentApp:
             self.client = IdentityClient(self.settings.identity_address, credentials)
             self.directory = IdentityServiceDirectory(self.client)
         self.ctx = ctx
+        self.relay = OutboxRelay(
+            self.outbox, s.database_url, ctx.producer, s.kafka_bootstrap, self.settings.events, RELAY_LOCK,
+            name="consent outbox relay",
+        )
+        self.background.start(self.relay.run(self._stop))
         self._spawn("consent projection", self.stream.run)
         self._spawn("access decision log", self.decision_log.run)
         self._spawn("housekeeping", self._housekeeping)

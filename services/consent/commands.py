@@ -8,7 +8,9 @@ to the log end (``stream.sync``), so it decides on the latest state whichever
 replica it reached; concurrent commands on two replicas can at worst produce
 a repeated event, which ``evolve`` ignores. Events are published with
 acks=all and applied locally before the RPC returns, so the caller's next
-read on this replica sees them.
+read on this replica sees them. Events go through the transactional outbox
+(runtime/outbox.py): committed first, published by the relay, never on
+Kafka for a command whose transaction failed.
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from google.protobuf.message import Message
 
 from medledger.consent import domain, store, validation
@@ -34,7 +34,8 @@ from medledger.consent.signing import SIGNATURE_BYTES, parse_canonical, verify_c
 from medledger.consent.stream import ConsentStream
 from medledger.runtime.auth import Caller
 from medledger.runtime.errors import AlreadyExists, DependencyUnavailable, InvalidArgument, NotFound, PermissionDenied
-from medledger.runtime.events import envelope, new_event_id, publish
+from medledger.runtime.envelope import envelope, new_event_id
+from medledger.runtime.outbox import Conn, Outbox, OutboxRelay
 from medledger.v1 import consent_pb2, events_pb2
 
 SERVICE = "consent"
@@ -48,9 +49,10 @@ def utcnow() -> datetime:
 class Ports:
     """The live dependencies, reachable once the host connected them."""
 
-    producer: Callable[[], AIOKafkaProducer]
     pool: Callable[[], asyncpg.Pool]
     identity: Callable[[], IdentityDirectory]
+    outbox: Outbox
+    relay: Callable[[], OutboxRelay]
 
 
 class ConsentCommands:
@@ -68,17 +70,28 @@ class ConsentCommands:
     # ---- recording ----
 
     async def _record(self, events: Sequence[Message], actor: str) -> None:
-        """Publish (acks=all) then apply locally, in order."""
-        for event in events:
-            env = envelope(event, aggregate_id=domain.aggregate_id(event), producer=SERVICE, actor=actor)
-            await self._publish(env)
-            self.projection.apply(env)
+        envs = [envelope(e, aggregate_id=domain.aggregate_id(e), producer=SERVICE, actor=actor) for e in events]
+        await self._record_envelopes(envs)
 
-    async def _publish(self, env: events_pb2.EventEnvelope) -> None:
-        try:
-            await publish(self.ports.producer(), self.topic, env)
-        except KafkaError as exc:
-            raise DependencyUnavailable(f"Kafka unavailable, nothing recorded: {exc!r}") from None
+    async def _record_envelopes(
+        self, envs: Sequence[events_pb2.EventEnvelope], also: Callable[[Conn], Awaitable[None]] | None = None
+    ) -> None:
+        """Commit the signed envelopes to the outbox (with ``also``'s writes, in
+        one transaction), wait until the relay has them on consent.events
+        (acks=all), then apply them locally so the caller's next read here
+        sees them. Nothing reaches Kafka unless the transaction committed."""
+        pool = self.ports.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            if also is not None:
+                await also(conn)
+            for env in envs:
+                await self.ports.outbox.enqueue(conn, env)
+        if not await self.ports.relay().wait_published([e.event_id for e in envs], pool, self.settings.publish_wait_s):
+            raise DependencyUnavailable(
+                "recorded, but Kafka has not accepted it yet; it takes effect once published (do not repeat it)"
+            )
+        for env in envs:
+            self.projection.apply(env)
 
     def _state(self, patient_id: str) -> PatientState:
         return self.projection.patient(patient_id) or PatientState(patient_id)
@@ -159,7 +172,7 @@ class ConsentCommands:
     ) -> tuple[BreakGlassRecord, str]:
         """Allowed for an active practitioner with an active membership; the
         justification goes to the database, its hash to the event, in one
-        transaction with the publish (a failed publish records nothing)."""
+        transaction with the outbox row."""
         if not patient_id:
             raise InvalidArgument("patient_id is required")
         text = validation.validate_justification(justification)
@@ -178,10 +191,11 @@ class ConsentCommands:
         env = envelope(event, aggregate_id=patient_id, producer=SERVICE, actor=caller.subject, occurred_at=now)
         assert isinstance(event, consent_pb2.BreakGlassInvoked)
         stored = domain.break_glass_record(event, env.event_id, domain.utc(env.occurred_at))
-        async with self.ports.pool().acquire() as conn, conn.transaction():
+
+        async def keep_justification(conn: Conn) -> None:
             await store.insert_break_glass(conn, stored, text)
-            await self._publish(env)
-        self.projection.apply(env)
+
+        await self._record_envelopes([env], also=keep_justification)
         return stored, text
 
     # ---- representatives ----

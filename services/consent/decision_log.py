@@ -1,5 +1,5 @@
 """Recording every access decision as an AccessDecided event on access.events
-(DESIGN.md: every access decision, allowed or denied, becomes an event).
+(docs/architecture.md, Topics: every access decision, allowed or denied, becomes an event).
 
 Decision: CheckAccess answers once the event is handed to the idempotent
 producer (acks=all), without waiting for the broker's acknowledgement — a
@@ -13,6 +13,11 @@ batches these events (linger 2 ms). Never silently lost:
   out that cannot be recorded;
 - on shutdown the log drains; anything still unacknowledged is logged at
   ERROR with its event ids.
+
+Why not the transactional outbox the consent commands use: a decision changes
+no state, so there is nothing for its event to commit atomically with, and an
+outbox row would add a PostgreSQL commit (a WAL flush) and the relay's hop to
+every decision — more than the whole latency budget.
 
 What remains is a crash (SIGKILL, power loss) within the few milliseconds
 between answering and the acknowledgement; the records service also records
@@ -29,7 +34,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from medledger.runtime.errors import DependencyUnavailable
-from medledger.runtime.events import envelope
+from medledger.runtime.envelope import EventSigner, envelope
 from medledger.v1 import consent_pb2, events_pb2
 
 log = logging.getLogger(__name__)
@@ -39,11 +44,11 @@ RETRY_DELAY_S = 0.5
 
 class DecisionLog:
     def __init__(
-        self, producer: Callable[[], AIOKafkaProducer], topic: str, service: str, max_unrecorded: int
+        self, producer: Callable[[], AIOKafkaProducer], topic: str, signer: EventSigner, max_unrecorded: int
     ) -> None:
         self._producer = producer
         self.topic = topic
-        self.service = service
+        self.signer = signer
         self.max_unrecorded = max_unrecorded
         self._unacked: dict[str, events_pb2.EventEnvelope] = {}
         self._retries: asyncio.Queue[events_pb2.EventEnvelope] = asyncio.Queue()
@@ -62,7 +67,8 @@ class DecisionLog:
             raise DependencyUnavailable(
                 f"{len(self._unacked)} access decisions are not yet recorded on Kafka; failing closed"
             )
-        event = envelope(decided, aggregate_id=decided.patient_id, producer=self.service, actor=decided.requester_id)
+        event = envelope(decided, aggregate_id=decided.patient_id, producer=self.signer.service, actor=decided.requester_id)
+        self.signer.sign(event)  # once: a retry sends exactly the same bytes
         try:
             await self._send(event)
         except (KafkaError, DependencyUnavailable) as exc:

@@ -7,51 +7,38 @@ lost mid-batch), the tracking rows still let each event in only once."""
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable
+from typing import Callable
 
 import asyncpg
-from aiokafka import TopicPartition
-from google.protobuf.message import DecodeError
 
 from medledger.consent import store
-from medledger.runtime.kafka import make_consumer
-from medledger.v1 import events_pb2
+from medledger.runtime.consumer import PositionedConsumer
+from medledger.runtime.envelope import EnvelopeVerifier
 
 log = logging.getLogger(__name__)
 
 
 class ConsentMirror:
     def __init__(
-        self, bootstrap: str, topic: str, pool: Callable[[], asyncpg.Pool],
-        partitions_for: Callable[[str], Awaitable[set[int]]],
+        self, bootstrap: str, topic: str, pool: Callable[[], asyncpg.Pool], verifier: EnvelopeVerifier
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.pool = pool
-        self.partitions_for = partitions_for
+        self.verifier = verifier
 
     async def run(self) -> None:
-        """Fold records in until cancelled or a failure (the caller restarts it)."""
-        consumer = make_consumer(self.bootstrap, group_id=None)
-        await consumer.start()
-        try:
-            partitions = [TopicPartition(self.topic, p) for p in sorted(await self.partitions_for(self.topic))]
-            consumer.assign(partitions)
-            async with self.pool().acquire() as conn:
-                positions = await store.mirrored_positions(conn, self.topic)
-            for tp in partitions:
-                consumer.seek(tp, positions.get(tp.partition, 0))
+        """Fold verified records in until cancelled or a failure (the caller restarts it)."""
+        async with self.pool().acquire() as conn:
+            positions = await store.mirrored_positions(conn, self.topic)
+        async with PositionedConsumer(self.bootstrap, [self.topic]) as consumer:
+            await consumer.start({(self.topic, p): o for p, o in positions.items()})
             while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=2000)
-                records: list[store.Record] = []
-                for tp, found in batch.items():
-                    for record in found:
-                        try:
-                            records.append((tp.partition, record.offset, events_pb2.EventEnvelope.FromString(record.value)))
-                        except DecodeError:
-                            log.warning("not an envelope; not mirrored", extra={"partition": tp.partition, "offset": record.offset})
+                deliveries = await consumer.fetch(timeout_ms=500, max_records=2000)
+                records: list[store.Record] = [
+                    (o.delivery.partition, o.delivery.offset, o.envelope)
+                    for o in consumer.envelopes(deliveries, self.verifier)
+                ]
                 if records:
                     async with self.pool().acquire() as conn:
                         await store.mirror(conn, self.topic, records)
-        finally:
-            await consumer.stop()

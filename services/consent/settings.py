@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medledger.runtime.errors import SettingsError
 from medledger.runtime.identity_client import load_private_key
-from medledger.runtime.settings import env_float, env_int, env_str
+from medledger.runtime.envelope import EnvelopeVerifier, EventSigner
+from medledger.runtime.settings import Topics, env_float, env_int, env_str, event_signer, event_verifier
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class ConsentSettings:
     max_unrecorded_decisions: int
     # How often the leader replica publishes ConsentExpired for ended windows.
     expiry_interval_s: float
+    # Signs every event this service publishes; verifies every event it reads.
+    event_signer: EventSigner
+    events: EnvelopeVerifier
+    # How long a command waits for its events to reach Kafka through the outbox.
+    publish_wait_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ConsentSettings":
@@ -62,6 +68,9 @@ class ConsentSettings:
             signing_skew_s=env_int("MEDLEDGER_CONSENT_SIGNING_SKEW_S", 300, env),
             max_unrecorded_decisions=env_int("MEDLEDGER_CONSENT_MAX_UNRECORDED_DECISIONS", 10_000, env),
             expiry_interval_s=env_float("MEDLEDGER_CONSENT_EXPIRY_INTERVAL_S", 1.0, env),
+            event_signer=event_signer("consent", env),
+            events=event_verifier(Topics(env_str("MEDLEDGER_TOPIC_PREFIX", "", env)), env),
+            publish_wait_s=env_float("MEDLEDGER_CONSENT_PUBLISH_WAIT_S", 5.0, env),
         )
         if not 0 < settings.max_staleness_s <= 1.0:
             raise SettingsError("MEDLEDGER_CONSENT_MAX_STALENESS_MS must be 1..1000 (revocation must reach every replica within 1 s)")

@@ -25,7 +25,8 @@ requirements; it cannot, and this is why):
    (our broker does not auto-create topics). A 20-minute spike confirmed the
    basics work on one worker — the problems are the guarantees above.
 
-Freshness, the mechanism (DESIGN.md: revoke → denied everywhere ≤ 1 s):
+Freshness, the mechanism (docs/architecture.md, Performance targets:
+revoke → denied everywhere ≤ 1 s):
 every ``probe_interval_s`` the replica asks Kafka for the end offsets of
 consent.events and identity.events, noting the monotonic time *before*
 sending the request. Once the consumer's position reaches those offsets,
@@ -46,16 +47,18 @@ import logging
 import math
 import time
 from collections import deque
-from typing import Awaitable, Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord
 from google.protobuf.message import DecodeError
 
 from medledger.consent.projection import CONSENT_EVENTS, MalformedEvent, Projection
 from medledger.runtime.errors import DependencyUnavailable
+from medledger.runtime.consumer import PositionedConsumer
+from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
 from medledger.runtime.kafka import make_consumer
+from medledger.runtime.positions import Delivery
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2
 
@@ -96,12 +99,11 @@ class ConsentStream:
 
     def __init__(
         self, bootstrap: str, topics: Topics, projection: Projection, probe_interval_s: float,
-        partitions_for: Callable[[str], Awaitable[set[int]]],
+        verifier: EnvelopeVerifier,
     ) -> None:
-        """partitions_for(topic): its partition ids (aiokafka's producer has the
-        public call; the consumer has none)."""
+        """verifier: only envelopes it accepts reach the projection."""
         self.bootstrap = bootstrap
-        self.partitions_for = partitions_for
+        self.verifier = verifier
         self.topics = topics
         self.projection = projection
         self.probe_interval_s = probe_interval_s
@@ -149,20 +151,21 @@ class ConsentStream:
         request per connection at a time, so on the reading connection a
         ListOffsets would wait behind the long-polling fetch (up to
         fetch_max_wait_ms) and every probe would look that much older."""
-        consumer = make_consumer(self.bootstrap, group_id=None, fetch_max_wait_ms=100)
+        watched = (self.topics.consent_events, self.topics.identity_events)
+        consumer = PositionedConsumer(self.bootstrap, [*watched, self.topics.ledger_entries], fetch_max_wait_ms=100)
         offsets = make_consumer(self.bootstrap, group_id=None)
-        await consumer.start()
         await offsets.start()
         try:
-            await self._assign(consumer)
+            await consumer.start({(tp.topic, tp.partition): at for tp, at in self._positions.items()})
+            self._watched = sorted(tp for tp in consumer.partitions if tp.topic in watched)
             self._offsets = offsets
             probe = asyncio.create_task(self._probe(offsets))
             try:
                 while True:
-                    batch = await consumer.getmany(timeout_ms=200, max_records=5000)
-                    self._apply(batch)
-                    for tp in self._watched:
-                        self._positions[tp] = await consumer.position(tp)
+                    self._apply(await consumer.fetch(timeout_ms=200, max_records=5000))
+                    self._watched = sorted(tp for tp in consumer.partitions if tp.topic in watched)
+                    for (topic, partition), at in (await consumer.positions()).items():
+                        self._positions[TopicPartition(topic, partition)] = at
                     self._progress()
             finally:
                 probe.cancel()
@@ -172,35 +175,17 @@ class ConsentStream:
             await consumer.stop()
             await offsets.stop()
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
-        watched = [self.topics.consent_events, self.topics.identity_events]
-        tps = []
-        for topic in [*watched, self.topics.ledger_entries]:
-            partitions = await self.partitions_for(topic)
-            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        for tp in tps:
-            if tp in self._positions:
-                consumer.seek(tp, self._positions[tp])
-            else:
-                await consumer.seek_to_beginning(tp)
-        self._watched = [tp for tp in tps if tp.topic in watched]
-
-    def _apply(self, batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        for tp, records in batch.items():
-            ledger = tp.topic == self.topics.ledger_entries
-            for record in records:
-                try:
-                    if ledger:
-                        self._apply_ledger_entry(events_pb2.LedgerEntry.FromString(record.value))
-                    else:
-                        self.projection.apply(events_pb2.EventEnvelope.FromString(record.value))
-                except (DecodeError, MalformedEvent) as exc:
-                    log.warning("skipping a malformed record", extra={
-                        "topic": tp.topic, "partition": tp.partition, "offset": record.offset, "error": str(exc)
-                    })
-            if ledger and records:
-                self._positions[tp] = records[-1].offset + 1
+    def _apply(self, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            try:
+                if d.topic == self.topics.ledger_entries:
+                    self._apply_ledger_entry(events_pb2.LedgerEntry.FromString(d.value or b""))
+                else:
+                    self.projection.apply(self.verifier.open(d.topic, d.value))
+            except (DecodeError, MalformedEvent, UnauthenticatedEvent) as exc:
+                log.warning("skipping a record that is malformed or not authentic", extra={
+                    "topic": d.topic, "partition": d.partition, "offset": d.offset, "error": str(exc)
+                })
 
     def _apply_ledger_entry(self, entry: events_pb2.LedgerEntry) -> None:
         """Index the ledger's entries of consent events (by source topic when

@@ -14,7 +14,7 @@ from medledger.identity import store
 from medledger.identity.api import ALLOWED_KINDS, PUBLIC_METHODS, IdentityApi
 from medledger.identity.authn import Authenticator
 from medledger.identity.registry import Registry
-from medledger.identity.relay import Relay
+from medledger.identity.relay import identity_outbox, identity_relay
 from medledger.identity.settings import IdentitySettings, bootstrap_identity_id
 from medledger.identity.vault import Vault
 from medledger.runtime.auth import AuthInterceptor, TokenVerifier
@@ -23,6 +23,7 @@ from medledger.runtime.background import BackgroundTasks
 from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
 from medledger.runtime.kafka import ensure_topics, topic_specs
+from medledger.runtime.outbox import OutboxRelay
 from medledger.runtime.settings import DEFAULT_PORTS, CommonSettings, Topics
 from medledger.v1 import identity_pb2, identity_pb2_grpc
 
@@ -37,11 +38,12 @@ class IdentityApp:
         self.topics = topics
         self.ctx: ServiceContext | None = None
         self.vault = Vault(settings.data_key)
-        self.registry = Registry(self._pool, topics.identity_events, self.vault, self._wait_published)
+        self.outbox = identity_outbox(topics.identity_events, settings.event_signer)
+        self.registry = Registry(self._pool, self.outbox, self.vault, self._wait_published)
         self.authenticator = Authenticator(
             self._pool, settings.token_keys, settings.token_ttl_s, settings.challenge_ttl_s
         )
-        self.relay: Relay | None = None
+        self.relay: OutboxRelay | None = None
         self.background = BackgroundTasks()
 
     @classmethod
@@ -90,7 +92,9 @@ class IdentityApp:
         s = ctx.settings
         await ensure_topics(s.kafka_bootstrap, [t for t in topic_specs(s.topics) if t.name == s.topics.identity_events])
         self.ctx = ctx
-        self.relay = Relay(s.database_url, ctx.producer, s.kafka_bootstrap, s.topics.identity_events, self._on_lead)
+        self.relay = identity_relay(
+            self.outbox, s.database_url, ctx.producer, s.kafka_bootstrap, self.settings.events, self._on_lead
+        )
         self.background.start(self.relay.run(self.background.stop))
 
     async def on_stop(self) -> None:

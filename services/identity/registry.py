@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from typing import Awaitable, Callable, Sequence
 
 import asyncpg
@@ -24,14 +24,13 @@ from medledger.identity import codec, domain, store
 from medledger.identity.domain import Command, Event, Identity, Kind
 from medledger.identity.vault import Vault
 from medledger.runtime.auth import Caller
+from medledger.runtime.outbox import Outbox
 from medledger.runtime.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from medledger.v1 import identity_pb2
 
 log = logging.getLogger(__name__)
 
 PublishWait = Callable[[Sequence[str]], Awaitable[None]]
-MAX_DEMOGRAPHIC_FIELD = 256
-MAX_MRN = 64
 
 
 def now() -> datetime:
@@ -41,19 +40,6 @@ def now() -> datetime:
 def new_id() -> str:
     """A fresh opaque id (UUIDv7: unique and time-ordered)."""
     return str(uuid6.uuid7())
-
-
-def check_demographics(d: identity_pb2.Demographics) -> None:
-    for field, value in d.ListFields():
-        if len(value) > MAX_DEMOGRAPHIC_FIELD:
-            raise InvalidArgument(f"demographics.{field.name} is longer than {MAX_DEMOGRAPHIC_FIELD} characters")
-    if d.birth_date:
-        try:
-            date.fromisoformat(d.birth_date)
-        except ValueError:
-            raise InvalidArgument("demographics.birth_date must be YYYY-MM-DD") from None
-        if len(d.birth_date) != 10:
-            raise InvalidArgument("demographics.birth_date must be YYYY-MM-DD")
 
 
 @dataclass(frozen=True)
@@ -78,9 +64,10 @@ Builder = Callable[[store.Conn, Identity], Awaitable[Command]]
 
 
 class Registry:
-    def __init__(self, pool: Callable[[], asyncpg.Pool], topic: str, vault: Vault, wait_published: PublishWait) -> None:
+    def __init__(self, pool: Callable[[], asyncpg.Pool], outbox: Outbox, vault: Vault, wait_published: PublishWait) -> None:
         self._pool = pool  # raises DependencyUnavailable until connected
-        self.topic = topic
+        self.outbox = outbox
+        self.topic = outbox.topic
         self.vault = vault
         self.wait_published = wait_published
 
@@ -94,7 +81,7 @@ class Registry:
             env = codec.to_envelope(event, actor)
             state = domain.evolve(state, event)
             await store.mark_applied(conn, env.event_id, self.topic, None, None)
-            await store.enqueue(conn, env.event_id, env.aggregate_id, env.SerializeToString())
+            await self.outbox.enqueue(conn, env)
             ids.append(env.event_id)
         if state is None:
             raise ValueError("record() needs at least one event for an unknown identity")
@@ -129,7 +116,7 @@ class Registry:
         command = domain.Register(identity_id, r.kind, public_key, r.assurance_level, r.organization_type, actor, now())
         outcome = await self.record(conn, None, domain.decide(None, command), actor.identity_id if actor else "")
         if r.demographics is not None and r.demographics.ListFields():
-            check_demographics(r.demographics)
+            domain.check_demographics({field.name: value for field, value in r.demographics.ListFields()})
             sealed = self.vault.seal(identity_id, r.demographics.SerializeToString())
             await store.put_demographics(conn, identity_id, sealed)
         if r.medical_record_number:
@@ -137,10 +124,8 @@ class Registry:
         return outcome
 
     async def _index_mrn(self, conn: store.Conn, actor: Identity | None, r: Registration, identity_id: str) -> None:
-        if r.kind is not Kind.PATIENT or actor is None:
-            raise InvalidArgument("medical_record_number is for patients registered by an organization")
-        if len(r.medical_record_number.strip()) > MAX_MRN or not r.medical_record_number.strip():
-            raise InvalidArgument(f"medical_record_number must be 1-{MAX_MRN} characters")
+        domain.check_mrn(r.kind, actor, r.medical_record_number)
+        assert actor is not None
         mrn_hash = self.vault.mrn_hash(actor.identity_id, r.medical_record_number)
         if not await store.add_mrn(conn, actor.identity_id, mrn_hash, identity_id):
             raise AlreadyExists("this organization already registered a patient with that medical record number")

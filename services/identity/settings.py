@@ -33,7 +33,8 @@ from medledger.identity.domain import key_id_for
 from medledger.runtime.auth import MAX_TOKEN_TTL_S
 from medledger.runtime.errors import SettingsError
 from medledger.runtime.identity_client import load_private_key
-from medledger.runtime.settings import env_float, env_int, env_str
+from medledger.runtime.envelope import EnvelopeVerifier, EventSigner
+from medledger.runtime.settings import Topics, event_signer, event_verifier, env_float, env_int, env_str
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class IdentitySettings:
     token_ttl_s: int
     challenge_ttl_s: int
     publish_wait_s: float
+    # Signs every event this service publishes; verifies what it reads back.
+    event_signer: EventSigner
+    events: EnvelopeVerifier
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "IdentitySettings":
@@ -90,6 +94,8 @@ class IdentitySettings:
             token_ttl_s=ttl,
             challenge_ttl_s=challenge_ttl,
             publish_wait_s=env_float("MEDLEDGER_IDENTITY_PUBLISH_WAIT_S", 5.0, env),
+            event_signer=event_signer("identity", env),
+            events=event_verifier(Topics(env_str("MEDLEDGER_TOPIC_PREFIX", "", env)), env),
         )
 
 

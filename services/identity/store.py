@@ -13,7 +13,7 @@ from typing import Sequence, TypeAlias
 
 import asyncpg
 
-from medledger.identity.domain import Identity, Key, Kind, Membership, Status
+from medledger.identity.domain import Identity, Key, Kind, Membership, PendingChallenge, Status
 from medledger.identity.vault import Sealed
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
@@ -108,53 +108,12 @@ async def mark_applied(conn: Conn, event_id: str, topic: str, partition: int | N
     return bool(done)
 
 
-# ---- outbox ----------------------------------------------------------------------
-
-
-async def enqueue(conn: Conn, event_id: str, aggregate_id: str, envelope: bytes) -> None:
-    await conn.execute(
-        "INSERT INTO outbox (event_id, aggregate_id, envelope) VALUES ($1, $2, $3)", event_id, aggregate_id, envelope
-    )
-    await conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
-
-
-async def unpublished(conn: Conn, limit: int) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch(
-            "SELECT seq, event_id, aggregate_id, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-            limit,
-        )
-    )
-
-
-async def mark_published(conn: Conn, placed: Sequence[tuple[str, int, int]]) -> None:
-    """Record (event_id, partition, offset) of envelopes the broker acknowledged."""
-    await conn.executemany(
-        'UPDATE outbox SET published_at = now(), partition = $2, "offset" = $3'
-        " WHERE event_id = $1 AND published_at IS NULL",
-        placed,
-    )
-
-
-async def published(conn: Conn, event_ids: Sequence[str]) -> bool:
-    pending = await conn.fetchval(
-        "SELECT count(*) FROM outbox WHERE event_id = ANY($1::text[]) AND published_at IS NULL", list(event_ids)
-    )
-    return pending == 0
-
-
-async def pending_event_ids(conn: Conn) -> set[str]:
-    return {r["event_id"] for r in await conn.fetch("SELECT event_id FROM outbox WHERE published_at IS NULL")}
-
-
-async def known_positions(conn: Conn, topic: str) -> dict[int, int]:
-    """Per partition of ``topic``, the offset after the last record this
-    database knows it holds (published by the relay or applied from the topic)."""
+async def applied_positions(conn: Conn, topic: str) -> dict[int, int]:
+    """Per partition of ``topic``, the offset after the last record applied
+    from it (the outbox knows where its own rows landed)."""
     rows = await conn.fetch(
-        'SELECT partition, max("offset") AS last FROM ('
-        ' SELECT partition, "offset" FROM outbox WHERE "offset" IS NOT NULL'
-        ' UNION ALL SELECT partition, "offset" FROM applied_events WHERE topic = $1 AND "offset" IS NOT NULL'
-        ") AS known GROUP BY partition",
+        'SELECT partition, max("offset") AS last FROM applied_events'
+        ' WHERE topic = $1 AND "offset" IS NOT NULL GROUP BY partition',
         topic,
     )
     return {int(r["partition"]): int(r["last"]) + 1 for r in rows}
@@ -163,21 +122,21 @@ async def known_positions(conn: Conn, topic: str) -> dict[int, int]:
 # ---- challenges ------------------------------------------------------------------
 
 
-async def add_challenge(conn: Conn, nonce: bytes, identity_id: str, key_id: str, expires_at: datetime) -> None:
+async def add_challenge(conn: Conn, nonce: bytes, challenge: PendingChallenge) -> None:
     await conn.execute("DELETE FROM challenges WHERE expires_at < now() - interval '1 minute'")
     await conn.execute(
         "INSERT INTO challenges (nonce, identity_id, key_id, expires_at) VALUES ($1, $2, $3, $4)",
-        nonce, identity_id, key_id, expires_at,
+        nonce, challenge.identity_id, challenge.key_id, challenge.expires_at,
     )
 
 
-async def take_challenge(conn: Conn, nonce: bytes) -> asyncpg.Record | None:
+async def take_challenge(conn: Conn, nonce: bytes) -> PendingChallenge | None:
     """Remove and return the challenge: a nonce is usable exactly once, even by
     two concurrent IssueToken calls on different replicas."""
-    row: asyncpg.Record | None = await conn.fetchrow(
+    row = await conn.fetchrow(
         "DELETE FROM challenges WHERE nonce = $1 RETURNING identity_id, key_id, expires_at", nonce
     )
-    return row
+    return None if row is None else PendingChallenge(row["identity_id"], row["key_id"], row["expires_at"])
 
 
 # ---- PHI -------------------------------------------------------------------------

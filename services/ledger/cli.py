@@ -23,8 +23,13 @@ def keygen(
         typer.echo(f"{out} exists; refusing to overwrite a signing key", err=True)
         raise typer.Exit(1)
     signer = NoteSigner.generate(name)
+    write_secret(out, signer.signer_key)
+    typer.echo(signer.verifier_key)
+
+
+def write_secret(out: Path, text: str) -> None:
+    """Write a new key file readable by its owner only; never overwrite one."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(signer.signer_key + "\n")
-    typer.echo(signer.verifier_key)
+        f.write(text + "\n")

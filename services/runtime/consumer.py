@@ -172,6 +172,13 @@ class PositionedConsumer:
         wanted = [tp for tp in self._assigned if topics is None or tp.topic in topics]
         return dict(await self.consumer.end_offsets(wanted))
 
+    async def behind(self, ends: Mapping[TopicPartition, int]) -> bool:
+        """Whether some partition's position is still before the given end."""
+        for tp, end in ends.items():
+            if await self.consumer.position(tp) < end:
+                return True
+        return False
+
     def rewind(self, positions: Mapping[Position, int]) -> None:
         """Seek back (after a failed commit the caller re-reads from what it stored)."""
         for (topic, partition), offset in positions.items():

@@ -11,7 +11,8 @@ import grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from medledger.ledger.merkle import leaf_hash
-from medledger.runtime.events import envelope, publish
+from medledger.runtime.envelope import envelope
+from medledger.runtime.kafka import publish
 from medledger.runtime.kafka import make_consumer, make_producer
 from medledger.runtime.postgres import apply_migrations
 from medledger.runtime.settings import Topics

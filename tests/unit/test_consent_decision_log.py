@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from medledger.consent import decision_log
 from medledger.consent.decision_log import DecisionLog
+from medledger.runtime.envelope import EventSigner
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import events_pb2
@@ -33,7 +34,7 @@ def decided(patient: str = "pat") -> pb.AccessDecided:
 
 
 def log_with(producer: FakeProducer, limit: int = 10) -> DecisionLog:
-    return DecisionLog(lambda: producer, "access.events", "consent", limit)
+    return DecisionLog(lambda: producer, "access.events", EventSigner.generate("consent"), limit)
 
 
 async def test_a_failed_send_is_retried_with_the_same_event_id(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,7 +77,7 @@ async def test_kafka_unavailable_means_no_decision() -> None:
         async def send(self, topic: str, value: bytes, key: bytes) -> None:
             raise KafkaTimeoutError()
 
-    log = DecisionLog(lambda: Down(), "access.events", "consent", 10)
+    log = DecisionLog(lambda: Down(), "access.events", EventSigner.generate("consent"), 10)
     with pytest.raises(DependencyUnavailable):
         await log.record(decided())
     assert log.unrecorded == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from medledger.testing.producers import TestProducers
 from medledger.identity import codec, domain, keyfiles
 from medledger.identity.settings import IdentitySettings, bootstrap_identity_id
 from medledger.identity.vault import Vault, VaultError
@@ -67,8 +68,13 @@ def test_mrn_hash_is_keyed_and_per_organization() -> None:
     assert vault.mrn_hash("org1", "MRN-1") != Vault(b"x" * 32).mrn_hash("org1", "MRN-1")
 
 
+def _producers(tmp_path: Path) -> dict[str, str]:
+    """The event-key settings every service needs (no defaults: keys are never generated silently)."""
+    return TestProducers().write(tmp_path / "producers")
+
+
 def test_keys_are_generated_only_where_not_configured(tmp_path: Path) -> None:
-    env = {"MEDLEDGER_RUN_DIR": str(tmp_path)}
+    env = {**_producers(tmp_path), "MEDLEDGER_RUN_DIR": str(tmp_path)}
     first = IdentitySettings.from_env(env)
     assert (tmp_path / "keys" / "identity-token.key").stat().st_mode & 0o777 == 0o600
     again = IdentitySettings.from_env(env)
@@ -81,21 +87,21 @@ def test_keys_are_generated_only_where_not_configured(tmp_path: Path) -> None:
 
 def test_token_ttl_is_capped_at_fifteen_minutes(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="TOKEN_TTL"):
-        IdentitySettings.from_env({"MEDLEDGER_RUN_DIR": str(tmp_path), "MEDLEDGER_IDENTITY_TOKEN_TTL_S": "901"})
+        IdentitySettings.from_env({**_producers(tmp_path), "MEDLEDGER_RUN_DIR": str(tmp_path), "MEDLEDGER_IDENTITY_TOKEN_TTL_S": "901"})
 
 
 def test_bootstrap_key_setting(tmp_path: Path) -> None:
     text = keyfiles.public_key_text(KEY)
-    s = IdentitySettings.from_env({"MEDLEDGER_RUN_DIR": str(tmp_path), "MEDLEDGER_IDENTITY_BOOTSTRAP_PUBLIC_KEY": text})
+    s = IdentitySettings.from_env({**_producers(tmp_path), "MEDLEDGER_RUN_DIR": str(tmp_path), "MEDLEDGER_IDENTITY_BOOTSTRAP_PUBLIC_KEY": text})
     assert s.bootstrap_public_key == KEY
     assert bootstrap_identity_id(KEY) == bootstrap_identity_id(KEY) != bootstrap_identity_id(bytes(32))
     with pytest.raises(SettingsError, match="BOOTSTRAP"):
-        IdentitySettings.from_env({"MEDLEDGER_RUN_DIR": str(tmp_path), "MEDLEDGER_IDENTITY_BOOTSTRAP_PUBLIC_KEY": "nope"})
+        IdentitySettings.from_env({**_producers(tmp_path), "MEDLEDGER_RUN_DIR": str(tmp_path), "MEDLEDGER_IDENTITY_BOOTSTRAP_PUBLIC_KEY": "nope"})
 
 
 def test_retired_token_keys_stay_published_after_the_current_one(tmp_path: Path) -> None:
     old = tmp_path / "old-token.key"
     keyfiles.write_secret(old, keyfiles.private_key_pem(Ed25519PrivateKey.generate()))
-    s = IdentitySettings.from_env({"MEDLEDGER_RUN_DIR": str(tmp_path), "MEDLEDGER_IDENTITY_TOKEN_PREVIOUS_KEY_FILES": str(old)})
+    s = IdentitySettings.from_env({**_producers(tmp_path), "MEDLEDGER_RUN_DIR": str(tmp_path), "MEDLEDGER_IDENTITY_TOKEN_PREVIOUS_KEY_FILES": str(old)})
     published = s.token_keys.published()
     assert list(published)[0] == s.token_keys.signing_key_id and len(published) == 2

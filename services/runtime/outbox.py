@@ -1,0 +1,228 @@
+"""The transactional outbox every service publishes its command events through
+(docs/architecture.md, Outbox).
+
+A command writes its state change and its signed envelopes (table ``outbox``)
+in one transaction; nothing reaches Kafka before that commit, so an event is
+never published for a change that did not happen. One relay per database
+(the holder of a PostgreSQL advisory lock; other replicas stand by) publishes
+the rows in order with the idempotent producer (acks=all) and marks each with
+the partition and offset the broker gave it.
+
+On becoming active the relay *reconciles* first: it reads its topic from the
+first offset the database does not account for to the end, and for each
+verified record
+
+* whose event_id is an unpublished outbox row: the previous relay published it
+  and died before saying so; it is marked published, not sent again;
+* otherwise: handed to the service's ``apply`` hook (identity rebuilds its
+  projection from the topic this way; a hook returns how many it applied).
+
+So an event is never lost (it is in the database before anyone hears of it)
+and never written twice (after a crash the topic itself says what got there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, Sequence, TypeAlias
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from medledger.runtime.consumer import Opened, PositionedConsumer
+from medledger.runtime.envelope import EnvelopeVerifier, EventSigner
+from medledger.runtime.leadership import lead_when_possible
+from medledger.runtime.retry import keep_running
+from medledger.v1 import events_pb2
+
+log = logging.getLogger(__name__)
+
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+ApplyHook = Callable[[Conn, Opened], Awaitable[int]]
+PositionsHook = Callable[[Conn, str], Awaitable[dict[int, int]]]
+BATCH = 500
+
+# The table, created by each service's own migration:
+#   outbox(seq bigserial PRIMARY KEY, event_id text UNIQUE, aggregate_id text,
+#          envelope bytea, created_at timestamptz, published_at timestamptz,
+#          partition integer, "offset" bigint)
+
+
+class Outbox:
+    """The outbox rows of one service database, for one topic."""
+
+    def __init__(self, topic: str, signer: EventSigner, channel: str) -> None:
+        self.topic = topic
+        self.signer = signer
+        self.channel = channel  # LISTEN/NOTIFY channel that wakes the relay
+
+    async def enqueue(self, conn: Conn, env: events_pb2.EventEnvelope) -> bytes:
+        """Sign the envelope and queue it; must run inside the command's
+        transaction. Returns the exact bytes that will be published."""
+        value = self.signer.seal(env)
+        await conn.execute(
+            "INSERT INTO outbox (event_id, aggregate_id, envelope) VALUES ($1, $2, $3)",
+            env.event_id, env.aggregate_id, value,
+        )
+        await conn.execute("SELECT pg_notify($1, '')", self.channel)
+        return value
+
+    @staticmethod
+    async def unpublished(conn: Conn, limit: int) -> list[asyncpg.Record]:
+        return list(await conn.fetch(
+            "SELECT seq, event_id, aggregate_id, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+            limit,
+        ))
+
+    @staticmethod
+    async def mark_published(conn: Conn, placed: Sequence[tuple[str, int, int]]) -> None:
+        """Record (event_id, partition, offset) of envelopes the broker acknowledged."""
+        await conn.executemany(
+            'UPDATE outbox SET published_at = now(), partition = $2, "offset" = $3'
+            " WHERE event_id = $1 AND published_at IS NULL",
+            placed,
+        )
+
+    @staticmethod
+    async def published(conn: Conn, event_ids: Sequence[str]) -> bool:
+        pending = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE event_id = ANY($1::text[]) AND published_at IS NULL", list(event_ids)
+        )
+        return bool(pending == 0)
+
+    @staticmethod
+    async def pending_event_ids(conn: Conn) -> set[str]:
+        return {r["event_id"] for r in await conn.fetch("SELECT event_id FROM outbox WHERE published_at IS NULL")}
+
+    @staticmethod
+    async def positions(conn: Conn) -> dict[int, int]:
+        """Per partition, the offset after the last row the relay placed there."""
+        rows = await conn.fetch(
+            'SELECT partition, max("offset") + 1 AS next FROM outbox WHERE "offset" IS NOT NULL GROUP BY partition'
+        )
+        return {r["partition"]: r["next"] for r in rows}
+
+
+class OutboxRelay:
+    """The one active publisher of an outbox (see the module docstring)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        database_url: str,
+        producer: AIOKafkaProducer,
+        bootstrap: str,
+        verifier: EnvelopeVerifier,
+        lock_id: int,
+        *,
+        apply: ApplyHook | None = None,
+        known_positions: PositionsHook | None = None,
+        on_lead: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+        standby_poll_s: float = 0.5,
+        name: str = "outbox relay",
+    ) -> None:
+        self.outbox = outbox
+        self.database_url = database_url
+        self.producer = producer
+        self.bootstrap = bootstrap
+        self.verifier = verifier
+        self.lock_id = lock_id
+        self.apply = apply
+        self.known_positions = known_positions
+        self.on_lead = on_lead
+        self.standby_poll_s = standby_poll_s
+        self.name = name
+        self.role = "starting"
+        self._wake = asyncio.Event()
+        self._published = asyncio.Condition()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await keep_running(self.name, lambda: self._lead_when_possible(stop), stop)
+
+    async def _lead_when_possible(self, stop: asyncio.Event) -> None:
+        def standby() -> None:
+            self.role = "standby"
+
+        async def lead(conn: asyncpg.Connection) -> None:
+            await conn.add_listener(self.outbox.channel, lambda *_: self._wake.set())
+            applied = await self.reconcile(conn)
+            log.info(f"{self.name} active", extra={"replayed_events": applied})
+            if self.on_lead:
+                await self.on_lead(conn)
+            self.role = "leader"
+            while not stop.is_set():
+                if not await self._publish_batch(conn):
+                    await self._idle(stop)
+
+        await lead_when_possible(self.database_url, self.lock_id, stop, lead, self.standby_poll_s, standby)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        self._wake.clear()
+        stopping = asyncio.ensure_future(stop.wait())
+        woken = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait([stopping, woken], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopping, woken):
+            task.cancel()
+
+    async def _publish_batch(self, conn: Conn) -> bool:
+        rows = await self.outbox.unpublished(conn, BATCH)
+        if not rows:
+            return False
+        topic = self.outbox.topic
+        sends = [await self.producer.send(topic, value=r["envelope"], key=r["aggregate_id"].encode()) for r in rows]
+        placed = await asyncio.gather(*sends)
+        await self.outbox.mark_published(conn, [(r["event_id"], m.partition, m.offset) for r, m in zip(rows, placed)])
+        async with self._published:
+            self._published.notify_all()
+        return True
+
+    async def wait_published(self, event_ids: Sequence[str], pool: asyncpg.Pool, timeout: float) -> bool:
+        """Wait until these events are on the topic (published by whichever
+        replica leads), at most timeout seconds; whether they are."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            async with pool.acquire() as conn:
+                if await self.outbox.published(conn, event_ids):
+                    return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("events committed but not yet published", extra={"event_ids": ",".join(event_ids)})
+                return False
+            async with self._published:
+                try:
+                    await asyncio.wait_for(self._published.wait(), min(remaining, 0.05))
+                except asyncio.TimeoutError:
+                    pass
+
+    async def reconcile(self, conn: Conn) -> int:
+        """Bring the database in line with the topic; returns how many events
+        the apply hook applied. Idempotent."""
+        topic = self.outbox.topic
+        start = await self.outbox.positions(conn)
+        if self.known_positions:
+            for partition, offset in (await self.known_positions(conn, topic)).items():
+                start[partition] = max(start.get(partition, 0), offset)
+        pending = await self.outbox.pending_event_ids(conn)
+        applied = 0
+        consumer = PositionedConsumer(self.bootstrap, [topic], isolation_level="read_uncommitted")
+        await consumer.start({(topic, p): o for p, o in start.items()})
+        try:
+            ends = await consumer.end_offsets()
+            while await consumer.behind(ends):
+                records = await consumer.fetch(timeout_ms=1000)
+                async with conn.transaction():
+                    for opened in consumer.envelopes(records, self.verifier):
+                        applied += await self._reconcile_one(conn, opened, pending)
+        finally:
+            await consumer.stop()
+        return applied
+
+    async def _reconcile_one(self, conn: Conn, opened: Opened, pending: set[str]) -> int:
+        event_id = opened.envelope.event_id
+        if event_id in pending:
+            await self.outbox.mark_published(conn, [(event_id, opened.delivery.partition, opened.delivery.offset)])
+            pending.discard(event_id)
+            return 0
+        return await self.apply(conn, opened) if self.apply else 0
