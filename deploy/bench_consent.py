@@ -1,4 +1,5 @@
-"""Consent benchmarks against the real Kafka and PostgreSQL (DESIGN.md targets:
+"""Consent benchmarks against the real Kafka and PostgreSQL
+(docs/architecture.md, Performance targets:
 CheckAccess p99 <= 3 ms; revoke -> denied everywhere <= 1 s).
 
 1. Load: N ConsentGranted events (Ed25519-signed by synthetic patient keys
@@ -41,19 +42,17 @@ from aiokafka.admin import AIOKafkaAdminClient
 import grpc
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from medledger.consent.signing import sign_terms  # noqa: E402
-from medledger.runtime.events import envelope  # noqa: E402
-from medledger.runtime.kafka import ensure_topics, make_producer, topic_specs  # noqa: E402
-from medledger.runtime.postgres import drop_database  # noqa: E402
-from medledger.runtime.settings import Topics  # noqa: E402
-from medledger.v1 import consent_pb2 as pb  # noqa: E402
-from medledger.v1 import consent_pb2_grpc  # noqa: E402
-from tests.consent_support import consent_env, grant_request, terms  # noqa: E402
-from tests.identity_support import IdentityHarness, generate_key, identity_env  # noqa: E402
-from tests.support import BOOTSTRAP, PG_SERVER_URL, ServiceProcess, free_port  # noqa: E402
+from medledger.consent.signing import sign_terms
+from medledger.runtime.envelope import envelope
+from medledger.runtime.kafka import ensure_topics, make_producer, topic_specs
+from medledger.runtime.postgres import drop_database
+from medledger.runtime.settings import Topics
+from medledger.v1 import consent_pb2 as pb
+from medledger.v1 import consent_pb2_grpc
+from medledger.testing.consent import consent_env, grant_request, terms
+from medledger.testing.identity import IdentityHarness, generate_key, identity_env
+from medledger.testing.stack import BOOTSTRAP, PRODUCERS, PG_SERVER_URL, ServiceProcess, free_port
 
 CATEGORIES = ["Observation", "Condition", "MedicationRequest", "DiagnosticReport", "Immunization"]
 PURPOSES = [pb.PURPOSE_TREATMENT, pb.PURPOSE_PAYMENT, pb.PURPOSE_OPERATIONS, pb.PURPOSE_RESEARCH]
@@ -96,7 +95,7 @@ def synthetic_grants(n: int, per_patient: int, doc: str, org: str) -> tuple[list
                 terms=t, signature=signature, grantee_kind=kind, signer_role=pb.SIGNER_ROLE_PATIENT, submitted_by=patient
             )
             env = envelope(payload, aggregate_id=patient, producer="consent", actor=patient)
-            records.append((patient.encode(), env.SerializeToString()))
+            records.append((patient.encode(), PRODUCERS.seal(env)))
     return records, patients
 
 
@@ -172,7 +171,8 @@ async def main() -> None:
     env = dict(os.environ, MEDLEDGER_KAFKA_BOOTSTRAP=BOOTSTRAP, MEDLEDGER_TOPIC_PREFIX=topics.prefix,
                MEDLEDGER_RUN_DIR=str(tmp), MEDLEDGER_LOG_LEVEL="WARNING",
                MEDLEDGER_IDENTITY_ADDRESS=f"127.0.0.1:{identity_port}", MEDLEDGER_IDENTITY_PORT=str(identity_port),
-               MEDLEDGER_IDENTITY_DATABASE_URL=dbs["identity"], MEDLEDGER_CONSENT_DATABASE_URL=dbs["consent"])
+               MEDLEDGER_IDENTITY_DATABASE_URL=dbs["identity"], MEDLEDGER_CONSENT_DATABASE_URL=dbs["consent"],
+               **PRODUCERS.write(tmp / "producers"))
     operator_key = generate_key()
     processes: list[ServiceProcess] = []
     try:

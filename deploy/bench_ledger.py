@@ -1,4 +1,5 @@
-"""Ledger benchmarks against the real Kafka and PostgreSQL (DESIGN.md targets).
+"""Ledger benchmarks against the real Kafka and PostgreSQL
+(docs/architecture.md, Performance targets).
 
 1. Sequencing throughput: N events are produced to the four event topics
    first, then a fresh ledger process sequences them; the rate is measured
@@ -35,17 +36,16 @@ import asyncpg
 import grpc
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from medledger.ledger.note import NoteSigner  # noqa: E402
-from medledger.runtime.events import envelope  # noqa: E402
-from medledger.runtime.kafka import delete_topics, ensure_topics, make_producer, topic_specs  # noqa: E402
-from medledger.runtime.postgres import drop_database  # noqa: E402
-from medledger.runtime.settings import Topics  # noqa: E402
-from medledger.v1 import ledger_pb2, ledger_pb2_grpc  # noqa: E402
-from tests.identity_support import IdentityHarness, generate_key, identity_env  # noqa: E402
-from tests.support import BOOTSTRAP, PG_SERVER_URL, ServiceProcess, free_port  # noqa: E402
+from medledger.ledger.note import NoteSigner
+from medledger.runtime.envelope import envelope
+from medledger.runtime.kafka import delete_topics, ensure_topics, make_producer, topic_specs
+from medledger.runtime.postgres import drop_database
+from medledger.runtime.settings import Topics
+from medledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.testing.identity import IdentityHarness, generate_key, identity_env
+from medledger.testing.ledger import sample_envelope
+from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port
 
 
 def pct(values: list[float], q: float) -> float:
@@ -54,16 +54,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 def events_for(topics: Topics, n: int, offset: int = 0) -> list[tuple[str, bytes, bytes]]:
-    """Realistic-size envelopes (ids, type, timestamps; no PHI), pre-serialized."""
+    """Realistic-size envelopes (ids, type, timestamps; no PHI) of the types
+    each topic allows, signed by the bench's producer keys ahead of the timed
+    window (as Tessera's hammer generates its leaves ahead), pre-serialized."""
     out = []
     for i in range(offset, offset + n):
-        env = envelope(
-            ledger_pb2.GetEntriesRequest(start=i, count=1),
-            aggregate_id=f"patient-{i % 5000:05d}",
-            producer="bench",
-            actor=f"practitioner-{i % 300}",
-        )
-        out.append((topics.event_topics[i % 4], env.SerializeToString(), env.aggregate_id.encode()))
+        env = sample_envelope(i % 4, i, f"patient-{i % 5000:05d}", f"practitioner-{i % 300}")
+        out.append((topics.event_topics[i % 4], PRODUCERS.seal(env), env.aggregate_id.encode()))
     return out
 
 
@@ -209,7 +206,8 @@ async def main() -> None:
                MEDLEDGER_LEDGER_DATABASE_URL=db, MEDLEDGER_LEDGER_PORT=str(port), MEDLEDGER_RUN_DIR=str(tmp),
                MEDLEDGER_LEDGER_SIGNING_KEY_FILE=str(key), MEDLEDGER_LEDGER_ORIGIN="bench.medledger.local/ledger",
                MEDLEDGER_LOG_LEVEL="WARNING", MEDLEDGER_IDENTITY_ADDRESS=f"127.0.0.1:{identity_port}",
-               MEDLEDGER_IDENTITY_PORT=str(identity_port), MEDLEDGER_IDENTITY_DATABASE_URL=identity_db)
+               MEDLEDGER_IDENTITY_PORT=str(identity_port), MEDLEDGER_IDENTITY_DATABASE_URL=identity_db,
+               **PRODUCERS.write(tmp / "producers"))
     print(f"# ledger benchmark: {command}", flush=True)
     print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine", flush=True)
 

@@ -14,8 +14,8 @@ from medledger.ledger.note import NoteSigner
 from medledger.runtime.kafka import delete_topics, ensure_topics, topic_specs
 from medledger.runtime.postgres import drop_database, ensure_database
 from medledger.runtime.settings import DEFAULT_PORTS, Topics
-from tests.identity_support import IdentityHarness, generate_key, identity_env, identity_service  # noqa: F401
-from tests.support import (
+from medledger.testing.identity import IdentityHarness, generate_key, identity_env
+from medledger.testing.stack import (
     BOOTSTRAP,
     KAFKA_PORT,
     PG_PORT,
@@ -159,3 +159,14 @@ async def isolated_identity(
 def auditor_metadata(isolated_identity: IdentityHarness) -> tuple[tuple[str, str], ...]:
     """Bearer metadata of an AUDITOR, as the ledger's entry reads require."""
     return isolated_identity.auditor().metadata
+
+
+@pytest.fixture
+def identity_service(spawn: Callable[..., ServiceProcess], tmp_path: Path) -> Iterator[IdentityHarness]:
+    """A SERVING identity service with a bootstrap operator organization."""
+    operator_key = generate_key()
+    env = identity_env(tmp_path, operator_key)
+    process = spawn("identity", **env).wait_serving()
+    harness = IdentityHarness(process.address, operator_key, process, env)
+    yield harness
+    harness.close()

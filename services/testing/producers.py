@@ -5,6 +5,7 @@ file every consumer reads (docs/architecture.md, Event signing)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from google.protobuf.message import Message
 
@@ -51,11 +52,15 @@ class TestProducers:
     def event(self, payload: Message, producer: str, aggregate_id: str, actor: str = "") -> bytes:
         return self.seal(envelope(payload, aggregate_id=aggregate_id, producer=producer, actor=actor))
 
-    def forgeries(self, genuine: events_pb2.EventEnvelope, not_allowed: str) -> dict[str, bytes]:
+    def forgeries(
+        self, genuine: events_pb2.EventEnvelope, not_allowed: str, tamper: Callable[[Message], None] | None = None
+    ) -> dict[str, bytes]:
         """One forgery of each kind an attacker with write access to Kafka can
         publish, all derived from ``genuine`` (unsigned; its producer is the
         service allowed to publish it; ``not_allowed`` is a producing service
-        that is not). Each must be applied and sequenced by nobody."""
+        that is not). ``tamper`` changes a payload in place (default: adds an
+        unknown field), for the genuine envelope replayed with a changed
+        payload. Each must be applied and sequenced by nobody."""
 
         def copy(event_id_suffix: str) -> events_pb2.EventEnvelope:
             env = events_pb2.EventEnvelope()
@@ -71,16 +76,14 @@ class TestProducers:
         impostor = copy("-impostor")  # another service's valid key, claiming to be the owner
         self.signers[not_allowed].sign(impostor)
         impostor.producer = owner
-        impostor.signature = self.signers[not_allowed].sign(copy("-impostor")).signature
         replayed = copy("")  # a genuine envelope replayed with its payload changed
         self.signers[owner].sign(replayed)
-        payload = type(_unpack(genuine))()
-        payload.CopyFrom(_unpack(genuine))
-        for field in payload.DESCRIPTOR.fields:
-            if field.type == field.TYPE_STRING and not field.is_repeated:
-                setattr(payload, field.name, "forged-" + getattr(payload, field.name))
-                break
-        replayed.payload.Pack(payload)
+        payload = _unpack(genuine)
+        if tamper is None:
+            replayed.payload.value = replayed.payload.value + b"\xc0\x3e\x01"
+        else:
+            tamper(payload)
+            replayed.payload.Pack(payload)
         return {
             "wrong key": stranger.seal(copy("-wrong-key")),
             "no signature": copy("-unsigned").SerializeToString(),

@@ -20,13 +20,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fhir.resources.R4B.consent import Consent as FhirConsent
 
+from google.protobuf.message import Message
+
 from medledger.consent.signing import canonical_terms
+from medledger.runtime.envelope import envelope
 from medledger.runtime.settings import Topics
 from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import consent_pb2_grpc, identity_pb2
-from tests.consent_support import consent_env, events_when, grant_request, payloads, read_topic, terms
-from tests.identity_support import IdentityHarness, Party
-from tests.support import ServiceProcess, free_port, wait_until
+from medledger.testing.consent import consent_env, events_when, grant_request, payloads, read_topic, terms
+from medledger.testing.identity import IdentityHarness, Party
+from medledger.testing.ledger import produce_raw
+from medledger.testing.stack import PRODUCERS, ServiceProcess, free_port, wait_until
 
 TREAT, EMERGENCY = pb.PURPOSE_TREATMENT, pb.PURPOSE_EMERGENCY
 ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
@@ -306,3 +310,47 @@ def test_decisions_carry_the_ledger_index_once_sequenced(world: World, spawn: Ca
     decision = w.check()
     assert decision.consent_id == t.consent_id and decision.HasField("consent_ledger_index")
     assert decision.consent_ledger_index == index
+
+
+async def test_forged_consent_events_grant_nothing(world: World, topics: Topics) -> None:
+    """An attacker with write access to consent.events publishes a grant for
+    the patient's records, forged every way it can be; none is listed or
+    decided on, nor mirrored. The same event signed with consent's own key
+    (the control) is, so the forgeries fail on authentication alone."""
+    w = world
+    attacker = w.identity.practitioner(w.org)
+    t = w.terms(grantee=attacker)
+    request = grant_request(w.patient.private_key, t)
+    payload = pb.ConsentGranted(
+        terms=t, signature=request.signature, grantee_kind=pb.GRANTEE_KIND_PRACTITIONER,
+        signer_role=pb.SIGNER_ROLE_PATIENT, submitted_by=w.patient.identity_id,
+    )
+    genuine = envelope(payload, aggregate_id=w.patient.identity_id, producer="consent", actor=w.patient.identity_id)
+
+    def widen(p: Message) -> None:  # the replayed grant, retargeted to every purpose
+        assert isinstance(p, pb.ConsentGranted)
+        p.terms.purposes.append(pb.PURPOSE_RESEARCH)
+
+    forged = PRODUCERS.forgeries(genuine, not_allowed="records", tamper=widen)
+    await produce_raw(topics.consent_events, forged.values(), key=w.patient.identity_id)
+    real = w.terms()
+    w.grant(real)  # a command reads the log to its end first: every forgery has been seen
+    listed = w.stub.ListConsents(pb.ListConsentsRequest(patient_id=w.patient.identity_id), metadata=w.patient.metadata, timeout=5)
+    assert [c.terms.consent_id for c in listed.consents] == [real.consent_id]
+    assert w.check(requester=attacker).decision == DENY
+    url = w.consent.env["MEDLEDGER_CONSENT_DATABASE_URL"]
+
+    async def mirrored() -> set[str]:
+        conn = await asyncpg.connect(url)
+        try:
+            return {r["consent_id"] for r in await conn.fetch("SELECT consent_id FROM consents")}
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + 10
+    while real.consent_id not in await mirrored() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert await mirrored() == {real.consent_id}
+    # the control: the same event, signed by the consent service's key
+    await produce_raw(topics.consent_events, [PRODUCERS.seal(genuine)], key=w.patient.identity_id)
+    wait_until(lambda: w.check(requester=attacker).decision == ALLOW, 10, what="the genuine grant to apply")

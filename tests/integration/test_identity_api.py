@@ -16,7 +16,7 @@ from medledger.runtime.auth import Caller, mint_token
 from medledger.runtime.errors import NotFound
 from medledger.runtime.identity_client import IdentityClient, ServiceCredentials, load_private_key, make_verifier
 from medledger.v1 import identity_pb2
-from tests.identity_support import IdentityHarness, Party, generate_key, identity_service, raw_public  # noqa: F401
+from medledger.testing.identity import IdentityHarness, Party, generate_key, raw_public
 
 pytestmark = pytest.mark.timeout(180)
 

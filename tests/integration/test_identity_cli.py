@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 
 from medledger.runtime.identity_client import make_verifier
-from tests.support import MEDLEDGER, ServiceProcess
+from medledger.testing.stack import MEDLEDGER, ServiceProcess
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,11 +11,14 @@ import grpc
 import pytest
 from aiokafka import TopicPartition
 
+from medledger.identity.domain import key_id_for
+from medledger.runtime.envelope import envelope
 from medledger.runtime.kafka import make_consumer
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2, identity_pb2, identity_pb2_grpc, ledger_pb2, ledger_pb2_grpc
-from tests.identity_support import IdentityHarness, Party, generate_key, identity_service, raw_public  # noqa: F401
-from tests.support import BOOTSTRAP, ServiceProcess, free_port, wait_until
+from medledger.testing.identity import IdentityHarness, Party, generate_key, raw_public
+from medledger.testing.ledger import produce_raw
+from medledger.testing.stack import BOOTSTRAP, PRODUCERS, ServiceProcess, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -177,3 +180,43 @@ def test_the_ledger_sequences_identity_events(
 
         for event_id in event_ids:
             wait_until(lambda: sequenced(event_id), 60, 0.2, f"ledger entry for {event_id}")
+
+
+async def test_forged_identity_events_are_never_applied(
+    identity_service: IdentityHarness,
+    spawn: Callable[..., ServiceProcess],
+    topics: Topics,
+    database_factory: Callable[[str], str],
+) -> None:
+    """An attacker with write access to identity.events publishes a rotation of
+    the operator's key to its own key, forged every way it can be. A database
+    rebuilt from the topic ignores every forgery; the same event signed with
+    the identity service's key (the control) is applied."""
+    ids = identity_service
+    org = ids.organization()
+    before = public_view(ids, ids.address, ids.operator)
+    genuine_count = len(await topic_records(topics.identity_events))
+    attacker_key = raw_public(generate_key())
+    rotation = identity_pb2.KeyRotated(
+        identity_id=ids.operator.identity_id, key_id=key_id_for(attacker_key), public_key=attacker_key,
+        previous_key_id=ids.operator.key_id,
+    )
+    genuine = envelope(rotation, aggregate_id=ids.operator.identity_id, producer="identity")
+    forged = PRODUCERS.forgeries(genuine, not_allowed="consent")
+    await produce_raw(topics.identity_events, forged.values(), key=ids.operator.identity_id)
+
+    def rebuild() -> ServiceProcess:
+        fresh = database_factory("identity_rebuilt")
+        return spawn("identity", MEDLEDGER_IDENTITY_DATABASE_URL=fresh, MEDLEDGER_IDENTITY_PORT=str(free_port()),
+                     **ids.env).wait_serving()
+
+    rebuilt = rebuild()
+    assert public_view(ids, rebuilt.address, ids.operator) == before
+    assert public_view(ids, rebuilt.address, org) == public_view(ids, ids.address, org)
+    assert await applied_count(rebuilt.env["MEDLEDGER_IDENTITY_DATABASE_URL"]) == genuine_count
+    rebuilt.stop()
+    # the control: signed by the identity service's own key, the rotation applies
+    await produce_raw(topics.identity_events, [PRODUCERS.seal(genuine)], key=ids.operator.identity_id)
+    controlled = rebuild()
+    keys = public_view(ids, controlled.address, ids.operator).keys
+    assert key_id_for(attacker_key) in {k.key_id for k in keys}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from typing import Callable
 
 import grpc
@@ -13,9 +12,9 @@ import pytest
 from medledger.ledger import merkle
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2, ledger_pb2
-from tests.ledger_support import audit, consume_all, produce, produce_raw, sample_events, stub, wait_for_checkpoint
-from tests.identity_support import IdentityHarness
-from tests.support import ServiceProcess, wait_until
+from medledger.testing.ledger import audit, consume_all, produce, produce_raw, sample_events, stub, wait_for_checkpoint
+from medledger.testing.identity import IdentityHarness
+from medledger.testing.stack import PRODUCERS, ServiceProcess, wait_until
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -64,25 +63,34 @@ async def test_duplicates_and_malformed_records_are_not_sequenced(
     spawn: Callable[..., ServiceProcess], topics: Topics, auditor_metadata: Metadata
 ) -> None:
     ledger_proc = spawn("ledger").wait_serving()
-    (topic, event), (_, other) = sample_events(2, topics)
+    (topic, event), (other_topic, other) = sample_events(2, topics)
     conflicting = events_pb2.EventEnvelope()
     conflicting.CopyFrom(other)
-    conflicting.event_id = event.event_id  # same id, different content
+    conflicting.event_id = event.event_id  # same id, different content, genuinely signed
+    PRODUCERS.signers[conflicting.producer].sign(conflicting)
     await produce([(topic, event), (topic, event)])  # a producer that sent the same event twice
     garbage = b"\xff\x00not a protobuf"
     no_id = events_pb2.EventEnvelope(event_type="medledger.v1.X").SerializeToString()
     no_type = events_pb2.EventEnvelope(event_id="e-1").SerializeToString()
     too_big = events_pb2.EventEnvelope(event_id="big", event_type="medledger.v1.X", aggregate_id="p" * (1024 * 1024)).SerializeToString()
     await produce_raw(topics.access_events, [garbage, no_id, no_type, too_big])
-    await produce([(topics.records_events, conflicting), (topics.records_events, other)])
+    await produce([(other_topic, conflicting), (other_topic, other)])
     channel, ledger = stub(ledger_proc.address)
     with channel:
-        cp = wait_for_checkpoint(ledger, 2)
+        wait_for_checkpoint(ledger, 2)
         rejected = await consume_all(topics.ledger_rejected, 5)
-        time.sleep(1.0)
-        assert ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest()).tree_size == 2
+        # Nothing else gets sequenced: a marker behind the records above on every
+        # partition they went to; once the markers are entries, the ledger has
+        # decided on all of those records, so only the markers may follow.
+        markers = sample_events(4, topics, start=2)  # one per event topic
+        keys = {topic: event.aggregate_id, other_topic: other.aggregate_id, topics.access_events: "raw"}
+        for marker_topic, marker in markers:
+            await produce_raw(marker_topic, [marker.SerializeToString()], key=keys.get(marker_topic, marker.aggregate_id))
+        cp = wait_for_checkpoint(ledger, 2 + len(markers))
+        assert cp.tree_size == 2 + len(markers)
         entries = audit(ledger, cp, auditor_metadata)
-    assert [e.event_id for e in entries] == [event.event_id, other.event_id]
+    assert [e.event_id for e in entries[:2]] == [event.event_id, other.event_id]
+    assert {e.event_id for e in entries[2:]} == {m.event_id for _, m in markers}
     reasons = [events_pb2.RejectedRecord.FromString(r.value) for r in rejected]
     assert len(reasons) == 5
     by_offset = {(r.source_topic, r.source_offset): r for r in reasons}
@@ -92,6 +100,37 @@ async def test_duplicates_and_malformed_records_are_not_sequenced(
     assert "limit" in by_offset[(topics.access_events, 3)].reason
     assert by_offset[(topics.access_events, 0)].value_sha256 == hashlib.sha256(garbage).digest()
     assert any("different content" in r.reason for r in reasons)
+
+
+async def test_forged_events_of_every_kind_are_rejected_as_unauthenticated(
+    spawn: Callable[..., ServiceProcess], topics: Topics, auditor_metadata: Metadata
+) -> None:
+    """An attacker who can write to Kafka publishes forgeries of a consent
+    event; none becomes an entry, each is on ledger.rejected with the reason,
+    and the genuine event published after them is sequenced."""
+    ledger_proc = spawn("ledger").wait_serving()
+    (_, genuine), = sample_events(1, topics, start=1)  # a consent.events event
+    unsigned = events_pb2.EventEnvelope()
+    unsigned.CopyFrom(genuine)
+    unsigned.ClearField("signature")
+    unsigned.ClearField("producer_key_id")
+    forged = PRODUCERS.forgeries(unsigned, not_allowed="records")
+    # the genuine event, valid on its own topic, replayed onto another one
+    forged["genuine on the wrong topic"] = genuine.SerializeToString()
+    await produce_raw(topics.consent_events, [v for k, v in forged.items() if k != "genuine on the wrong topic"])
+    await produce_raw(topics.identity_events, [forged["genuine on the wrong topic"]])
+    await produce([(topics.consent_events, genuine)])
+    channel, ledger = stub(ledger_proc.address)
+    with channel:
+        cp = wait_for_checkpoint(ledger, 1)
+        rejected = await consume_all(topics.ledger_rejected, len(forged))
+        entries = audit(ledger, cp, auditor_metadata)
+    assert [e.event for e in entries] == [genuine.SerializeToString()]
+    reasons = [events_pb2.RejectedRecord.FromString(r.value).reason for r in rejected]
+    assert len(reasons) == len(forged)
+    assert all(r.startswith("unauthenticated producer") for r in reasons), reasons
+    sha = {events_pb2.RejectedRecord.FromString(r.value).value_sha256 for r in rejected}
+    assert sha == {hashlib.sha256(v).digest() for v in forged.values()}
 
 
 def _status(call: Callable[[], object]) -> grpc.StatusCode:
@@ -155,7 +194,7 @@ async def test_audit_command_verifies_a_live_ledger(
 ) -> None:
     import subprocess
 
-    from tests.support import MEDLEDGER
+    from medledger.testing.stack import MEDLEDGER
 
     ledger_proc = spawn("ledger").wait_serving()
     await produce(sample_events(50, topics))

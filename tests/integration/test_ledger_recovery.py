@@ -11,8 +11,8 @@ import asyncpg
 from medledger.ledger import merkle
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2, ledger_pb2
-from tests.ledger_support import audit, consume_all, produce, sample_events, stub, wait_for_checkpoint
-from tests.support import ServiceProcess
+from medledger.testing.ledger import audit, consume_all, produce, sample_events, stub, wait_for_checkpoint
+from medledger.testing.stack import ServiceProcess
 
 Metadata = tuple[tuple[str, str], ...]
 

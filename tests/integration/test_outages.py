@@ -10,8 +10,8 @@ from typing import Callable
 import pytest
 
 from medledger.runtime.settings import Topics
-from tests.ledger_support import audit, produce, sample_events, stub, wait_for_checkpoint
-from tests.support import ROOT, ServiceProcess, health_status, wait_until
+from medledger.testing.ledger import audit, produce, sample_events, stub, wait_for_checkpoint
+from medledger.testing.stack import ROOT, ServiceProcess, health_status, wait_until
 
 pytestmark = pytest.mark.disruptive
 

@@ -17,7 +17,7 @@ from medledger.runtime.kafka import make_consumer, make_producer
 from medledger.runtime.postgres import apply_migrations
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2, ledger_pb2
-from tests.support import BOOTSTRAP, ServiceProcess
+from medledger.testing.stack import BOOTSTRAP, ServiceProcess
 
 
 async def test_event_envelope_round_trips_through_the_real_broker(topics: Topics) -> None:
@@ -92,7 +92,7 @@ def test_every_service_is_healthy_and_discoverable(spawn: Callable[..., ServiceP
     procs = {name: spawn(name) for name in SERVICES}
     for name, proc in procs.items():
         proc.wait_serving()
-        from tests.support import health_status
+        from medledger.testing.stack import health_status
 
         assert health_status(proc.address, SERVICES[name]) == "SERVING"
         listed = _reflected_services(proc.address)

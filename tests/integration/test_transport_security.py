@@ -10,7 +10,7 @@ from typing import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import MEDLEDGER, ServiceProcess, wait_until
+from medledger.testing.stack import MEDLEDGER, ServiceProcess, wait_until
 from tests.tls_support import ThrowawayCA
 
 

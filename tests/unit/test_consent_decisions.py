@@ -12,7 +12,7 @@ from medledger.consent.decisions import AccessQuery, check_access, who_can_acces
 from medledger.consent.projection import Projection
 from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import events_pb2
-from tests.consent_support import event, granted, membership, registered, revoked, terms, ts
+from medledger.testing.consent import event, granted, membership, registered, revoked, terms, ts
 
 NOW = datetime.now(timezone.utc)
 

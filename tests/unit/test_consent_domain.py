@@ -12,7 +12,7 @@ from medledger.consent.domain import IdentityFacts, PatientState, Recorded
 from medledger.consent.fhir import is_resource_type
 from medledger.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from medledger.v1 import consent_pb2 as pb
-from tests.consent_support import terms, ts
+from medledger.testing.consent import terms, ts
 
 NOW = datetime.now(timezone.utc)
 

@@ -19,7 +19,7 @@ from medledger.consent.signing import SigningKey, parse_canonical, sign_terms, s
 from medledger.consent.stream import Freshness
 from medledger.runtime.errors import InvalidArgument, PermissionDenied
 from medledger.v1 import consent_pb2 as pb
-from tests.consent_support import granted, revoked, terms
+from medledger.testing.consent import granted, revoked, terms
 
 NOW = datetime.now(timezone.utc)
 

@@ -6,6 +6,7 @@ import logging
 import grpc
 
 from medledger.runtime import errors
+from medledger.runtime.grpc_status import error_for, status_of
 from medledger.runtime.logs import JsonFormatter
 
 
@@ -15,17 +16,27 @@ def test_caller_errors_map_to_their_status_and_are_not_retriable() -> None:
         errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
         errors.NotFound: grpc.StatusCode.NOT_FOUND,
         errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+        errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
         errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
         errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     }
     for cls, status in cases.items():
-        assert cls("x").status == status
+        assert status_of(cls("x")) == status
         assert not cls("x").retriable
+        assert error_for(status) is cls
+    assert status_of(errors.CallerError("x")) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_other_errors_are_internal_and_unknown_peer_statuses_unavailable() -> None:
+    assert status_of(errors.SettingsError("x")) == grpc.StatusCode.INTERNAL
+    assert status_of(errors.MedLedgerError("x")) == grpc.StatusCode.INTERNAL
+    assert error_for(grpc.StatusCode.UNAVAILABLE) is errors.DependencyUnavailable
+    assert error_for(grpc.StatusCode.INTERNAL) is errors.DependencyUnavailable
 
 
 def test_dependency_errors_are_retriable() -> None:
     assert errors.DependencyUnavailable("kafka down").retriable
-    assert errors.DependencyUnavailable("kafka down").status == grpc.StatusCode.UNAVAILABLE
+    assert status_of(errors.DependencyUnavailable("kafka down")) == grpc.StatusCode.UNAVAILABLE
 
 
 def test_json_log_line_carries_service_and_extra_fields() -> None:

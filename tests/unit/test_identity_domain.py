@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from medledger.identity import domain
 from medledger.identity.domain import Identity, Kind
 from medledger.identity.keyfiles import raw_public_key
-from medledger.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from medledger.runtime.errors import (
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated,
+)
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -249,6 +251,56 @@ def test_evolve_rejects_events_that_cannot_follow(hospital: Identity) -> None:
 def test_challenge_message_binds_identity_and_nonce() -> None:
     assert domain.challenge_message("a", b"n") != domain.challenge_message("b", b"n")
     assert domain.challenge_message("a", b"n").startswith(domain.CHALLENGE_CONTEXT)
+
+
+def test_a_challenge_names_the_current_key_and_expires_after_its_ttl(hospital: Identity) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    key_id = patient.keys[-1].key_id
+    assert domain.issue_challenge(patient, "", T0, 60) == domain.PendingChallenge("p", key_id, T0 + timedelta(seconds=60))
+    with pytest.raises(FailedPrecondition):
+        domain.issue_challenge(patient, "another-key", T0, 60)
+    revoked = apply(patient, domain.RevokeIdentity("gone", hospital, at(1)))
+    with pytest.raises(PermissionDenied):
+        domain.issue_challenge(revoked, "", at(2), 60)
+
+
+def test_a_challenge_is_redeemed_only_by_its_identity_for_its_key_before_it_expires() -> None:
+    pending = domain.PendingChallenge("p", "k1", at(1))
+    assert domain.redeem_challenge(pending, "p", "", T0) == "k1"
+    assert domain.redeem_challenge(pending, "p", "k1", T0) == "k1"
+    for spent, identity_id, key_id, now in [
+        (None, "p", "", T0),  # unknown or already used
+        (pending, "q", "", T0),  # another identity's nonce
+        (pending, "p", "", at(1)),  # expired
+        (pending, "p", "k2", T0),  # issued for another key
+    ]:
+        with pytest.raises(Unauthenticated):
+            domain.redeem_challenge(spent, identity_id, key_id, now)
+
+
+def test_demographics_fields_are_bounded_and_birth_dates_real() -> None:
+    domain.check_demographics({"given_name": "A" * domain.MAX_DEMOGRAPHIC_FIELD, "birth_date": "1980-02-29"})
+    domain.check_demographics({})
+    for fields in [
+        {"email": "x" * (domain.MAX_DEMOGRAPHIC_FIELD + 1)},
+        {"birth_date": "1981-02-29"},
+        {"birth_date": "19800229"},
+        {"birth_date": "tomorrow"},
+    ]:
+        with pytest.raises(InvalidArgument):
+            domain.check_demographics(fields)
+
+
+def test_medical_record_numbers_are_for_patients_registered_by_organizations(hospital: Identity) -> None:
+    domain.check_mrn(Kind.PATIENT, hospital, "MRN-1")
+    for kind, registrar, mrn in [
+        (Kind.PRACTITIONER, hospital, "MRN-1"),
+        (Kind.PATIENT, None, "MRN-1"),
+        (Kind.PATIENT, hospital, "   "),
+        (Kind.PATIENT, hospital, "9" * (domain.MAX_MRN + 1)),
+    ]:
+        with pytest.raises(InvalidArgument):
+            domain.check_mrn(kind, registrar, mrn)
 
 
 @settings(max_examples=50, deadline=None)

@@ -1,4 +1,4 @@
-"""Which status a caller gets for which proof arguments (DESIGN.md, errors)."""
+"""Which status a caller gets for which proof arguments (docs/architecture.md, Ledger contract)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from medledger.testing.stack import ROOT
 
 
 def _generator() -> object:

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from medledger.testing.producers import TestProducers
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (services/testing/stack.py)
 # One set of event-signing keys for the whole test session: every service a
 # test starts signs with these and pins their public halves.
 PRODUCERS = TestProducers()

@@ -21,10 +21,10 @@ from medledger.runtime.envelope import envelope
 from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import events_pb2
 from medledger.v1 import identity_pb2 as ipb
-from tests.support import BOOTSTRAP
+from medledger.testing.stack import BOOTSTRAP
 
 if TYPE_CHECKING:
-    from tests.identity_support import IdentityHarness
+    from medledger.testing.identity import IdentityHarness
 
 M = TypeVar("M", bound=Message)
 

@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 
 import grpc
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -18,7 +19,7 @@ from medledger.runtime.envelope import envelope
 from medledger.runtime.kafka import make_consumer, make_producer
 from medledger.runtime.settings import Topics
 from medledger.v1 import consent_pb2, events_pb2, identity_pb2, ledger_pb2, ledger_pb2_grpc
-from tests.support import BOOTSTRAP, PRODUCERS
+from medledger.testing.stack import BOOTSTRAP, PRODUCERS
 
 
 def sample_payload(topic_index: int, i: int) -> tuple[Message, str]:
@@ -35,18 +36,25 @@ def sample_payload(topic_index: int, i: int) -> tuple[Message, str]:
     return consent_pb2.AccessDecided(requester_id=f"r-{i}", patient_id=f"patient-{i % 97}"), "consent"
 
 
+def sample_envelope(topic_index: int, i: int, aggregate_id: str, actor: str = "tester") -> events_pb2.EventEnvelope:
+    """An unsigned envelope of a type the topic_index-th event topic allows,
+    naming the service allowed to produce it."""
+    payload, producer = sample_payload(topic_index, i)
+    env = envelope(payload, aggregate_id=aggregate_id, producer=producer, actor=actor)
+    if isinstance(payload, any_pb2.Any):
+        env.event_type = payload.type_url.rsplit("/", 1)[1]
+        env.payload.CopyFrom(payload)
+    return env
+
+
 def sample_events(n: int, topics: Topics, start: int = 0) -> list[tuple[str, events_pb2.EventEnvelope]]:
     """n signed envelopes spread over the four event topics, each of a type
     its topic allows and signed by the test key of the service allowed to
     produce it (payloads carry no PHI)."""
     out = []
     for i in range(start, start + n):
-        payload, producer = sample_payload(i % 4, i)
-        env = envelope(payload, aggregate_id=f"patient-{i % 97}", producer=producer, actor="tester")
-        if isinstance(payload, any_pb2.Any):
-            env.event_type = payload.type_url.rsplit("/", 1)[1]
-            env.payload.CopyFrom(payload)
-        PRODUCERS.signers[producer].sign(env)
+        env = sample_envelope(i % 4, i, f"patient-{i % 97}")
+        PRODUCERS.signers[env.producer].sign(env)
         out.append((topics.event_topics[i % 4], env))
     return out
 
@@ -64,12 +72,13 @@ async def produce(events: Sequence[tuple[str, events_pb2.EventEnvelope]], produc
             await p.stop()
 
 
-async def produce_raw(topic: str, values: Iterable[bytes]) -> None:
+async def produce_raw(topic: str, values: Iterable[bytes], key: str = "raw") -> None:
+    """Publish exact bytes, as anyone with write access to the topic can."""
     p = make_producer(BOOTSTRAP)
     await p.start()
     try:
         for v in values:
-            await p.send_and_wait(topic, v, key=b"raw")
+            await p.send_and_wait(topic, v, key=key.encode())
     finally:
         await p.stop()
 
@@ -115,10 +124,10 @@ def audit(ledger: ledger_pb2_grpc.LedgerServiceStub, checkpoint: ledger_pb2.Chec
     return entries
 
 
-async def consume_all(topic: str, expected: int, timeout: float = 60) -> list:  # type: ignore[type-arg]
+async def consume_all(topic: str, expected: int, timeout: float = 60) -> list[ConsumerRecord[bytes, bytes]]:
     consumer = make_consumer(BOOTSTRAP, topic, group_id=None, isolation_level="read_uncommitted")
     await consumer.start()
-    records = []
+    records: list[ConsumerRecord[bytes, bytes]] = []
     try:
         deadline = time.monotonic() + timeout
         while len(records) < expected and time.monotonic() < deadline:

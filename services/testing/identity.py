@@ -2,7 +2,7 @@
 spawned identity service (identity's own tests, consent, records, ledger).
 
 Use the ``identity_service`` fixture (import it into a conftest or a test
-module: ``from tests.identity_support import identity_service``). It starts
+module: ``from medledger.testing.identity import identity_service``). It starts
 ``medledger serve identity`` with a bootstrap OPERATOR organization whose key
 the test holds, waits until SERVING and returns an ``IdentityHarness``:
 
@@ -21,10 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import grpc
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medledger.identity import keyfiles
@@ -32,7 +31,7 @@ from medledger.identity.cli import login
 from medledger.identity.domain import key_id_for
 from medledger.identity.settings import bootstrap_identity_id
 from medledger.v1 import identity_pb2, identity_pb2_grpc
-from tests.support import ServiceProcess
+from medledger.testing.stack import ServiceProcess
 
 Kind = identity_pb2.IdentityKind
 
@@ -187,14 +186,3 @@ def _ensure(path: Path, content: bytes) -> Path:
     if not path.exists():
         keyfiles.write_secret(path, content)
     return path
-
-
-@pytest.fixture
-def identity_service(spawn: Callable[..., ServiceProcess], tmp_path: Path) -> Iterator[IdentityHarness]:
-    """A SERVING identity service with a bootstrap operator organization."""
-    operator_key = generate_key()
-    env = identity_env(tmp_path, operator_key)
-    process = spawn("identity", **env).wait_serving()
-    harness = IdentityHarness(process.address, operator_key, process, env)
-    yield harness
-    harness.close()

@@ -1,0 +1,45 @@
+"""The pure cores stay pure: importing one, in a fresh interpreter, loads no
+gRPC, no PostgreSQL driver and no Kafka client. I/O belongs in the adapters
+(api, store, app, ...), which hand the cores what they need."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+CORE_MODULES = [
+    "medledger.identity.domain",
+    "medledger.identity.vault",
+    "medledger.consent.domain",
+    "medledger.consent.decisions",
+    "medledger.consent.validation",
+    "medledger.consent.signing",
+    "medledger.ledger.merkle",
+    "medledger.ledger.note",
+    "medledger.ledger.intake",
+    "medledger.ledger.proofs",
+    "medledger.audit.verify",
+    "medledger.runtime.errors",
+    "medledger.runtime.envelope",
+]
+IO_PACKAGES = ("grpc", "asyncpg", "aiokafka")
+
+_PROBE = """
+import importlib, sys
+importlib.import_module(sys.argv[1])
+io = sys.argv[2].split(",")
+print(",".join(sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in io})))
+"""
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_module_imports_no_io_library(module: str) -> None:
+    probe = subprocess.run(
+        [sys.executable, "-c", _PROBE, module, ",".join(IO_PACKAGES)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    loaded = probe.stdout.strip()
+    assert not loaded, f"importing {module} loads {loaded}: move that I/O into an adapter"
