@@ -178,11 +178,3 @@ class PositionedConsumer:
             if await self.consumer.position(tp) < end:
                 return True
         return False
-
-    def rewind(self, positions: Mapping[Position, int]) -> None:
-        """Seek back (after a failed commit the caller re-reads from what it stored)."""
-        for (topic, partition), offset in positions.items():
-            tp = TopicPartition(topic, partition)
-            if tp in self._assigned:
-                self.consumer.seek(tp, offset)
-                self._positions[(topic, partition)] = offset
