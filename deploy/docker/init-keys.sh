@@ -11,6 +11,8 @@
 #   $KEYS_DIR/operator/operator.key      the bootstrap OPERATOR organization's key, its .pub,
 #   $KEYS_DIR/operator/operator.id       and its identity id (only the register step sees it)
 #   $KEYS_DIR/identity/operator.key.pub  a copy of the .pub for the identity service
+#   $KEYS_DIR/<svc>/events.key          identity's, consent's and records' event-signing keys
+#   $KEYS_DIR/producers/event-producers.pub  their pinned verifier keys (every service reads it)
 #   $KEYS_DIR/consent/identity.key       the consent service's own identity key (and .pub),
 #                                        registered by register-services.sh
 #
@@ -19,7 +21,16 @@ set -eu
 dir="${KEYS_DIR:-/keys}"
 origin="${MEDLEDGER_LEDGER_ORIGIN:-medledger.local/ledger}"
 umask 077
-mkdir -p "$dir/ledger" "$dir/identity" "$dir/operator" "$dir/consent"
+mkdir -p "$dir/ledger" "$dir/identity" "$dir/operator" "$dir/consent" "$dir/records" "$dir/producers"
+
+# Each producing service's event-signing key (in its own volume) and the pinned
+# public keys every service verifies events with (docs/architecture.md, Event signing).
+for svc in identity consent records; do
+  if [ ! -f "$dir/$svc/events.key" ]; then
+    medledger events keygen --service "$svc" --out "$dir/$svc/events.key" \
+      --producers-file "$dir/producers/event-producers.pub"
+  fi
+done
 
 if [ ! -f "$dir/ledger/checkpoint.key" ]; then
   echo "ledger checkpoint verifier key (publish it to auditors):"

@@ -1,1 +1,1 @@
-"""The consent service (DESIGN.md, Services)."""
+"""The consent service (docs/architecture.md, Services and ownership)."""

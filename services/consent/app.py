@@ -124,7 +124,8 @@ class ConsentApp:
 
     async def on_ready(self, ctx: ServiceContext) -> None:
         s = ctx.settings
-        await ensure_topics(s.kafka_bootstrap, topic_specs(s.topics))
+        mine = (s.topics.consent_events, s.topics.access_events)  # what it writes; readers need not create
+        await ensure_topics(s.kafka_bootstrap, [t for t in topic_specs(s.topics) if t.name in mine])
         if self.settings.service_key is None:
             log.warning("no identity credentials: GrantConsent and representatives answer UNAVAILABLE; set "
                         "MEDLEDGER_CONSENT_IDENTITY_ID and MEDLEDGER_CONSENT_KEY_FILE")

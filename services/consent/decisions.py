@@ -2,7 +2,7 @@
 record), and who can access a patient's records now. Pure functions over a
 read-only view of the projection; the clock is an argument.
 
-Rules (issue 5, DESIGN.md Security model):
+Rules (issue 5, docs/architecture.md, Security model):
 - A consent covers a request when it names the requester — or an organization
   where the requester, a practitioner, has an active membership — is neither
   revoked nor outside its window, lists the purpose and its scope covers the

@@ -1,1 +1,1 @@
-"""The identity service (DESIGN.md, Services)."""
+"""The identity service (docs/architecture.md, Services and ownership)."""

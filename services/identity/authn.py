@@ -1,4 +1,4 @@
-"""Proof of key possession and token issuance (DESIGN.md, Security model).
+"""Proof of key possession and token issuance (docs/architecture.md, Security model).
 
 Challenge stores a random nonce bound to the identity and its current key;
 IssueToken removes it before looking at the signature, so a nonce is spent by
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Callable
 
 import asyncpg
@@ -21,8 +21,6 @@ from medledger.identity.registry import now
 from medledger.identity.settings import TokenKeys
 from medledger.runtime.auth import Caller, mint_token
 from medledger.runtime.errors import NotFound, Unauthenticated
-
-NONCE_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -47,29 +45,23 @@ class Authenticator:
         self.challenge_ttl_s = challenge_ttl_s
 
     async def challenge(self, identity_id: str, key_id: str = "") -> Challenge:
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        expires_at = now() + timedelta(seconds=self.challenge_ttl_s)
+        nonce = secrets.token_bytes(domain.CHALLENGE_NONCE_BYTES)
         async with self._pool().acquire() as conn:
             state = await store.load(conn, identity_id)
             if state is None:
                 raise NotFound(f"no identity {identity_id}")
-            key = domain.authentication_key(state, key_id)
-            await store.add_challenge(conn, nonce, identity_id, key.key_id, expires_at)
-        return Challenge(nonce, key.key_id, domain.challenge_message(identity_id, nonce), expires_at)
+            pending = domain.issue_challenge(state, key_id, now(), self.challenge_ttl_s)
+            await store.add_challenge(conn, nonce, pending)
+        return Challenge(nonce, pending.key_id, domain.challenge_message(identity_id, nonce), pending.expires_at)
 
     async def issue_token(self, identity_id: str, nonce: bytes, signature: bytes, key_id: str = "") -> IssuedToken:
         async with self._pool().acquire() as conn:
             spent = await store.take_challenge(conn, nonce)  # committed on its own: spent even if what follows fails
-            if spent is None or spent["identity_id"] != identity_id:
-                raise Unauthenticated("unknown or already used nonce; ask for a new challenge")
-            if spent["expires_at"] <= now():
-                raise Unauthenticated("the challenge expired; ask for a new one")
-            if key_id and key_id != spent["key_id"]:
-                raise Unauthenticated("the challenge was issued for another key")
+            signing_key_id = domain.redeem_challenge(spent, identity_id, key_id, now())
             state = await store.load(conn, identity_id)
         if state is None:
             raise Unauthenticated(f"no identity {identity_id}")
-        key = domain.authentication_key(state, spent["key_id"])
+        key = domain.authentication_key(state, signing_key_id)
         if not domain.signature_verifies(key.public_key, domain.challenge_message(identity_id, nonce), signature):
             raise Unauthenticated("the signature does not verify with the identity's current key")
         return self.mint(state)

@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from medledger.identity import domain
 from medledger.identity.domain import Event, Identity, Key, Kind, Membership
 from medledger.runtime.errors import InvalidArgument
-from medledger.runtime.events import envelope
+from medledger.runtime.envelope import envelope
 from medledger.v1 import events_pb2, identity_pb2
 
 PRODUCER = "identity"

@@ -19,6 +19,10 @@ organization that registered a practitioner):
 * Identities: revoked by themselves, their registering organization or an operator.
 * Memberships: granted by the organization or an operator; ended by the
   organization, an operator or the member.
+
+The rules of challenges (nonce size, lifetime, single use) and of the PHI
+fields (demographics, medical record numbers) live here too; the adapters
+only generate the nonce, store, seal and hash.
 """
 
 from __future__ import annotations
@@ -26,14 +30,16 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from enum import Enum
-from typing import Union
+from typing import Mapping, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from medledger.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from medledger.runtime.errors import (
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, Unauthenticated,
+)
 
 
 class Kind(str, Enum):
@@ -559,3 +565,65 @@ def authentication_key(state: Identity, key_id: str = "") -> Key:
     if key_id and key_id != current.key_id:
         raise FailedPrecondition(f"key {key_id} is not the current key of {state.identity_id}")
     return current
+
+
+CHALLENGE_NONCE_BYTES = 32
+
+
+@dataclass(frozen=True)
+class PendingChallenge:
+    """A challenge as stored until it is answered: bound to one identity and
+    the key it must be signed with, usable once, until ``expires_at``."""
+
+    identity_id: str
+    key_id: str
+    expires_at: datetime
+
+
+def issue_challenge(state: Identity, key_id: str, now: datetime, ttl_s: int) -> PendingChallenge:
+    """A challenge for ``state``'s authentication key (see authentication_key)."""
+    key = authentication_key(state, key_id)
+    return PendingChallenge(state.identity_id, key.key_id, now + timedelta(seconds=ttl_s))
+
+
+def redeem_challenge(spent: PendingChallenge | None, identity_id: str, key_id: str, now: datetime) -> str:
+    """The id of the key the answer must be signed with, or Unauthenticated.
+    ``spent`` is the challenge the nonce named, already removed from storage
+    (None if unknown or used): a nonce is spent by its first use whatever the
+    outcome, so it can be neither replayed nor guessed at."""
+    if spent is None or spent.identity_id != identity_id:
+        raise Unauthenticated("unknown or already used nonce; ask for a new challenge")
+    if spent.expires_at <= now:
+        raise Unauthenticated("the challenge expired; ask for a new one")
+    if key_id and key_id != spent.key_id:
+        raise Unauthenticated("the challenge was issued for another key")
+    return spent.key_id
+
+
+MAX_DEMOGRAPHIC_FIELD = 256
+MAX_MRN = 64
+
+
+def check_demographics(fields: Mapping[str, str]) -> None:
+    """The set demographics fields (name -> value): none longer than
+    MAX_DEMOGRAPHIC_FIELD characters, birth_date a real YYYY-MM-DD date."""
+    for name, value in fields.items():
+        if len(value) > MAX_DEMOGRAPHIC_FIELD:
+            raise InvalidArgument(f"demographics.{name} is longer than {MAX_DEMOGRAPHIC_FIELD} characters")
+    birth_date = fields.get("birth_date", "")
+    if birth_date:
+        try:
+            date.fromisoformat(birth_date)
+        except ValueError:
+            raise InvalidArgument("demographics.birth_date must be YYYY-MM-DD") from None
+        if len(birth_date) != 10:
+            raise InvalidArgument("demographics.birth_date must be YYYY-MM-DD")
+
+
+def check_mrn(kind: Kind, registrar: Identity | None, mrn: str) -> None:
+    """A medical record number is indexed for a patient registered by an
+    organization, 1 to MAX_MRN characters once stripped."""
+    if kind is not Kind.PATIENT or registrar is None:
+        raise InvalidArgument("medical_record_number is for patients registered by an organization")
+    if len(mrn.strip()) > MAX_MRN or not mrn.strip():
+        raise InvalidArgument(f"medical_record_number must be 1-{MAX_MRN} characters")

@@ -8,7 +8,6 @@ outbox row commit together or not at all.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Sequence, TypeAlias
 
 import asyncpg

@@ -1,4 +1,4 @@
-"""LedgerService over gRPC: the read side of the log (DESIGN.md, Ledger contract).
+"""LedgerService over gRPC: the read side of the log (docs/architecture.md, Ledger contract).
 
 Every instance serves reads from the database, the active sequencer and any
 standby alike. Checkpoints, the verifier key and proofs hold only hashes and
@@ -153,7 +153,7 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
         async with self.pool().acquire() as conn:
             size, current = await self._sizes(conn, request.tree_size)
             proofs.check_inclusion(request.index, size, current)
-            proof = await proofs.inclusion(conn, request.index, size)
+            proof = await proofs.inclusion(store.ConnNodes(conn), request.index, size)
         return ledger_pb2.InclusionProof(
             leaf_index=request.index, tree_size=size, hashes=proof.hashes, root_hash=proof.roots[0]
         )
@@ -168,14 +168,14 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
             index = await store.index_of_leaf(conn, request.leaf_hash, size)
             if index is None:
                 raise NotFound(f"no leaf with hash {request.leaf_hash.hex()} in the tree of {size} entries")
-            proof = await proofs.inclusion(conn, index, size)
+            proof = await proofs.inclusion(store.ConnNodes(conn), index, size)
         return ledger_pb2.InclusionProof(leaf_index=index, tree_size=size, hashes=proof.hashes, root_hash=proof.roots[0])
 
     async def GetConsistencyProof(self, request: ledger_pb2.GetConsistencyProofRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.ConsistencyProof:
         async with self.pool().acquire() as conn:
             second, current = await self._sizes(conn, request.second_size)
             proofs.check_consistency(request.first_size, second, current)
-            proof = await proofs.consistency(conn, request.first_size, second)
+            proof = await proofs.consistency(store.ConnNodes(conn), request.first_size, second)
         return ledger_pb2.ConsistencyProof(
             first_size=request.first_size, second_size=second, hashes=proof.hashes,
             first_root_hash=proof.roots[0], second_root_hash=proof.roots[1],

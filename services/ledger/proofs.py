@@ -1,14 +1,23 @@
-"""Proofs served from the database: the pure Merkle plans, the store's node
-fetch, then the pure assembly. Argument checks say which status a caller
-gets: OUT_OF_RANGE beyond the current tree, INVALID_ARGUMENT when the
-arguments contradict each other."""
+"""Proofs: the pure Merkle plans, one fetch of the nodes they need from a
+NodeSource (the store, in the service), then the pure assembly. Argument
+checks say which status a caller gets: OUT_OF_RANGE beyond the current tree,
+INVALID_ARGUMENT when the arguments contradict each other."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, Sequence
 
-from medledger.ledger import merkle, store
+from medledger.ledger import merkle
 from medledger.runtime.errors import InvalidArgument, OutOfRange
+
+
+class NodeSource(Protocol):
+    """Where a proof's node hashes come from."""
+
+    async def nodes(self, ids: Sequence[merkle.NodeId]) -> Sequence[bytes]:
+        """Hashes of these perfect nodes, in the order asked, in one round trip."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -39,19 +48,19 @@ def check_consistency(first: int, second: int, current: int) -> None:
         raise InvalidArgument(f"first_size {first} is larger than second_size {second}")
 
 
-async def _fetch(conn: store.Conn, plan: merkle.ProofPlan, *sizes: int) -> Proof:
-    """One round trip for the proof's nodes and the roots it is checked against."""
+async def _fetch(source: NodeSource, plan: merkle.ProofPlan, *sizes: int) -> Proof:
+    """One fetch for the proof's nodes and the roots it is checked against."""
     root_ids = [merkle.root_plan(size) for size in sizes]
     wanted = list(dict.fromkeys([*plan.ids, *(i for ids in root_ids for i in ids)]))
-    found = dict(zip(wanted, await store.fetch_nodes(conn, wanted)))
+    found = dict(zip(wanted, await source.nodes(wanted)))
     hashes = merkle.assemble(plan, [found[i] for i in plan.ids])
     roots = tuple(merkle.root_from([found[i] for i in ids]) for ids in root_ids)
     return Proof(hashes, roots)
 
 
-async def inclusion(conn: store.Conn, index: int, tree_size: int) -> Proof:
-    return await _fetch(conn, merkle.inclusion_plan(index, tree_size), tree_size)
+async def inclusion(source: NodeSource, index: int, tree_size: int) -> Proof:
+    return await _fetch(source, merkle.inclusion_plan(index, tree_size), tree_size)
 
 
-async def consistency(conn: store.Conn, first: int, second: int) -> Proof:
-    return await _fetch(conn, merkle.consistency_plan(first, second), first, second)
+async def consistency(source: NodeSource, first: int, second: int) -> Proof:
+    return await _fetch(source, merkle.consistency_plan(first, second), first, second)

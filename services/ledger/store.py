@@ -101,8 +101,14 @@ async def fetch_nodes(conn: Conn, ids: Sequence[merkle.NodeId]) -> list[bytes]:
     return [found[i] for i in ids]
 
 
-async def root_at(conn: Conn, size: int) -> bytes:
-    return merkle.root_from(await fetch_nodes(conn, merkle.root_plan(size)))
+@dataclass(frozen=True)
+class ConnNodes:
+    """The proofs' NodeSource over one connection."""
+
+    conn: Conn
+
+    async def nodes(self, ids: Sequence[merkle.NodeId]) -> list[bytes]:
+        return await fetch_nodes(self.conn, ids)
 
 
 async def load_state(conn: Conn) -> LogState:

@@ -1,1 +1,1 @@
-"""The records service (DESIGN.md, Services)."""
+"""The records service (docs/architecture.md, Services and ownership)."""

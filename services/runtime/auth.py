@@ -1,4 +1,4 @@
-"""Authentication shared by every service (DESIGN.md, Security model).
+"""Authentication shared by every service (docs/architecture.md, Security model).
 
 The identity service issues short-lived EdDSA (Ed25519) JWTs after a signed
 challenge; every service verifies them offline with the identity service's
@@ -50,10 +50,6 @@ def current_caller() -> Caller:
     if caller is None:
         raise Unauthenticated("this method needs a bearer token")
     return caller
-
-
-def optional_caller() -> Caller | None:
-    return _caller.get()
 
 
 def mint_token(

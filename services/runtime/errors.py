@@ -2,27 +2,23 @@
 
 Every error says whether retrying can help (``retriable``): consumers retry
 retriable errors with backoff and dead-letter the rest. Errors that a caller
-caused carry the gRPC status they map to, so adapters never answer INTERNAL
-for a caller's mistake.
+caused are CallerErrors; which gRPC status each answers with lives on the gRPC
+side (``medledger.runtime.grpc_status``), so this module stays transport-free.
 """
 
 from __future__ import annotations
-
-import grpc
 
 
 class MedLedgerError(Exception):
     """Base of every error MedLedger raises on purpose."""
 
     retriable: bool = False
-    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
 
 class RetriableError(MedLedgerError):
     """A transient failure: the same operation may succeed later."""
 
     retriable = True
-    status = grpc.StatusCode.UNAVAILABLE
 
 
 class DependencyUnavailable(RetriableError):
@@ -36,32 +32,30 @@ class SettingsError(MedLedgerError):
 class CallerError(MedLedgerError):
     """The caller's request is wrong; retrying it unchanged cannot help."""
 
-    status = grpc.StatusCode.INVALID_ARGUMENT
-
 
 class InvalidArgument(CallerError):
-    status = grpc.StatusCode.INVALID_ARGUMENT
+    """A request field is missing or malformed."""
 
 
 class OutOfRange(CallerError):
-    status = grpc.StatusCode.OUT_OF_RANGE
+    """A position or size lies beyond what exists."""
 
 
 class NotFound(CallerError):
-    status = grpc.StatusCode.NOT_FOUND
+    """The named thing does not exist."""
 
 
 class AlreadyExists(CallerError):
-    status = grpc.StatusCode.ALREADY_EXISTS
+    """The thing to create exists already."""
 
 
 class FailedPrecondition(CallerError):
-    status = grpc.StatusCode.FAILED_PRECONDITION
+    """The system's state does not allow the operation now."""
 
 
 class Unauthenticated(CallerError):
-    status = grpc.StatusCode.UNAUTHENTICATED
+    """The caller did not prove who it is."""
 
 
 class PermissionDenied(CallerError):
-    status = grpc.StatusCode.PERMISSION_DENIED
+    """The caller may not do this."""

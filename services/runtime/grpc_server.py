@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from medledger.runtime.errors import MedLedgerError
+from medledger.runtime.grpc_status import status_of
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,11 @@ Registration = Callable[[grpc.aio.Server], None]
 
 
 async def _abort_with(context: grpc.aio.ServicerContext, error: MedLedgerError) -> None:
-    if error.status == grpc.StatusCode.INTERNAL:
+    status = status_of(error)
+    if status == grpc.StatusCode.INTERNAL:
         log.exception("internal error in handler")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-    await context.abort(error.status, str(error))
+    await context.abort(status, str(error))
 
 
 def wrap_handler(

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medledger.runtime import errors
+from medledger.runtime.grpc_status import error_for
 from medledger.runtime.transport import GrpcTls
 from medledger.runtime.auth import TokenVerifier
 from medledger.v1 import identity_pb2, identity_pb2_grpc
@@ -38,23 +39,12 @@ T = TypeVar("T")
 CALL_TIMEOUT_S = 10.0
 REFRESH_MARGIN_S = 60.0
 
-_STATUS_ERRORS: dict[grpc.StatusCode, type[errors.MedLedgerError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: errors.NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-    grpc.StatusCode.OUT_OF_RANGE: errors.OutOfRange,
-    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
-    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
-}
-
-
 async def _call(what: str, call: Callable[[], Awaitable[T]]) -> T:
     """Run one RPC, translating its failure into a MedLedger error."""
     try:
         return await call()
     except grpc.aio.AioRpcError as exc:
-        error = _STATUS_ERRORS.get(exc.code(), errors.DependencyUnavailable)
+        error = error_for(exc.code())
         raise error(f"identity service, {what}: {exc.details()}") from None
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.settings import Topics, env_int
@@ -73,9 +73,17 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]
             return []
         new = [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config) for s in wanted]
         try:
-            await admin.create_topics(new)
+            response = await admin.create_topics(new)
         except TopicAlreadyExistsError:
-            pass  # another process created it between list and create
+            return []  # another process created them between list and create
+        failed = [
+            f"{name}: {message or for_code(code).__name__}"
+            for name, code, *rest in response.topic_errors
+            for message in [rest[0] if rest else ""]
+            if code not in (0, TopicAlreadyExistsError.errno)
+        ]
+        if failed:  # e.g. no Create ACL on a secured cluster: the operator must declare them
+            raise DependencyUnavailable("cannot create topics: " + "; ".join(failed))
         return [s.name for s in wanted]
     finally:
         await admin.close()

@@ -1,4 +1,4 @@
-"""Transport security settings (DESIGN.md, Security model): TLS or mutual TLS
+"""Transport security settings (docs/architecture.md, Security model): TLS or mutual TLS
 for gRPC, TLS and SASL for Kafka. PostgreSQL TLS is part of each database URL
 (``?sslmode=verify-full&sslrootcert=...``), which asyncpg understands.
 

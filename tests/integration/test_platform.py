@@ -12,21 +12,23 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from medledger.ledger.merkle import leaf_hash
 from medledger.runtime.envelope import envelope
-from medledger.runtime.kafka import publish
-from medledger.runtime.kafka import make_consumer, make_producer
+import pytest
+
+from medledger.runtime.errors import DependencyUnavailable
+from medledger.runtime.kafka import TopicSpec, ensure_topics, make_consumer, make_producer, publish
 from medledger.runtime.postgres import apply_migrations
 from medledger.runtime.settings import Topics
-from medledger.v1 import events_pb2, ledger_pb2
-from medledger.testing.stack import BOOTSTRAP, ServiceProcess
+from medledger.v1 import consent_pb2, events_pb2, ledger_pb2
+from medledger.testing.stack import BOOTSTRAP, PRODUCERS, ServiceProcess, unique
 
 
-async def test_event_envelope_round_trips_through_the_real_broker(topics: Topics) -> None:
-    payload = ledger_pb2.GetEntriesRequest(start=7, count=3)  # any message works as a payload
-    sent = envelope(payload, aggregate_id="patient-123", producer="test", actor="org-1")
+async def test_a_signed_envelope_round_trips_through_the_real_broker(topics: Topics) -> None:
+    payload = consent_pb2.ConsentRevoked(consent_id="c-7", patient_id="patient-123")
+    sent = envelope(payload, aggregate_id="patient-123", producer="consent", actor="org-1")
     producer = make_producer(BOOTSTRAP)
     await producer.start()
     try:
-        await publish(producer, topics.consent_events, sent)
+        value = await publish(producer, topics.consent_events, PRODUCERS.signers["consent"], sent)
     finally:
         await producer.stop()
     consumer = make_consumer(BOOTSTRAP, topics.consent_events, group_id=None)
@@ -35,11 +37,11 @@ async def test_event_envelope_round_trips_through_the_real_broker(topics: Topics
         record = await consumer.getone()
     finally:
         await consumer.stop()
-    got = events_pb2.EventEnvelope.FromString(record.value)
-    assert record.key == b"patient-123"
-    assert got == sent and got.event_type == "medledger.v1.GetEntriesRequest"
-    unpacked = ledger_pb2.GetEntriesRequest()
-    assert got.payload.Unpack(unpacked) and unpacked.start == 7
+    assert record.key == b"patient-123" and record.value == value
+    got = PRODUCERS.verifier(topics.prefix).open(topics.consent_events, record.value)
+    assert got == sent and got.event_type == "medledger.v1.ConsentRevoked"
+    unpacked = consent_pb2.ConsentRevoked()
+    assert got.payload.Unpack(unpacked) and unpacked.consent_id == "c-7"
     assert leaf_hash(record.value) == leaf_hash(sent.SerializeToString())
 
 
@@ -105,3 +107,11 @@ def test_every_service_is_healthy_and_discoverable(spawn: Callable[..., ServiceP
 def test_sigterm_stops_a_service_cleanly(spawn: Callable[..., ServiceProcess]) -> None:
     proc = spawn("records").wait_serving()
     assert proc.stop() == 0
+
+
+async def test_a_topic_the_broker_refuses_to_create_is_an_error_not_silence(stack: None) -> None:
+    """A secured cluster without a Create ACL, or an impossible spec, must
+    stop the caller with the broker's reason instead of a later 'missing topic'."""
+    name = unique("refused")
+    with pytest.raises(DependencyUnavailable, match=name):
+        await ensure_topics(BOOTSTRAP, [TopicSpec(name, 1, {}, replication_factor=3)])  # one broker here

@@ -15,6 +15,7 @@ import functools
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ import pytest
 import yaml
 
 from medledger.ledger.settings import load_signer  # noqa: E402
+from medledger.runtime.envelope import PRODUCER_POLICY  # noqa: E402
 from medledger.runtime.kafka import topic_specs  # noqa: E402
 from medledger.runtime.settings import DEFAULT_PORTS, Topics  # noqa: E402
 
@@ -35,7 +37,15 @@ SOURCES = ROOT / "services"
 SERVICES = tuple(DEFAULT_PORTS)  # identity, consent, records, ledger
 TARGETS = ("base", "overlays/dev", "overlays/production")
 KAFKA_CLUSTER = "medledger"
-KAFKA_BOOTSTRAP = "medledger-kafka-bootstrap:9092"
+KAFKA_BOOTSTRAP = "medledger-kafka-bootstrap:9092"  # the component's plain listener: base and dev
+# Production reaches Kafka only on the TLS listener, as a KafkaUser per service.
+KAFKA_TLS_BOOTSTRAP = "medledger-kafka-bootstrap:9093"
+BOOTSTRAP_BY_SOURCE = {
+    "files": KAFKA_BOOTSTRAP,
+    "base": KAFKA_BOOTSTRAP,
+    "overlays/dev": KAFKA_BOOTSTRAP,
+    "overlays/production": KAFKA_TLS_BOOTSTRAP,
+}
 UID = 10001
 K8S_SCHEMA_VERSION = "1.32.0"
 CORE_KINDS = {"Namespace", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "Job"}
@@ -43,8 +53,9 @@ CORE_KINDS = {"Namespace", "Deployment", "Service", "ServiceAccount", "PodDisrup
 # Either variable satisfies the requirement (the code falls back from one to the other).
 ALTERNATIVES = {"MEDLEDGER_LEDGER_SIGNING_KEY_FILE": "MEDLEDGER_LEDGER_SIGNING_KEY"}
 # Read without a default only once the setting that turns their feature on is set
-# (runtime/transport.py: Kafka SASL and client certificates); the manifests keep Kafka
-# on its in-cluster plaintext listener, so they need not set them.
+# (runtime/transport.py: Kafka SASL and client certificates): base and dev keep Kafka on its
+# in-cluster plaintext listener and need not set them; production's are checked in the Kafka
+# access-control tests below.
 ONLY_WHEN_ENABLED = frozenset(
     {"MEDLEDGER_KAFKA_SASL_USERNAME", "MEDLEDGER_KAFKA_SASL_PASSWORD", "MEDLEDGER_KAFKA_SSL_KEY_FILE"}
 )
@@ -257,6 +268,9 @@ def test_the_code_scan_finds_the_known_settings() -> None:
     assert read_by("ledger", "MEDLEDGER_LEDGER_SIGNING_KEY_FILE")
     assert not read_by("consent", "MEDLEDGER_LEDGER_SIGNING_KEY_FILE")
     assert not read_by("ledger", "MEDLEDGER_NO_SUCH_SETTING")
+    assert read_by("consent", "MEDLEDGER_CONSENT_EVENT_KEY_FILE")
+    assert read_by("ledger", "MEDLEDGER_EVENT_PRODUCER_KEYS_FILE")
+    assert read_by("records", "MEDLEDGER_KAFKA_SASL_PASSWORD_FILE")
     assert {"MEDLEDGER_KAFKA_BOOTSTRAP", "MEDLEDGER_CONSENT_DATABASE_URL"} <= required_by_code("consent")
     assert "MEDLEDGER_LEDGER_SIGNING_KEY_FILE" in required_by_code("ledger")
     assert "MEDLEDGER_LEDGER_PORT" not in required_by_code("ledger")  # it has a default
@@ -426,7 +440,7 @@ def test_manifests_provide_every_required_setting(source: str) -> None:
         env = env_of(container(deployment))
         for var in required(name):
             assert var in env or ALTERNATIVES.get(var) in env, f"{source}: {name} lacks {var}"
-        assert env["MEDLEDGER_KAFKA_BOOTSTRAP"]["value"] == KAFKA_BOOTSTRAP
+        assert env["MEDLEDGER_KAFKA_BOOTSTRAP"]["value"] == BOOTSTRAP_BY_SOURCE[source], f"{source}: {name}"
 
 
 @pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
@@ -504,7 +518,8 @@ def test_network_policies_allow_only_what_each_service_needs(source: str) -> Non
                     if labels.get("strimzi.io/cluster") == KAFKA_CLUSTER:
                         kafka_ports |= ports
         assert databases == {f"medledger-{name}-db"}, f"{source}: {name} reaches databases {databases}"
-        assert 9092 in kafka_ports, f"{source}: {name} cannot reach Kafka"
+        bootstrap_port = int(BOOTSTRAP_BY_SOURCE[source].rpartition(":")[2])
+        assert bootstrap_port in kafka_ports, f"{source}: {name} cannot reach Kafka on {bootstrap_port}"
 
 
 # ---- Kafka (Strimzi) -----------------------------------------------------------------------------
@@ -575,6 +590,275 @@ def test_postgres_clusters_can_meet_their_synchronous_replication(target: str) -
             assert cluster["spec"]["instances"] > sync["number"], cluster["metadata"]["name"]
         elif target.endswith("production"):
             pytest.fail(f"{cluster['metadata']['name']}: production without synchronous replication")
+
+
+# ---- event-signing keys ----------------------------------------------------------------------
+
+# The services that sign what they publish: every service some topic's producer policy names.
+EVENT_SIGNERS = frozenset(s for types in PRODUCER_POLICY.values() for allowed in types.values() for s in allowed)
+EVENT_PRODUCER_KEYS_SECRET = "medledger-event-producer-keys"
+
+
+def event_key_secret(service: str) -> str:
+    return f"medledger-{service}-event-key"
+
+
+def pod_secret_names(pod: dict[str, Any]) -> set[str]:
+    """Every Secret a pod can read: volumes (plain and projected) and environment."""
+    names = set()
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            names.add(volume["secret"]["secretName"])
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                names.add(source["secret"]["name"])
+    for c in [*pod.get("containers", []), *pod.get("initContainers", [])]:
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                names.add(ref["name"])
+        for source in c.get("envFrom", []):
+            if "secretRef" in source:
+                names.add(source["secretRef"]["name"])
+    return names
+
+
+def file_source(deployment: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret name, key) a file path in the container comes from; fails unless it is one
+    item of a mounted Secret."""
+    c = container(deployment)
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(mounts) == 1, f"{deployment['metadata']['name']}: {path} is on {len(mounts)} mounts"
+    secret = volumes[mounts[0]["name"]].get("secret")
+    assert secret, f"{deployment['metadata']['name']}: {path} is not from a Secret"
+    file_name = path.removeprefix(mounts[0]["mountPath"].rstrip("/") + "/")
+    keys = [item["key"] for item in secret.get("items", []) if item["path"] == file_name]
+    assert keys, f"{deployment['metadata']['name']}: {path}: no item of Secret {secret['secretName']} lands there"
+    return secret["secretName"], keys[0]
+
+
+def test_event_signers_are_the_producing_services() -> None:
+    """Guards the set the next test uses: if the policy named nobody, it would pass vacuously."""
+    assert EVENT_SIGNERS == {"identity", "consent", "records"}
+
+
+@pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
+def test_event_signing_keys_are_mounted_only_into_their_own_service(source: str) -> None:
+    """Each producing service's private event key is in its own pods and in no other; every
+    pod (the ledger's too) gets the pinned producer keys."""
+    for name, deployment in by_name(documents(source), "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        env = env_of(container(deployment))
+        where = f"{source}: {name}"
+        key_vars = {var for var in env if re.fullmatch(r"MEDLEDGER_[A-Z0-9]+_EVENT_KEY_FILE", var)}
+        key_secrets = {s for s in pod_secret_names(pod) if re.fullmatch(r"medledger-[a-z0-9]+-event-key", s)}
+        if name in EVENT_SIGNERS:
+            own = f"MEDLEDGER_{name.upper()}_EVENT_KEY_FILE"
+            assert key_vars == {own}, f"{where}: event key settings {key_vars}"
+            assert file_source(deployment, env[own]["value"])[0] == event_key_secret(name), where
+            assert key_secrets == {event_key_secret(name)}, f"{where} can read {key_secrets}"
+        else:
+            assert not key_vars and not key_secrets, f"{where} gets event keys {key_vars or key_secrets}"
+        producers = env.get("MEDLEDGER_EVENT_PRODUCER_KEYS_FILE")
+        assert producers, f"{where} lacks MEDLEDGER_EVENT_PRODUCER_KEYS_FILE"
+        assert file_source(deployment, producers["value"])[0] == EVENT_PRODUCER_KEYS_SECRET, where
+
+
+# ---- Kafka access control (production) -----------------------------------------------------------
+
+_T = Topics()
+# Which topics each service writes and reads (k8s/README.md, Kafka access control). The writers
+# of the event topics are also the code's producer policy (checked below); the readers follow the
+# consumers in the code: identity's outbox relay reconciles from its topic; consent's projection
+# follows identities, consents and the ledger's entries; records projects identities, consents,
+# its own records and disclosures; the ledger sequences the four event topics and reads the last
+# record of each of its own to resume after it.
+PRODUCES = {
+    "identity": {_T.identity_events},
+    "consent": {_T.consent_events, _T.access_events},
+    "records": {_T.records_events, _T.access_events},
+    "ledger": {_T.ledger_entries, _T.ledger_checkpoints, _T.ledger_rejected},
+}
+CONSUMES = {
+    "identity": {_T.identity_events},
+    "consent": {_T.identity_events, _T.consent_events, _T.ledger_entries},
+    "records": {_T.identity_events, _T.consent_events, _T.records_events, _T.access_events},
+    "ledger": {*_T.event_topics, _T.ledger_entries, _T.ledger_checkpoints, _T.ledger_rejected},
+}
+KAFKA_USERS = {service: f"medledger-{service}" for service in SERVICES}
+ACL_OPERATIONS = {"Read", "Write", "Describe"}  # everything else (All, Alter, Create, Delete, ...) is refused
+CLUSTER_CA_SECRET = f"{KAFKA_CLUSTER}-cluster-ca-cert"
+PROTOCOL_FOR = {"scram-sha-512": "SASL_SSL", "tls": "SSL"}
+
+
+def kafka_acls(user: dict[str, Any]) -> dict[str, set[str]]:
+    """operation -> topic names a KafkaUser's ACLs allow it on."""
+    allowed: dict[str, set[str]] = {}
+    for acl in user["spec"]["authorization"].get("acls", []):
+        for operation in acl.get("operations", []) + ([acl["operation"]] if "operation" in acl else []):
+            allowed.setdefault(operation, set()).add(acl["resource"].get("name", ""))
+    return allowed
+
+
+def test_the_acl_table_agrees_with_the_code() -> None:
+    """The writers are the producer policy's (consumers refuse an event from anyone else, so a
+    wider Write ACL would only let a service fill a topic with events everyone drops); every
+    topic has a writer and a reader; and the consumers need no Group or TransactionalId ACL."""
+    writers: dict[str, set[str]] = {s: set() for s in SERVICES}
+    for topic, types in PRODUCER_POLICY.items():
+        for allowed in types.values():
+            for service in allowed:
+                writers[service].add(topic)
+    writers["ledger"] |= {_T.ledger_entries, _T.ledger_checkpoints, _T.ledger_rejected}
+    assert writers == PRODUCES
+    every_topic = {s.name for s in topic_specs(Topics())}
+    assert set().union(*PRODUCES.values()) == every_topic
+    assert set().union(*CONSUMES.values()) == every_topic
+    # No consumer group: each consumer assigns partitions itself (group_id=None), so no Group
+    # ACL; no transactions, so no TransactionalId ACL.
+    consumers = 0
+    for path, tree in _parsed():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg == "transactional_id":
+                pytest.fail(f"{rel(path)}: a transactional producer needs a TransactionalId ACL")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "make_consumer":
+                group = next((k.value for k in node.keywords if k.arg == "group_id"), None)
+                assert isinstance(group, ast.Constant) and group.value is None, f"{rel(path)}:{node.lineno} uses a group"
+                consumers += 1
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "AIOKafkaConsumer":
+                assert rel(path) == "services/runtime/kafka.py", f"{rel(path)}: a consumer outside make_consumer"
+    assert consumers >= 3
+
+
+def test_every_service_has_a_kafka_user_with_exactly_its_acls() -> None:
+    docs = documents("overlays/production")
+    users = by_name(docs, "KafkaUser")
+    assert set(users) == set(KAFKA_USERS.values()), f"KafkaUsers {sorted(users)}"
+    for service, user_name in KAFKA_USERS.items():
+        user = users[user_name]
+        assert user["apiVersion"] == "kafka.strimzi.io/v1", user_name
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == KAFKA_CLUSTER, user_name
+        assert user["spec"]["authentication"]["type"] in PROTOCOL_FOR, user_name
+        assert user["spec"]["authorization"]["type"] == "simple", user_name
+        acls = kafka_acls(user)
+        assert acls.get("Write", set()) == PRODUCES[service], f"{user_name} writes {acls.get('Write')}"
+        assert acls.get("Read", set()) == CONSUMES[service], f"{user_name} reads {acls.get('Read')}"
+        assert acls.get("Describe", set()) == PRODUCES[service] | CONSUMES[service], f"{user_name} describes"
+
+
+def test_no_kafka_user_gets_more_than_read_write_describe_on_named_topics() -> None:
+    users = of_kind(documents("overlays/production"), "KafkaUser")
+    assert users
+    for user in users:
+        name = user["metadata"]["name"]
+        for acl in user["spec"]["authorization"]["acls"]:
+            resource = acl["resource"]
+            assert resource["type"] == "topic", f"{name}: an ACL on a {resource['type']}"
+            assert resource.get("patternType") == "literal", f"{name}: {resource} is a prefix pattern"
+            assert resource.get("name") and "*" not in resource["name"], f"{name}: {resource} is a wildcard"
+            assert "operation" not in acl, f"{name}: the v1 API has only 'operations'"
+            assert acl["operations"] and set(acl["operations"]) <= ACL_OPERATIONS, f"{name}: {acl['operations']}"
+            assert acl.get("type", "allow") == "allow" and acl.get("host", "*") == "*", f"{name}: {acl}"
+
+
+@pytest.mark.parametrize("target", ["overlays/dev", "overlays/production"])
+def test_kafka_authorization_and_listeners_fit_together(target: str) -> None:
+    """With authorization on, every listener authenticates (an anonymous client would be
+    refused everything) and every user's mechanism is the listener's. Production has it on,
+    and nothing but TLS."""
+    docs = documents(target)
+    (kafka,) = of_kind(docs, "Kafka")
+    spec = kafka["spec"]["kafka"]
+    listeners = spec["listeners"]
+    users = of_kind(docs, "KafkaUser")
+    if target.endswith("production"):
+        assert spec.get("authorization", {}).get("type") == "simple"
+        assert users
+        for listener in listeners:
+            assert listener["tls"] is True, f"{listener['name']} is plaintext"
+    if spec.get("authorization"):
+        for listener in listeners:
+            assert listener.get("authentication", {}).get("type") in PROTOCOL_FOR, f"{listener['name']} is anonymous"
+    else:
+        assert not users, f"{target}: KafkaUsers without authorization grant nothing"
+    mechanisms = {listener.get("authentication", {}).get("type") for listener in listeners}
+    for user in users:
+        assert user["spec"]["authentication"]["type"] in mechanisms, user["metadata"]["name"]
+
+
+def _self_signed_ca() -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cluster-ca")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_production_services_reach_kafka_over_tls_as_their_own_user(tmp_path: Path) -> None:
+    """Each Deployment points at the authenticated TLS listener, trusts the cluster CA and
+    holds its own user's credentials and no other user's; and runtime/transport.py, fed the
+    rendered settings and files, builds exactly that client."""
+    from medledger.runtime.transport import kafka_security
+
+    docs = documents("overlays/production")
+    (kafka,) = of_kind(docs, "Kafka")
+    users = by_name(docs, "KafkaUser")
+    listeners = {listener["port"]: listener for listener in kafka["spec"]["kafka"]["listeners"]}
+    ca = _self_signed_ca()
+    for name, deployment in by_name(docs, "Deployment").items():
+        env = env_of(container(deployment))
+        value = {var: e["value"] for var, e in env.items() if "value" in e}
+        where = f"production: {name}"
+        host, _, port = value["MEDLEDGER_KAFKA_BOOTSTRAP"].rpartition(":")
+        assert host == f"{KAFKA_CLUSTER}-kafka-bootstrap", where
+        listener = listeners[int(port)]
+        assert listener["tls"] is True and listener.get("authentication"), f"{where}: listener {listener['name']}"
+        user = users[KAFKA_USERS[name]]
+        mechanism = user["spec"]["authentication"]["type"]
+        assert listener["authentication"]["type"] == mechanism, where
+        assert value["MEDLEDGER_KAFKA_SECURITY_PROTOCOL"] == PROTOCOL_FOR[mechanism], where
+        assert file_source(deployment, value["MEDLEDGER_KAFKA_SSL_CA_FILE"]) == (CLUSTER_CA_SECRET, "ca.crt"), where
+        assert "MEDLEDGER_KAFKA_SASL_PASSWORD" not in env, f"{where}: a password in the pod spec"
+        if mechanism == "scram-sha-512":
+            assert value["MEDLEDGER_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", where
+            assert value["MEDLEDGER_KAFKA_SASL_USERNAME"] == KAFKA_USERS[name], where
+            password = file_source(deployment, value["MEDLEDGER_KAFKA_SASL_PASSWORD_FILE"])
+            assert password == (KAFKA_USERS[name], "password"), where
+        else:
+            assert file_source(deployment, value["MEDLEDGER_KAFKA_SSL_CERT_FILE"]) == (KAFKA_USERS[name], "user.crt")
+            assert file_source(deployment, value["MEDLEDGER_KAFKA_SSL_KEY_FILE"]) == (KAFKA_USERS[name], "user.key")
+        others = set(KAFKA_USERS.values()) - {KAFKA_USERS[name]}
+        readable = pod_secret_names(deployment["spec"]["template"]["spec"])
+        assert not readable & others, f"{where} can read {readable & others}"
+
+        # What transport.py makes of it, with each mounted file replaced by a local one.
+        files = {}
+        for var, path in value.items():
+            if var.startswith("MEDLEDGER_KAFKA_") and var.endswith("_FILE"):
+                local = tmp_path / name / path.lstrip("/")
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_bytes(ca if file_source(deployment, path)[1] == "ca.crt" else b"s3cret\n")
+                files[var] = str(local)
+        options = kafka_security({**value, **files})
+        assert options["security_protocol"] == PROTOCOL_FOR[mechanism], where
+        context = options["ssl_context"]
+        assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED, where
+        if mechanism == "scram-sha-512":
+            assert options["sasl_mechanism"] == "SCRAM-SHA-512", where
+            assert (options["sasl_plain_username"], options["sasl_plain_password"]) == (KAFKA_USERS[name], "s3cret")
 
 
 # ---- schema validation -----------------------------------------------------------------------

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import grpc
 
@@ -10,17 +11,12 @@ from medledger.runtime.grpc_status import error_for, status_of
 from medledger.runtime.logs import JsonFormatter
 
 
-def test_caller_errors_map_to_their_status_and_are_not_retriable() -> None:
-    cases = {
-        errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-        errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
-        errors.NotFound: grpc.StatusCode.NOT_FOUND,
-        errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-        errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-        errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-        errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    }
-    for cls, status in cases.items():
+def test_caller_errors_map_to_the_status_of_their_name_and_back_and_are_not_retriable() -> None:
+    """InvalidArgument <-> INVALID_ARGUMENT, ... for every caller error there is."""
+    kinds = errors.CallerError.__subclasses__()
+    assert len(kinds) == 7
+    for cls in kinds:
+        status = grpc.StatusCode[re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).upper()]
         assert status_of(cls("x")) == status
         assert not cls("x").retriable
         assert error_for(status) is cls
