@@ -59,3 +59,7 @@ class Unauthenticated(CallerError):
 
 class PermissionDenied(CallerError):
     """The caller may not do this."""
+
+
+class ResourceExhausted(CallerError):
+    """The caller asked for more than a limit allows (size, rate, streams)."""

@@ -21,6 +21,7 @@ _STATUS_OF: dict[type[errors.MedLedgerError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.CallerError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.RetriableError: grpc.StatusCode.UNAVAILABLE,
 }
