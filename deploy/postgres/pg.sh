@@ -12,14 +12,28 @@
 #   url [DB]           print postgresql://postgres@127.0.0.1:PORT/DB
 #   logs [-f] [N]      show the last N (default 100) lines of the server log; -f follows it
 #   reset              stop the cluster and delete its data directory
+#   where              print the cluster directory (data/, socket/, postgres.log) this checkout uses
 #
 # Settings (environment): MEDLEDGER_RUN_DIR (default <repo>/.run), MEDLEDGER_PG_PORT (default 55432),
 #   MEDLEDGER_PG_BIN (a PostgreSQL bin directory to use instead of /usr/lib/postgresql/<newest>/bin),
-#   MEDLEDGER_PG_START_TIMEOUT (seconds, default 60).
+#   MEDLEDGER_PG_START_TIMEOUT (seconds, default 60),
+#   MEDLEDGER_PG_CLUSTERS_DIR (where root keeps clusters, default /var/lib/postgresql/medledger),
+#   MEDLEDGER_PG_DIR (use exactly this cluster directory; overrides the rules below).
 #
-# Layout under $MEDLEDGER_RUN_DIR/postgres: data/ (PGDATA), socket/ (unix socket), postgres.log.
+# A cluster directory holds data/ (PGDATA), socket/ (unix socket; /tmp/medledger-pg-<hash> instead
+# when that path would be too long for a socket) and postgres.log. Where it is:
+#   - as a normal user: $MEDLEDGER_RUN_DIR/postgres; the server runs as that user.
+#   - as root: initdb/pg_ctl must run as the `postgres` OS user (initdb refuses to run as root), and
+#     that user often cannot reach the checkout (a clone in /root or in a 0700 mktemp dir). So the
+#     cluster lives in $MEDLEDGER_PG_CLUSTERS_DIR/<first 12 hex of sha256(real path of
+#     $MEDLEDGER_RUN_DIR)>, owned by `postgres`, one per checkout; $MEDLEDGER_RUN_DIR/postgres/cluster
+#     and .../postgres.log are symlinks to it. The symlink is what keeps the cluster: a stopped cluster
+#     that no run directory points at any more (its checkout or its .run was deleted, e.g. by
+#     `make clean`) is deleted by the next `start`, as its data would have been with the checkout.
+#   - a cluster already in $MEDLEDGER_RUN_DIR/postgres/data (made by a normal user, or by root
+#     before clusters moved out of the checkout) keeps being used there; as root, its server runs as
+#     the owner of that data directory. `reset` deletes it, and the next root `start` moves out.
 # The cluster listens on 127.0.0.1 only and trusts every local connection: development use only.
-# When run as root, initdb/pg_ctl run as the `postgres` OS user (initdb refuses to run as root).
 # The Debian-managed system cluster (pg_ctlcluster, port 5432) is never touched.
 set -euo pipefail
 
@@ -32,14 +46,44 @@ PG_PORT="$MEDLEDGER_PG_PORT"
 PG_HOST=127.0.0.1
 START_TIMEOUT="${MEDLEDGER_PG_START_TIMEOUT:-60}"
 case "$MEDLEDGER_RUN_DIR" in /*) ;; *) MEDLEDGER_RUN_DIR="$PWD/$MEDLEDGER_RUN_DIR" ;; esac
-PG_DIR="$MEDLEDGER_RUN_DIR/postgres"
-PG_DATA="$PG_DIR/data"
-PG_SOCKET_DIR="$PG_DIR/socket"
-PG_LOG="$PG_DIR/postgres.log"
+PG_LINK_DIR="$MEDLEDGER_RUN_DIR/postgres"   # in the checkout: the cluster itself, or symlinks to it
+PG_CLUSTERS_DIR="$(realpath -m -- "${MEDLEDGER_PG_CLUSTERS_DIR:-/var/lib/postgresql/medledger}")"
 PG_CONF_NAME=medledger.conf   # our settings; included from postgresql.conf
 PG_OS_USER=postgres           # OS user that owns the cluster when this script runs as root
+PG_SLOT=""                    # set when PG_DIR is root's per-checkout slot under $PG_CLUSTERS_DIR
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# slot_for RUNDIR -> root's cluster directory for that run directory (a real, absolute path)
+slot_for() { printf '%s/%s\n' "$PG_CLUSTERS_DIR" "$(printf '%s' "$1" | sha256sum | cut -c1-12)"; }
+
+# Where this checkout's cluster is (see the header).
+if [ -n "${MEDLEDGER_PG_DIR:-}" ]; then
+  PG_DIR="$(realpath -m -- "$MEDLEDGER_PG_DIR")"
+elif [ -e "$PG_LINK_DIR/data" ]; then
+  PG_DIR="$PG_LINK_DIR"
+  if is_root; then
+    _owner="$(stat -c %U "$PG_DIR/data")"
+    [ "$_owner" = root ] || PG_OS_USER="$_owner"
+    unset _owner
+  fi
+elif is_root; then
+  PG_DIR="$(slot_for "$(realpath -m -- "$MEDLEDGER_RUN_DIR")")"
+  PG_SLOT=1
+elif [ -L "$PG_LINK_DIR/cluster" ]; then
+  # root's cluster for this checkout: status can probe it; start/stop say to run them as root.
+  PG_DIR="$(readlink -- "$PG_LINK_DIR/cluster")"
+else
+  PG_DIR="$PG_LINK_DIR"
+fi
+PG_DATA="$PG_DIR/data"
+PG_SOCKET_DIR="$PG_DIR/socket"
+# A unix socket path is limited to 107 bytes ("/.s.PGSQL.NNNNN" adds 15): a deep checkout gets a
+# short socket directory of its own in /tmp instead (clients here connect over TCP anyway).
+if [ $((${#PG_SOCKET_DIR} + 15)) -gt 100 ]; then
+  PG_SOCKET_DIR="/tmp/medledger-pg-$(printf '%s' "$PG_DIR" | sha256sum | cut -c1-12)"
+fi
+PG_LOG="$PG_DIR/postgres.log"
 
 url() { printf 'postgresql://postgres@%s:%s/%s\n' "$PG_HOST" "$PG_PORT" "$1"; }
 
@@ -117,18 +161,32 @@ as_owner() {
 
 # Create $PG_DIR (and socket dir) owned by the cluster owner and check the owner can reach it.
 prepare_dirs() {
-  mkdir -p "$PG_DIR" "$PG_SOCKET_DIR"
+  mkdir -p "$PG_DIR"
+  if [ "${PG_SOCKET_DIR#"$PG_DIR"/}" = "$PG_SOCKET_DIR" ]; then
+    # The short socket directory in /tmp: private, and nobody else's (a name in /tmp can be taken).
+    mkdir -p -m 0700 "$PG_SOCKET_DIR" || die "cannot create $PG_SOCKET_DIR"
+    local sock_owner; sock_owner="$(stat -c %U "$PG_SOCKET_DIR")"
+    if [ "$sock_owner" != "$(id -un)" ] && ! { is_root && [ "$sock_owner" = "$PG_OS_USER" ]; }; then
+      die "$PG_SOCKET_DIR (the unix socket directory for $PG_DIR) belongs to $sock_owner; remove it, or set MEDLEDGER_RUN_DIR to a shorter path"
+    fi
+  else
+    mkdir -p "$PG_SOCKET_DIR"
+  fi
   if is_root; then
     id -u "$PG_OS_USER" >/dev/null 2>&1 || die "OS user '$PG_OS_USER' does not exist (it comes with the Debian postgresql packages); run: apt-get install -y postgresql"
     chown "$PG_OS_USER:$PG_OS_USER" "$PG_DIR" "$PG_SOCKET_DIR"
     [ ! -e "$PG_LOG" ] || chown "$PG_OS_USER:$PG_OS_USER" "$PG_LOG"
+    [ ! -e "$PG_DIR/.pg.sh.lock" ] || chown "$PG_OS_USER:$PG_OS_USER" "$PG_DIR/.pg.sh.lock"
     if ! runuser -u "$PG_OS_USER" -- test -x "$PG_DIR" -a -w "$PG_DIR"; then
       local d="$PG_DIR" blocker=""
       while [ "$d" != "/" ]; do
         d="$(dirname "$d")"
         runuser -u "$PG_OS_USER" -- test -x "$d" || blocker="$d"
       done
-      die "the '$PG_OS_USER' OS user cannot reach $PG_DIR: ${blocker:-a parent directory} is not searchable by it ($(stat -c '%A %U:%G' "${blocker:-$PG_DIR}")). Fix with 'chmod o+x ${blocker:-<dir>}', or set MEDLEDGER_RUN_DIR to a directory it can reach (e.g. /tmp/medledger-run)"
+      if [ "$PG_DIR" = "$PG_LINK_DIR" ]; then
+        die "the '$PG_OS_USER' OS user cannot reach the cluster in $PG_DIR: ${blocker:-a parent directory} is not searchable by it ($(stat -c '%A %U:%G' "${blocker:-$PG_DIR}")). Fix with 'chmod o+x ${blocker:-<dir>}', or discard that cluster with '$0 reset' so the next start creates one under $PG_CLUSTERS_DIR"
+      fi
+      die "the '$PG_OS_USER' OS user cannot reach $PG_DIR: ${blocker:-a parent directory} is not searchable by it ($(stat -c '%A %U:%G' "${blocker:-$PG_DIR}")). Fix with 'chmod o+x ${blocker:-<dir>}', or set MEDLEDGER_PG_DIR / MEDLEDGER_PG_CLUSTERS_DIR to a directory it can reach"
     fi
   elif [ -d "$PG_DATA" ] && [ "$(stat -c %u "$PG_DATA")" != "$(id -u)" ]; then
     die "$PG_DATA belongs to $(stat -c %U "$PG_DATA"), not $(id -un); run this script as root (or that user), or use another MEDLEDGER_RUN_DIR"
@@ -136,6 +194,63 @@ prepare_dirs() {
   # A unix socket path is limited to 107 bytes.
   local sock="$PG_SOCKET_DIR/.s.PGSQL.$PG_PORT"
   [ "${#sock}" -le 100 ] || die "unix socket path $sock is too long (${#sock} > 100 bytes); set MEDLEDGER_RUN_DIR to a shorter path"
+}
+
+# ------------------------------------------------------------ root's per-checkout slots
+
+slot_owner() { cat "$1/owner" 2>/dev/null; }
+
+# slot_in_use SLOT: the run directory recorded in SLOT/owner still points at SLOT.
+slot_in_use() {
+  local owner; owner="$(slot_owner "$1")" && [ -n "$owner" ] || return 1
+  [ "$(readlink -- "$owner/postgres/cluster" 2>/dev/null)" = "$1" ]
+}
+
+# claim_slot (start, under the lock): record this run directory as the slot's owner and point
+# $PG_LINK_DIR at it. A stopped cluster left in the slot by an earlier run directory at this path
+# that was deleted (make clean) is discarded first, as it would have been inside that directory.
+claim_slot() {
+  [ -n "$PG_SLOT" ] || return 0
+  local me owner; me="$(realpath -m -- "$MEDLEDGER_RUN_DIR")"
+  owner="$(slot_owner "$PG_DIR" || true)"
+  if [ -n "$owner" ] && [ "$owner" != "$me" ]; then
+    die "$PG_DIR belongs to $owner (path hash collision); set MEDLEDGER_PG_DIR for this checkout"
+  fi
+  if ! slot_in_use "$PG_DIR" && { [ -e "$PG_DATA" ] || [ -e "$PG_DIR/data.initdb" ]; }; then
+    if postmaster_pid >/dev/null; then
+      log "adopting the running cluster in $PG_DIR (its pointer in $PG_LINK_DIR was deleted)"
+    else
+      log "discarding $PG_DATA: left by an earlier $MEDLEDGER_RUN_DIR that was deleted"
+      rm -rf "$PG_DATA" "$PG_DIR/data.initdb" "$PG_DIR/initdb.log"
+      [ ! -e "$PG_LOG" ] || : >"$PG_LOG"
+    fi
+  fi
+  printf '%s\n' "$me" >"$PG_DIR/owner"
+  mkdir -p "$PG_LINK_DIR" || die "cannot create $PG_LINK_DIR"
+  ln -sfn "$PG_DIR" "$PG_LINK_DIR/cluster"
+  ln -sfn "$PG_LOG" "$PG_LINK_DIR/postgres.log"
+}
+
+# prune_slots (root start): delete stopped clusters under $PG_CLUSTERS_DIR that no run directory
+# points at any more (their checkout was deleted), skipping any another pg.sh is busy with.
+prune_slots() {
+  [ -n "$PG_SLOT" ] && [ -d "$PG_CLUSTERS_DIR" ] || return 0
+  local slot owner
+  for slot in "$PG_CLUSTERS_DIR"/*/; do
+    slot="${slot%/}"
+    [ "$slot" != "$PG_DIR" ] && [ -f "$slot/owner" ] || continue
+    slot_in_use "$slot" && continue
+    PG_DATA="$slot/data" postmaster_pid >/dev/null && continue
+    owner="$(slot_owner "$slot" || true)"
+    if (
+      exec 8>>"$slot/.pg.sh.lock"
+      flock -n 8 || exit 1
+      ! slot_in_use "$slot" && ! PG_DATA="$slot/data" postmaster_pid >/dev/null || exit 1
+      rm -rf "$slot"
+    ); then
+      log "deleted the stopped cluster $slot of ${owner:-?}, which no longer points at it"
+    fi
+  done
 }
 
 # Serialise start/stop/reset so two concurrent callers do not initdb or start twice.
@@ -263,8 +378,11 @@ init_cluster() {
 }
 
 cmd_start() {
+  if [ -n "$PG_SLOT" ]; then (umask 022 && mkdir -p "$PG_CLUSTERS_DIR") || die "cannot create $PG_CLUSTERS_DIR"; fi
   take_lock
   prepare_dirs
+  claim_slot
+  prune_slots
   select_bin
   local pid port
   if pid="$(postmaster_pid)"; then
@@ -299,6 +417,8 @@ cmd_start() {
 # -------------------------------------------------------------- stop/status
 
 cmd_stop() {
+  # Root's slot: do not create an empty one just to find nothing in it.
+  if [ -n "$PG_SLOT" ] && [ ! -f "$PG_DATA/PG_VERSION" ]; then log "not initialised ($PG_DATA); nothing to stop"; return 0; fi
   take_lock
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then log "not initialised ($PG_DATA); nothing to stop"; return 0; fi
   local pid
@@ -385,6 +505,12 @@ cmd_logs() {
 
 cmd_reset() {
   cmd_stop
+  if [ -n "$PG_SLOT" ]; then
+    rm -f "$PG_LINK_DIR/cluster" "$PG_LINK_DIR/postgres.log"
+    if [ -d "$PG_DIR" ]; then rm -rf "$PG_DIR"; log "deleted $PG_DIR"; else log "no data directory at $PG_DATA"; fi
+    return 0
+  fi
+  [ "${PG_SOCKET_DIR#"$PG_DIR"/}" != "$PG_SOCKET_DIR" ] || rm -rf "$PG_SOCKET_DIR"
   if [ -e "$PG_DATA" ] || [ -e "$PG_DIR/data.initdb" ]; then
     rm -rf "$PG_DATA" "$PG_DIR/data.initdb"
     log "deleted $PG_DATA"
@@ -408,6 +534,7 @@ main() {
     url) url "${1:-<db>}" ;;
     logs) cmd_logs "$@" ;;
     reset) cmd_reset "$@" ;;
+    where) printf '%s\n' "$PG_DIR" ;;
     -h|--help|help) usage ;;
     *) usage; [ -z "$cmd" ] || die "unknown command: $cmd"; exit 2 ;;
   esac
