@@ -13,3 +13,7 @@ py="$MEDLEDGER_VENV/bin/python"
 if [ -f deploy/bench_consent.py ]; then
   "$py" deploy/bench_consent.py
 fi
+"$py" deploy/bench_metrics.py   # the metrics' own cost, in-process
+"$py" deploy/bench_records.py
+"$py" deploy/bench_audit.py --events "${BENCH_EVENTS:-1000000}"
+"$py" deploy/bench_monitor.py

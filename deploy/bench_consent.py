@@ -6,8 +6,9 @@ CheckAccess p99 <= 3 ms; revoke -> denied everywhere <= 1 s).
    over the canonical terms, as GrantConsent would record them) are produced
    straight to consent.events; then two consent replicas start and load them
    into their projections (time to SERVING, RSS).
-2. CheckAccess over gRPC with N consents loaded, as a SERVICE asking for a
-   practitioner: one client issuing sequential calls (latency), then four
+2. CheckAccess over gRPC with N consents loaded, as the records service asks
+   it: forwarding the practitioner's own token (the decision is always for the
+   token's subject): one client issuing sequential calls (latency), then four
    concurrent clients across both replicas (throughput and latency under load).
    Every call is a real decision: token verified, projection read,
    AccessDecided handed to Kafka.
@@ -52,6 +53,7 @@ from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import consent_pb2_grpc
 from medledger.testing.consent import consent_env, grant_request, terms
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
+from medledger.testing.metrics import Scraper, add_metrics_arguments, metrics_env, metrics_note
 from medledger.testing.stack import BOOTSTRAP, PRODUCERS, PG_SERVER_URL, ServiceProcess, free_port
 
 CATEGORIES = ["Observation", "Condition", "MedicationRequest", "DiagnosticReport", "Immunization"]
@@ -123,8 +125,9 @@ async def mirrored_consents(url: str, n: int, deadline: float) -> int:
         await asyncio.sleep(0.5)
 
 
-def check_request(requester: str, patient: str, category: str) -> pb.CheckAccessRequest:
-    return pb.CheckAccessRequest(requester_id=requester, patient_id=patient, purpose=pb.PURPOSE_TREATMENT, category=category)
+def check_request(patient: str, category: str) -> pb.CheckAccessRequest:
+    """For the caller's token's subject (the practitioner whose token is forwarded)."""
+    return pb.CheckAccessRequest(patient_id=patient, purpose=pb.PURPOSE_TREATMENT, category=category)
 
 
 def timed_checks(stub: consent_pb2_grpc.ConsentServiceStub, metadata: tuple[tuple[str, str], ...],
@@ -158,6 +161,7 @@ async def main() -> None:
     parser.add_argument("--per-patient", type=int, default=10)
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--revokes", type=int, default=20)
+    add_metrics_arguments(parser)
     args = parser.parse_args()
     command = "python deploy/bench_consent.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"# consent benchmark: {command}", flush=True)
@@ -172,7 +176,7 @@ async def main() -> None:
                MEDLEDGER_RUN_DIR=str(tmp), MEDLEDGER_LOG_LEVEL="WARNING",
                MEDLEDGER_IDENTITY_ADDRESS=f"127.0.0.1:{identity_port}", MEDLEDGER_IDENTITY_PORT=str(identity_port),
                MEDLEDGER_IDENTITY_DATABASE_URL=dbs["identity"], MEDLEDGER_CONSENT_DATABASE_URL=dbs["consent"],
-               **PRODUCERS.write(tmp / "producers"))
+               **PRODUCERS.write(tmp / "producers"), **metrics_env(args))
     operator_key = generate_key()
     processes: list[ServiceProcess] = []
     try:
@@ -183,7 +187,7 @@ async def main() -> None:
         harness = IdentityHarness(identity.address, operator_key, identity, identity_vars)
         org = harness.organization()
         doc = harness.practitioner(org)
-        asker = harness.service()
+        asker = doc  # the records service forwards the reading practitioner's own token
         patient = harness.patient(org)
 
         t = time.monotonic()
@@ -215,16 +219,18 @@ async def main() -> None:
         channels = [grpc.insecure_channel(r.address) for r in replicas]
         stubs = [consent_pb2_grpc.ConsentServiceStub(c) for c in channels]
         rng = random.Random(11)
-        requests = [check_request(doc.identity_id, rng.choice(patients), rng.choice(CATEGORIES)) for _ in range(args.calls)]
+        requests = [check_request(rng.choice(patients), rng.choice(CATEGORIES)) for _ in range(args.calls)]
         warm: list[float] = []
         timed_checks(stubs[0], asker.metadata, requests[:500], warm, {})
         latencies: list[float] = []
         outcomes: dict[str, int] = {}
         t = time.monotonic()
-        timed_checks(stubs[0], asker.metadata, requests, latencies, outcomes)
+        with Scraper([r.metrics_url for r in (identity, *replicas)], args.scrape_metrics_every) as scraper:
+            timed_checks(stubs[0], asker.metadata, requests, latencies, outcomes)
         elapsed = time.monotonic() - t
         print(f"CheckAccess, 1 client, sequential, {len(latencies):,} calls with {len(records):,} consents loaded: "
-              f"{summary(latencies)} ({len(latencies) / elapsed:,.0f}/s; {outcomes}; target p99 <= 3 ms)", flush=True)
+              f"{summary(latencies)} ({len(latencies) / elapsed:,.0f}/s; {outcomes}; target p99 <= 3 ms; "
+              f"{metrics_note(args, scraper)})", flush=True)
 
         loaded: list[list[float]] = [[] for _ in range(4)]
         outcomes = {}
@@ -246,7 +252,7 @@ async def main() -> None:
         for _ in range(args.revokes):
             grant = terms(patient.identity_id, doc.identity_id, signer_key_id=patient.key_id)
             stubs[0].GrantConsent(grant_request(patient.private_key, grant), metadata=patient.metadata, timeout=15)
-            probe = check_request(doc.identity_id, patient.identity_id, "Observation")
+            probe = check_request(patient.identity_id, "Observation")
             deadline = time.monotonic() + 5
             while stubs[1].CheckAccess(probe, metadata=asker.metadata, timeout=5).decision != pb.DECISION_ALLOW:
                 assert time.monotonic() < deadline, "grant never reached replica b"

@@ -13,7 +13,8 @@
 4. Ledger RSS at N entries.
 
 Everything runs on loopback against a throw-away topic prefix and database.
-Usage: python deploy/bench_ledger.py [--events N] [--rate R] [--seconds S]
+Usage: python deploy/bench_ledger.py [--events N] [--rate R] [--seconds S] [--sequencing-only]
+       [--without-grpc-metrics | --scrape-metrics-every SECONDS]   (the metrics' cost: docs/benchmarks.md)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from medledger.runtime.settings import Topics
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.ledger import sample_envelope
+from medledger.testing.metrics import Scraper, add_metrics_arguments, metrics_env, metrics_note
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port
 
 
@@ -191,6 +193,8 @@ async def main() -> None:
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--proof-calls", type=int, default=2000)
+    parser.add_argument("--sequencing-only", action="store_true", help="stop after the sequencing throughput and RSS")
+    add_metrics_arguments(parser)
     args = parser.parse_args()
     command = "python deploy/bench_ledger.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     topics = Topics(f"bench_{uuid.uuid4().hex[:8]}.")
@@ -207,7 +211,7 @@ async def main() -> None:
                MEDLEDGER_LEDGER_SIGNING_KEY_FILE=str(key), MEDLEDGER_LEDGER_ORIGIN="bench.medledger.local/ledger",
                MEDLEDGER_LOG_LEVEL="WARNING", MEDLEDGER_IDENTITY_ADDRESS=f"127.0.0.1:{identity_port}",
                MEDLEDGER_IDENTITY_PORT=str(identity_port), MEDLEDGER_IDENTITY_DATABASE_URL=identity_db,
-               **PRODUCERS.write(tmp / "producers"))
+               **PRODUCERS.write(tmp / "producers"), **metrics_env(args))
     print(f"# ledger benchmark: {command}", flush=True)
     print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine", flush=True)
 
@@ -219,20 +223,24 @@ async def main() -> None:
     try:
         ledger.wait_serving(120)
         t = time.monotonic()
-        while True:
-            n, _ = await count_entries(db)
-            if n >= args.events:
-                break
-            if time.monotonic() - t > 1800:
-                raise SystemExit(f"sequencing stalled at {n}")
-            await asyncio.sleep(0.5)
+        with Scraper([ledger.metrics_url], args.scrape_metrics_every) as scraper:
+            while True:
+                n, _ = await count_entries(db)
+                if n >= args.events:
+                    break
+                if time.monotonic() - t > 1800:
+                    raise SystemExit(f"sequencing stalled at {n}")
+                await asyncio.sleep(0.5)
         n, span = await sequencing_window(db)
         rate = n / span if span else float("nan")
-        print(f"sequencing throughput: {n} events in {span:.2f}s = {rate:,.0f} events/s (target >= 20,000)", flush=True)
+        print(f"sequencing throughput: {n} events in {span:.2f}s = {rate:,.0f} events/s (target >= 20,000; "
+              f"{metrics_note(args, scraper)})", flush=True)
 
         proc = psutil.Process(ledger.proc.pid)  # type: ignore[union-attr]
         rss = proc.memory_info().rss / 2**20
         print(f"ledger RSS at {n:,} entries: {rss:.0f} MB (target <= 300 MB)", flush=True)
+        if args.sequencing_only:
+            return
 
         t = time.monotonic()
         await wait_published(topics.ledger_entries, n)
@@ -249,7 +257,10 @@ async def main() -> None:
         harness = IdentityHarness(identity.address, operator_key, identity, id_env)
         token = harness.auditor().token
         harness.close()
-        audit_cmd = [str(Path(sys.executable).parent / "medledger"), "audit", "verify", "--ledger", ledger.address]
+        pinned = tmp / "ledger.pub"  # the auditor pins the key; producer signatures: deploy/bench_audit.py
+        pinned.write_text(NoteSigner.from_signer_key(key.read_text()).verifier_key + "\n")
+        audit_cmd = [str(Path(sys.executable).parent / "medledger"), "audit", "verify", "--ledger", ledger.address,
+                     "--verifier-key-file", str(pinned), "--hashes-only", "--no-progress"]
         for attempt in ("first (cold) run", "second run"):
             audit_out = subprocess.run(audit_cmd + ["--token", token], capture_output=True, text=True, env=env)
             result = audit_out.stdout.strip().splitlines()[-1] if audit_out.returncode == 0 else audit_out.stderr.strip()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole local stack: a real Kafka broker, a real PostgreSQL, the four services.
+# The whole local stack: a real Kafka broker, a real PostgreSQL, the four services and the access monitor.
 #   stack.sh up      install what is missing, start everything, wait for SERVING
 #   stack.sh down    stop services, Kafka and PostgreSQL
 #   stack.sh status  one line per part
@@ -15,7 +15,7 @@ infra() {
   bash "$HERE/bootstrap.sh"
   bash "$HERE/kafka/kafka.sh" start
   bash "$HERE/postgres/pg.sh" start
-  bash "$HERE/postgres/pg.sh" createdb "${MEDLEDGER_SERVICES[@]/#/medledger_}"
+  bash "$HERE/postgres/pg.sh" createdb "${MEDLEDGER_DATABASES[@]/#/medledger_}"
   "$MEDLEDGER_BIN" topics ensure
   mkdir -p "$MEDLEDGER_KEYS_DIR"
   chmod 700 "$MEDLEDGER_KEYS_DIR"
@@ -23,8 +23,11 @@ infra() {
     log "generating the local checkpoint signing key (never committed) in $MEDLEDGER_LEDGER_SIGNING_KEY_FILE"
     "$MEDLEDGER_BIN" ledger keygen --out "$MEDLEDGER_LEDGER_SIGNING_KEY_FILE"
   fi
+  # What auditors pin (`medledger audit verify --verifier-key-file`), derived from the key, not the service.
+  "$MEDLEDGER_BIN" ledger verifier-key --signing-key-file "$MEDLEDGER_LEDGER_SIGNING_KEY_FILE" \
+    >"$MEDLEDGER_KEYS_DIR/ledger-checkpoint.pub"
   local svc var
-  for svc in identity consent records; do
+  for svc in identity consent records monitor; do
     var="MEDLEDGER_${svc^^}_EVENT_KEY_FILE"
     if [ ! -f "${!var}" ]; then
       log "generating the $svc event-signing key (never committed) in ${!var}"
@@ -33,6 +36,8 @@ infra() {
   done
   [ -f "$MEDLEDGER_IDENTITY_TOKEN_KEY_FILE" ] || "$MEDLEDGER_BIN" identity keygen --out "$MEDLEDGER_IDENTITY_TOKEN_KEY_FILE" >/dev/null
   [ -f "$MEDLEDGER_IDENTITY_DATA_KEY_FILE" ] || "$MEDLEDGER_BIN" identity keygen --data-key --out "$MEDLEDGER_IDENTITY_DATA_KEY_FILE" >/dev/null
+  [ -f "$MEDLEDGER_CONSENT_DATA_KEY_FILE" ] || "$MEDLEDGER_BIN" identity keygen --data-key --out "$MEDLEDGER_CONSENT_DATA_KEY_FILE" >/dev/null
+  [ -f "$MEDLEDGER_RECORDS_KEK_FILE" ] || "$MEDLEDGER_BIN" identity keygen --data-key --out "$MEDLEDGER_RECORDS_KEK_FILE" >/dev/null
   if [ ! -f "$MEDLEDGER_OPERATOR_KEY_FILE" ]; then
     log "generating the bootstrap operator key (the first organization) in $MEDLEDGER_OPERATOR_KEY_FILE"
     "$MEDLEDGER_BIN" identity keygen --out "$MEDLEDGER_OPERATOR_KEY_FILE" | tee /dev/stderr \
@@ -41,6 +46,7 @@ infra() {
 }
 
 service_port() { local v="MEDLEDGER_${1^^}_PORT"; echo "${!v}"; }
+metrics_port() { local v="MEDLEDGER_${1^^}_METRICS_PORT"; echo "${!v}"; }
 
 start_service() {
   local name="$1" pidfile="$SVC_DIR/$1.pid" port
@@ -50,6 +56,7 @@ start_service() {
     return
   fi
   require_free_port "$port" "the $name service"
+  [ "$(metrics_port "$name")" = 0 ] || require_free_port "$(metrics_port "$name")" "the $name service's metrics"
   nohup "$MEDLEDGER_BIN" serve "$name" >>"$SVC_DIR/$name.log" 2>&1 &
   echo $! >"$pidfile"
   log "$name started (pid $!), log $SVC_DIR/$name.log"
@@ -87,10 +94,12 @@ up() {
   # Check every port first, so a taken port stops us before anything starts.
   for s in "${MEDLEDGER_SERVICES[@]}"; do
     pid_alive "$SVC_DIR/$s.pid" || require_free_port "$(service_port "$s")" "the $s service"
+    pid_alive "$SVC_DIR/$s.pid" || [ "$(metrics_port "$s")" = 0 ] || require_free_port "$(metrics_port "$s")" "the $s service's metrics"
   done
   start_service identity
   "$MEDLEDGER_BIN" health --wait 60 identity >/dev/null || die "identity did not become SERVING; see $SVC_DIR/identity.log"
   register_service_identity consent
+  register_service_identity records
   for s in "${MEDLEDGER_SERVICES[@]}"; do start_service "$s"; done
   if ! "$MEDLEDGER_BIN" health --wait 90 >/dev/null; then
     "$MEDLEDGER_BIN" health || true
@@ -101,6 +110,14 @@ up() {
   echo "  kafka       127.0.0.1:$MEDLEDGER_KAFKA_PORT"
   echo "  postgresql  postgresql://postgres@127.0.0.1:$MEDLEDGER_PG_PORT/ (databases medledger_<service>)"
   "$MEDLEDGER_BIN" health | sed 's/^/  /'
+  echo "  metrics (Prometheus text format; alerts and dashboard in k8s/components/monitoring):"
+  for s in "${MEDLEDGER_SERVICES[@]}"; do
+    if [ "$(metrics_port "$s")" = 0 ]; then
+      printf '    %-9s off (MEDLEDGER_%s_METRICS_PORT=0)\n' "$s" "${s^^}"
+    else
+      printf '    %-9s http://127.0.0.1:%s/metrics\n' "$s" "$(metrics_port "$s")"
+    fi
+  done
   echo "  logs        make logs    stop: make down"
 }
 
@@ -116,7 +133,7 @@ status() {
   bash "$HERE/postgres/pg.sh" status || rc=1
   for s in "${MEDLEDGER_SERVICES[@]}"; do
     if pid_alive "$SVC_DIR/$s.pid"; then
-      echo "$s: running (pid $(cat "$SVC_DIR/$s.pid")) on 127.0.0.1:$(service_port "$s") $("$MEDLEDGER_BIN" health "$s" 2>/dev/null | awk '{print $3}')"
+      echo "$s: running (pid $(cat "$SVC_DIR/$s.pid")) on 127.0.0.1:$(service_port "$s") $("$MEDLEDGER_BIN" health "$s" 2>/dev/null | awk '{print $3}'), metrics :$(metrics_port "$s")"
     else
       echo "$s: stopped"; rc=1
     fi

@@ -22,7 +22,7 @@ from medledger.identity import cli as identity_cli
 from medledger.ledger import cli as ledger_cli
 from medledger.runtime import cli as events_cli
 from medledger.runtime.errors import SettingsError
-from medledger.runtime.settings import DEFAULT_PORTS, Topics, env_str
+from medledger.runtime.settings import DEFAULT_PORTS, PROCESS_PORTS, Topics, env_str
 from medledger.runtime.transport import GrpcTls
 
 app = typer.Typer(help="MedLedger: patient-controlled records with a verifiable ledger.", no_args_is_help=True)
@@ -39,6 +39,7 @@ APPS = {
     "consent": "medledger.consent.app:ConsentApp",
     "records": "medledger.records.app:RecordsApp",
     "ledger": "medledger.ledger.app:LedgerApp",
+    "monitor": "medledger.monitor.process:MonitorProcess",
 }
 
 
@@ -48,7 +49,7 @@ def _load_app(name: str) -> Any:
 
 
 @app.command()
-def serve(name: Annotated[str, typer.Argument(help="identity | consent | records | ledger")]) -> None:
+def serve(name: Annotated[str, typer.Argument(help="identity | consent | records | ledger | monitor")]) -> None:
     """Run one service until SIGTERM."""
     from medledger.runtime.host import ServiceHost
     from medledger.runtime.logs import configure_logging
@@ -58,16 +59,21 @@ def serve(name: Annotated[str, typer.Argument(help="identity | consent | records
         console.print(f"unknown service {name!r}; choose one of {', '.join(APPS)}")
         raise typer.Exit(2)
     try:
-        settings = CommonSettings.from_env(name, DEFAULT_PORTS[name])
-        tls = GrpcTls.from_env()
-        credentials = tls.server_credentials(settings.grpc_host)
         factory = _load_app(name)
-        service = factory.from_env() if hasattr(factory, "from_env") else factory()
+        if getattr(factory, "standalone", False):  # a process of its own (the monitor: no database, no API)
+            process = factory.from_env()
+            log_level, main = process.log_level, process.run()
+        else:
+            settings = CommonSettings.from_env(name, DEFAULT_PORTS[name])
+            tls = GrpcTls.from_env()
+            credentials = tls.server_credentials(settings.grpc_host)
+            service = factory.from_env() if hasattr(factory, "from_env") else factory()
+            log_level, main = settings.log_level, ServiceHost(service, settings, credentials).run()
     except SettingsError as exc:
         console.print(f"[red]{name}: {exc}[/red]")
         raise typer.Exit(2) from None
-    configure_logging(name, settings.log_level)
-    _run_loop(ServiceHost(service, settings, credentials).run())
+    configure_logging(name, log_level)
+    _run_loop(main)
 
 
 def _run_loop(main: Any) -> None:
@@ -116,7 +122,7 @@ def health(
         states = {}
         for name in chosen:
             host = env_str(f"MEDLEDGER_{name.upper()}_HOST", "127.0.0.1")
-            port = env_str(f"MEDLEDGER_{name.upper()}_PORT", str(DEFAULT_PORTS[name]))
+            port = env_str(f"MEDLEDGER_{name.upper()}_PORT", str(PROCESS_PORTS[name]))
             states[name] = (f"{host}:{port}", _health(f"{host}:{port}", 1.0))
         if all(s == "SERVING" for _, s in states.values()) or time.monotonic() >= deadline:
             break

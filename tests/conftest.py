@@ -3,17 +3,15 @@ deploy scripts when they are not running yet; random names per test."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from medledger.ledger.note import NoteSigner
 from medledger.runtime.kafka import delete_topics, ensure_topics, topic_specs
 from medledger.runtime.postgres import drop_database, ensure_database
-from medledger.runtime.settings import DEFAULT_PORTS, Topics
+from medledger.runtime.settings import Topics
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.stack import (
     BOOTSTRAP,
@@ -25,6 +23,7 @@ from medledger.testing.stack import (
     ServiceProcess,
     free_port,
     port_open,
+    service_environment,
     unique,
 )
 
@@ -96,23 +95,7 @@ def service_env(
     topics: Topics, database_factory: Callable[[str], str], tmp_path: Path, producer_env: dict[str, str]
 ) -> dict[str, str]:
     """Environment for service processes of one test: own topics, databases, ports."""
-    env = dict(os.environ)
-    env.update(
-        MEDLEDGER_KAFKA_BOOTSTRAP=BOOTSTRAP,
-        MEDLEDGER_TOPIC_PREFIX=topics.prefix,
-        MEDLEDGER_RUN_DIR=str(tmp_path),
-        MEDLEDGER_LOG_LEVEL="INFO",
-        **producer_env,
-    )
-    key_file = tmp_path / "ledger-checkpoint.key"
-    key_file.write_text(NoteSigner.generate(LEDGER_ORIGIN).signer_key + "\n")
-    env["MEDLEDGER_LEDGER_SIGNING_KEY_FILE"] = str(key_file)
-    env["MEDLEDGER_LEDGER_ORIGIN"] = LEDGER_ORIGIN
-    for name in DEFAULT_PORTS:
-        env[f"MEDLEDGER_{name.upper()}_DATABASE_URL"] = database_factory(name)
-        env[f"MEDLEDGER_{name.upper()}_PORT"] = str(free_port())
-    env["MEDLEDGER_IDENTITY_ADDRESS"] = f"127.0.0.1:{env['MEDLEDGER_IDENTITY_PORT']}"
-    return env
+    return service_environment(topics, database_factory, tmp_path, producer_env, LEDGER_ORIGIN)
 
 
 @pytest.fixture

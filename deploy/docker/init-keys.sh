@@ -15,6 +15,12 @@
 #   $KEYS_DIR/producers/event-producers.pub  their pinned verifier keys (every service reads it)
 #   $KEYS_DIR/consent/identity.key       the consent service's own identity key (and .pub),
 #                                        registered by register-services.sh
+#   $KEYS_DIR/consent/data.key           the consent service's data key (seals break-glass
+#                                        justifications and review notes)
+#   $KEYS_DIR/records/identity.key       the records service's own identity key (and .pub),
+#                                        registered by register-services.sh
+#   $KEYS_DIR/records/kek.key            the key-encryption key wrapping every patient's
+#                                        record data key (losing it loses every record)
 #
 # Kubernetes does not use this script: keys come from Secrets (k8s/README.md).
 set -eu
@@ -59,6 +65,9 @@ keygen(keys / "identity" / "token.key")
 keygen(keys / "identity" / "data.key", data_key=True)
 keygen(keys / "operator" / "operator.key")
 keygen(keys / "consent" / "identity.key")
+keygen(keys / "consent" / "data.key", data_key=True)
+keygen(keys / "records" / "identity.key")
+keygen(keys / "records" / "kek.key", data_key=True)
 operator_pub = keys / "operator" / "operator.key.pub"
 copy = keys / "identity" / "operator.key.pub"
 if not copy.exists():

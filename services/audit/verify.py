@@ -1,4 +1,7 @@
-"""Verify a ledger end to end, trusting nothing but the verifier key.
+"""A strict auditor for tests and helpers: the same per-entry checks as a
+full audit (checks.TreeReplay), raising at the first problem instead of
+reporting every one. ``medledger audit verify`` uses pipeline.run, which
+reports and locates everything.
 
 Pure: feed it entries in index order and signed checkpoints; it recomputes
 every leaf hash, the hash chain and the RFC 6962 root, and checks each
@@ -10,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from medledger.audit.checks import Findings, TreeReplay
 from medledger.ledger import merkle, note
 
 
@@ -17,8 +21,16 @@ class AuditFailure(Exception):
     """The log does not verify; says where and why."""
 
     def __init__(self, reason: str, index: int | None = None) -> None:
-        super().__init__(reason if index is None else f"entry {index}: {reason}")
+        super().__init__(reason)
         self.index = index
+
+
+@dataclass(frozen=True)
+class _Entry:
+    index: int
+    event: bytes
+    leaf_hash: bytes
+    chain_hash: bytes
 
 
 @dataclass
@@ -28,22 +40,19 @@ class LogAuditor:
 
     verifier: note.NoteVerifier
     origin: str | None = None
-    tree: merkle.CompactRange = field(default_factory=merkle.CompactRange.empty)
-    chain: bytes = merkle.GENESIS_CHAIN
+    replay: TreeReplay = field(default_factory=TreeReplay)
     roots: dict[int, bytes] = field(default_factory=dict)
     checked: int = 0
 
+    @property
+    def tree(self) -> merkle.CompactRange:
+        return self.replay.tree
+
     def add(self, index: int, event: bytes, leaf_hash: bytes, chain_hash: bytes) -> None:
-        if index != self.tree.size:
-            raise AuditFailure(f"expected index {self.tree.size}, got {index} (gap or reorder)", index)
-        computed_leaf = merkle.leaf_hash(event)
-        if computed_leaf != leaf_hash:
-            raise AuditFailure("leaf hash does not match the event bytes", index)
-        computed_chain = merkle.chain_hash(self.chain, computed_leaf)
-        if computed_chain != chain_hash:
-            raise AuditFailure("chain hash does not follow from the previous entry", index)
-        self.chain = computed_chain
-        self.tree.append(computed_leaf)
+        findings = Findings()
+        self.replay.add([_Entry(index, event, leaf_hash, chain_hash)], findings)
+        if findings:
+            raise AuditFailure(findings.items[0].describe(), index)
 
     def remember_root(self) -> None:
         self.roots[self.tree.size] = self.tree.root()
@@ -55,11 +64,8 @@ class LogAuditor:
             cp = note.open_checkpoint(signed_note, self.verifier, origin=self.origin)
         except note.NoteError as exc:
             raise AuditFailure(f"checkpoint signature or format invalid: {exc}") from None
-        if cp.size == self.tree.size:
-            expected = self.tree.root()
-        elif cp.size in self.roots:
-            expected = self.roots[cp.size]
-        else:
+        expected = self.tree.root() if cp.size == self.tree.size else self.roots.get(cp.size)
+        if expected is None:
             raise AuditFailure(f"checkpoint of size {cp.size} but {self.tree.size} entries were replayed")
         if cp.root != expected:
             raise AuditFailure(

@@ -19,7 +19,7 @@ import asyncpg
 import grpc
 from aiokafka import AIOKafkaProducer
 
-from medledger.consent import store
+from medledger.consent import metrics, store
 from medledger.consent.api import ALLOWED_KINDS, ConsentApi
 from medledger.consent.commands import ConsentCommands, Ports
 from medledger.consent.decision_log import DecisionLog
@@ -30,7 +30,7 @@ from medledger.consent.settings import ConsentSettings
 from medledger.consent.stream import ConsentStream
 from medledger.consent.tokens import caching_verifier, preload_keys
 from medledger.runtime.auth import AuthInterceptor
-from medledger.runtime.errors import DependencyUnavailable
+from medledger.runtime.errors import DependencyUnavailable, SettingsError
 from medledger.runtime.background import BackgroundTasks
 from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
@@ -38,6 +38,7 @@ from medledger.runtime.identity_client import IdentityClient, ServiceCredentials
 from medledger.runtime.kafka import ensure_topics, topic_specs
 from medledger.runtime.outbox import Outbox, OutboxRelay
 from medledger.runtime.retry import keep_running, with_backoff
+from medledger.runtime.revocation_feed import RevocationFeed
 from medledger.runtime.settings import DEFAULT_PORTS, CommonSettings
 from medledger.v1 import consent_pb2, consent_pb2_grpc
 
@@ -71,11 +72,17 @@ class ConsentApp:
         )
         self.mirror = ConsentMirror(common.kafka_bootstrap, common.topics.consent_events, self._pool, settings.events)
         self.verifier = caching_verifier(settings.identity_address)
+        self.revocations = RevocationFeed.from_env(settings.events)  # tokens revoked since issue
         self.client: IdentityClient | None = None
         self.directory: IdentityDirectory | None = None
         self.leader = False
         self.background = BackgroundTasks()
         self._stop = self.background.stop
+        metrics.watch_replica(
+            self.stream.staleness, settings.max_staleness_s, lambda: self.decision_log.unrecorded,
+            lambda: self.projection.consent_count,
+        )
+        metrics.BREAK_GLASS_REVIEW.led_by(lambda: self.leader)
 
     @classmethod
     def from_env(cls) -> "ConsentApp":
@@ -117,12 +124,13 @@ class ConsentApp:
         return [register]
 
     def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
-        return [AuthInterceptor(self.verifier, (), ALLOWED_KINDS)]
+        return [AuthInterceptor(self.verifier, (), ALLOWED_KINDS, audience="consent", revocations=self.revocations)]
 
     def _spawn(self, what: str, job: Callable[[], Awaitable[None]]) -> None:
         self.background.start(keep_running(what, job, self._stop))
 
     async def on_ready(self, ctx: ServiceContext) -> None:
+        await self._check_sealed_texts(ctx.pool)
         s = ctx.settings
         mine = (s.topics.consent_events, s.topics.access_events)  # what it writes; readers need not create
         await ensure_topics(s.kafka_bootstrap, [t for t in topic_specs(s.topics) if t.name in mine])
@@ -131,7 +139,8 @@ class ConsentApp:
                         "MEDLEDGER_CONSENT_IDENTITY_ID and MEDLEDGER_CONSENT_KEY_FILE")
         else:
             credentials = ServiceCredentials(
-                self.settings.identity_address, self.settings.service_identity_id, self.settings.service_key
+                self.settings.identity_address, self.settings.service_identity_id, self.settings.service_key,
+                audience=("identity",),
             )
             self.client = IdentityClient(self.settings.identity_address, credentials)
             self.directory = IdentityServiceDirectory(self.client)
@@ -141,11 +150,27 @@ class ConsentApp:
             name="consent outbox relay",
         )
         self.background.start(self.relay.run(self._stop))
+        self.background.start(self.revocations.follow(s.kafka_bootstrap, s.topics.identity_events, self._stop))
         self._spawn("consent projection", self.stream.run)
         self._spawn("access decision log", self.decision_log.run)
         self._spawn("housekeeping", self._housekeeping)
         self.background.start(self._preload_token_keys())
         self.background.start(self._freeze_when_loaded())
+
+    async def _check_sealed_texts(self, pool: asyncpg.Pool) -> None:
+        """Stop if the data key is not the one this database's texts were
+        sealed with; seal any justification still stored in plaintext."""
+        sealer = self.commands.sealer
+        async with pool.acquire() as conn:
+            recorded = await store.check_data_key(conn, sealer.kek_id)
+            if recorded != sealer.kek_id:
+                raise SettingsError(
+                    f"the consent data key ({sealer.kek_id}) is not the one this database was sealed with "
+                    f"({recorded}); set MEDLEDGER_CONSENT_DATA_KEY_FILE to the original key"
+                )
+            sealed = await store.seal_plaintext_justifications(conn, sealer)
+        if sealed:
+            log.info("sealed break-glass justifications stored in plaintext", extra={"count": sealed})
 
     async def _preload_token_keys(self) -> None:
         await with_backoff("token keys", lambda: preload_keys(self.verifier, self.settings.identity_address), self._stop)
@@ -170,6 +195,7 @@ class ConsentApp:
                 await self.stream.caught_up.wait()
                 while not self._stop.is_set():
                     await self.commands.expire_due()
+                    await metrics.BREAK_GLASS_REVIEW.refresh(conn)
                     await self._pause(self.settings.expiry_interval_s)
             finally:
                 self.leader = False
@@ -191,4 +217,7 @@ class ConsentApp:
         self.ctx = None
 
     def ready(self) -> bool:
-        return self.ctx is not None and self.stream.staleness() <= self.settings.max_staleness_s
+        return (
+            self.ctx is not None and self.stream.staleness() <= self.settings.max_staleness_s
+            and self.revocations.fresh()
+        )

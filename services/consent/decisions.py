@@ -9,7 +9,8 @@ Rules (issue 5, docs/architecture.md, Security model):
   category or record.
 - Purpose EMERGENCY (HL7 ETREAT, a kind of TREAT) is covered by a consent for
   TREATMENT; otherwise only by a break-glass the requester invoked that is
-  still in effect, under an organization where its membership is still active.
+  still in effect (not expired, not reviewed INAPPROPRIATE), under an
+  organization where its membership is still active.
 - Expiry needs no event: the window is compared with the clock.
 - A DENY names the most nearly matching consent and why it did not cover the
   request, so a patient or integrator can see what to change.
@@ -103,7 +104,7 @@ def _break_glass(state: PatientState, requester: IdentityFacts, now: datetime) -
     for record in state.break_glass.values():
         if (
             record.practitioner_id == requester.identity_id
-            and now < record.valid_until
+            and record.in_effect(now)
             and record.organization_id in requester.organizations
         ):
             return record
@@ -169,4 +170,4 @@ def who_can_access(view: AccessView, patient_id: str, now: datetime) -> dict[int
 
 
 def active_break_glass(state: PatientState, now: datetime) -> list[BreakGlassRecord]:
-    return [r for r in state.break_glass.values() if now < r.valid_until]
+    return [r for r in state.break_glass.values() if r.in_effect(now)]

@@ -31,7 +31,9 @@ from typing import Hashable, Mapping, TypeVar
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from medledger.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from medledger.runtime.errors import (
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
+)
 from medledger.v1 import consent_pb2 as pb
 
 # HL7 v3 ActReason (PurposeOfUse) codes, the system FHIR uses for them.
@@ -59,6 +61,16 @@ GRANTEE_KINDS: Mapping[str, int] = MappingProxyType({
 })
 # A legal representative is a person: registered as a patient or a practitioner.
 REPRESENTATIVE_KINDS = frozenset({"PATIENT", "PRACTITIONER"})
+# The fixed list a break-glass reason comes from.
+BREAK_GLASS_REASONS = frozenset(pb.BreakGlassReason.values()) - {pb.BREAK_GLASS_REASON_UNSPECIFIED}
+# What an organization may state as the legal basis of an appointment.
+ORGANIZATION_LEGAL_BASES = frozenset({
+    pb.LEGAL_BASIS_PARENTAL_RESPONSIBILITY, pb.LEGAL_BASIS_COURT_ORDER, pb.LEGAL_BASIS_POWER_OF_ATTORNEY,
+    pb.LEGAL_BASIS_STATUTORY_SURROGATE,
+})
+# What a review may conclude.
+REVIEW_OUTCOMES = frozenset({pb.REVIEW_STATUS_APPROVED, pb.REVIEW_STATUS_INAPPROPRIATE})
+SHA256_BYTES = 32
 
 
 
@@ -167,6 +179,32 @@ class ConsentRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for a command: an identity id and its kind (from the token)."""
+
+    identity_id: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """Where the review of a break-glass or an appointment stands."""
+
+    status: int
+    reviewer_id: str = ""
+    reviewed_at: datetime | None = None
+    note_sha256: bytes = b""
+
+    @property
+    def pending(self) -> bool:
+        return self.status == pb.REVIEW_STATUS_PENDING
+
+
+PENDING_REVIEW = Review(pb.REVIEW_STATUS_PENDING)
+NO_REVIEW = Review(pb.REVIEW_STATUS_NOT_REQUIRED)
+
+
+@dataclass(frozen=True, slots=True)
 class BreakGlassRecord:
     break_glass_id: str
     patient_id: str
@@ -176,6 +214,32 @@ class BreakGlassRecord:
     invoked_at: datetime
     valid_until: datetime
     event_id: str
+    reason: int = pb.BREAK_GLASS_REASON_UNSPECIFIED
+    review: Review = PENDING_REVIEW
+
+    def in_effect(self, now: datetime) -> bool:
+        """Still allowing access: not expired, not found inappropriate."""
+        return now < self.valid_until and self.review.status != pb.REVIEW_STATUS_INAPPROPRIATE
+
+
+@dataclass(frozen=True, slots=True)
+class RepresentationRecord:
+    """One appointment of a legal representative, active or ended."""
+
+    representation_id: str
+    patient_id: str
+    representative_id: str
+    appointed_by: str
+    legal_basis: int
+    evidence_sha256: bytes
+    appointed_at: datetime
+    review: Review
+    ended_by: str = ""
+    ended_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +251,15 @@ class PatientState:
     # grantee id -> ids of the consents naming it, oldest first
     grants: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     break_glass: Mapping[str, BreakGlassRecord] = field(default_factory=dict)
+    # representation id -> appointment, oldest first; representatives: the
+    # representative ids of the active ones
+    representations: Mapping[str, RepresentationRecord] = field(default_factory=dict)
     representatives: frozenset[str] = frozenset()
+
+    def active_representation(self, representative_id: str) -> RepresentationRecord | None:
+        return next(
+            (r for r in self.representations.values() if r.active and r.representative_id == representative_id), None
+        )
 
     def consents_for(self, grantee_id: str) -> tuple[ConsentRecord, ...]:
         return tuple(self.consents[c] for c in self.grants.get(grantee_id, ()))
@@ -270,23 +342,56 @@ class InvokeBreakGlass:
     organization_id: str
     justification_sha256: bytes
     valid_until: datetime
+    reason: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewBreakGlass:
+    break_glass_id: str
+    reviewer: Actor
+    outcome: int
+    note_sha256: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class RegisterRepresentative:
+    """An appointment: signed by the patient (``patient_signed``, its signature
+    already verified by the adapter) or made by the patient's registering
+    organization, stating the legal basis and the evidence's SHA-256."""
+
+    representation_id: str
     representative: IdentityFacts
     patient: IdentityFacts
     by: str
+    legal_basis: int = pb.LEGAL_BASIS_UNSPECIFIED
+    evidence_sha256: bytes = b""
+    appointment: bytes = b""
+    signature: bytes = b""
+
+    @property
+    def patient_signed(self) -> bool:
+        return bool(self.appointment)
 
 
 @dataclass(frozen=True, slots=True)
 class EndRepresentation:
     representative_id: str
     patient: IdentityFacts
-    by: str
+    by: Actor
 
 
-Command = GrantConsent | RevokeConsent | ExpireConsent | InvokeBreakGlass | RegisterRepresentative | EndRepresentation
+@dataclass(frozen=True, slots=True)
+class ReviewRepresentation:
+    representation_id: str
+    reviewer: Actor
+    outcome: int
+    note_sha256: bytes
+
+
+Command = (
+    GrantConsent | RevokeConsent | ExpireConsent | InvokeBreakGlass | ReviewBreakGlass | RegisterRepresentative
+    | EndRepresentation | ReviewRepresentation
+)
 
 
 def break_glass_organization(practitioner: IdentityFacts, requested: str) -> str:
@@ -305,9 +410,68 @@ def break_glass_organization(practitioner: IdentityFacts, requested: str) -> str
     return next(iter(practitioner.organizations))
 
 
-def _may_manage_representatives(patient: IdentityFacts, by: str) -> bool:
-    """The patient, or the organization that registered (and identity-proofed) them."""
-    return by == patient.identity_id or (bool(patient.registered_by) and by == patient.registered_by)
+def require_break_glass_allowance(invoked_in_last_day: int, daily_limit: int) -> None:
+    """A practitioner may break the glass at most daily_limit times in any 24
+    hours: emergencies are rare, and a practitioner opening record after record
+    this way is what the limit stops."""
+    if invoked_in_last_day >= daily_limit:
+        raise ResourceExhausted(
+            f"the practitioner already invoked {invoked_in_last_day} break-glass accesses in the last 24 hours "
+            f"(limit {daily_limit}); ask the patient for consent or a colleague"
+        )
+
+
+def require_break_glass_reason(reason: int) -> None:
+    if reason not in BREAK_GLASS_REASONS:
+        raise InvalidArgument("reason is required: a BreakGlassReason other than UNSPECIFIED")
+
+
+def require_review_outcome(outcome: int) -> None:
+    if outcome not in REVIEW_OUTCOMES:
+        raise InvalidArgument("outcome must be REVIEW_STATUS_APPROVED or REVIEW_STATUS_INAPPROPRIATE")
+
+
+def may_review_break_glass(reviewer: Actor, record: BreakGlassRecord) -> bool:
+    """An auditor, or the organization the break-glass was made under."""
+    return reviewer.kind == "AUDITOR" or (reviewer.kind == "ORGANIZATION" and reviewer.identity_id == record.organization_id)
+
+
+def _require_pending(review: Review, what: str) -> None:
+    if review.status == pb.REVIEW_STATUS_NOT_REQUIRED:
+        raise FailedPrecondition(f"{what} needs no review: the patient made it with their own signature")
+    if not review.pending:
+        raise FailedPrecondition(f"{what} was reviewed already by {review.reviewer_id}")
+
+
+def _appointment_event(state: PatientState, command: RegisterRepresentative) -> pb.RepresentativeRegistered:
+    """The patient's own signed appointment, or the registering organization's
+    stating its legal basis and evidence (flagged for review)."""
+    patient = command.patient
+    if command.patient_signed:
+        return pb.RepresentativeRegistered(
+            patient_id=state.patient_id, representative_id=command.representative.identity_id,
+            registered_by=patient.identity_id, representation_id=command.representation_id,
+            legal_basis=pb.LEGAL_BASIS_PATIENT_SIGNED, appointment=command.appointment, signature=command.signature,
+        )
+    if command.by == patient.identity_id:
+        raise PermissionDenied("a patient appoints a representative by signing a RepresentativeAppointment")
+    if not patient.registered_by or command.by != patient.registered_by:
+        raise PermissionDenied("only the patient, by signature, or the organization that registered them can appoint a representative")
+    if command.legal_basis not in ORGANIZATION_LEGAL_BASES:
+        raise InvalidArgument("an organization's appointment needs legal_basis (not UNSPECIFIED nor PATIENT_SIGNED)")
+    if len(command.evidence_sha256) != SHA256_BYTES:
+        raise InvalidArgument("an organization's appointment needs evidence_sha256: the evidence document's 32-byte SHA-256")
+    return pb.RepresentativeRegistered(
+        patient_id=state.patient_id, representative_id=command.representative.identity_id, registered_by=command.by,
+        representation_id=command.representation_id, legal_basis=command.legal_basis,
+        evidence_sha256=command.evidence_sha256, review_required=True,
+    )
+
+
+def may_end_representation(by: Actor, record: RepresentationRecord) -> bool:
+    """The patient, an auditor, the representative (resigning), or whoever
+    made that appointment (an organization undoing its own)."""
+    return by.identity_id in (record.patient_id, record.representative_id, record.appointed_by) or by.kind == "AUDITOR"
 
 
 def decide(state: PatientState, command: Command) -> list[Message]:
@@ -339,29 +503,63 @@ def decide(state: PatientState, command: Command) -> list[Message]:
                 consent_id=consent_id, patient_id=state.patient_id, valid_until=timestamp(consent.valid_until)
             )]
         case InvokeBreakGlass():
+            require_break_glass_reason(command.reason)
             organization = break_glass_organization(command.practitioner, command.organization_id)
             return [pb.BreakGlassInvoked(
                 break_glass_id=command.break_glass_id, patient_id=state.patient_id,
                 practitioner_id=command.practitioner.identity_id, organization_id=organization,
                 justification_sha256=command.justification_sha256, valid_until=timestamp(command.valid_until),
-                review_required=True,
+                review_required=True, reason=command.reason,
             )]
-        case RegisterRepresentative(representative=rep, patient=patient, by=by):
-            if not _may_manage_representatives(patient, by):
-                raise PermissionDenied("only the patient or the organization that registered them can register a representative")
+        case ReviewBreakGlass(break_glass_id=bg_id, reviewer=reviewer, outcome=outcome, note_sha256=note):
+            require_review_outcome(outcome)
+            record = state.break_glass.get(bg_id)
+            if record is None:
+                raise NotFound(f"break-glass {bg_id} not found")
+            if not may_review_break_glass(reviewer, record):
+                raise PermissionDenied("only an auditor or the organization it was made under can review a break-glass")
+            _require_pending(record.review, f"break-glass {bg_id}")
+            return [pb.BreakGlassReviewed(
+                break_glass_id=bg_id, patient_id=state.patient_id, organization_id=record.organization_id,
+                outcome=outcome, reviewer_id=reviewer.identity_id, note_sha256=note,
+            )]
+        case RegisterRepresentative(representative=rep):
             if rep.kind not in REPRESENTATIVE_KINDS or not rep.active:
                 raise InvalidArgument(f"{rep.identity_id} must be an active person (patient or practitioner identity)")
             if rep.identity_id == state.patient_id:
                 raise InvalidArgument("a patient cannot be their own representative")
-            if rep.identity_id in state.representatives:
-                return []
-            return [pb.RepresentativeRegistered(patient_id=state.patient_id, representative_id=rep.identity_id, registered_by=by)]
-        case EndRepresentation(representative_id=rep_id, patient=patient, by=by):
-            if not (_may_manage_representatives(patient, by) or by == rep_id):
-                raise PermissionDenied("only the patient, their registering organization or the representative can end a representation")
-            if rep_id not in state.representatives:
+            if command.representation_id in state.representations:
+                raise AlreadyExists(f"appointment {command.representation_id} already exists")
+            event = _appointment_event(state, command)
+            return [] if rep.identity_id in state.representatives else [event]
+        case EndRepresentation(representative_id=rep_id, by=by):
+            current = state.active_representation(rep_id)
+            if current is None:
                 raise NotFound(f"{rep_id} is not a representative of {state.patient_id}")
-            return [pb.RepresentationEnded(patient_id=state.patient_id, representative_id=rep_id, ended_by=by)]
+            if not may_end_representation(by, current):
+                raise PermissionDenied("only the patient, an auditor, the representative or the appointing organization can end a representation")
+            return [pb.RepresentationEnded(
+                patient_id=state.patient_id, representative_id=rep_id, ended_by=by.identity_id,
+                representation_id=current.representation_id,
+            )]
+        case ReviewRepresentation(representation_id=rid, reviewer=reviewer, outcome=outcome, note_sha256=note):
+            require_review_outcome(outcome)
+            appointment = state.representations.get(rid)
+            if appointment is None:
+                raise NotFound(f"representation {rid} not found")
+            if reviewer.kind != "AUDITOR":
+                raise PermissionDenied("only an auditor can review an organization's appointment of a representative")
+            _require_pending(appointment.review, f"representation {rid}")
+            reviewed: list[Message] = [pb.RepresentationReviewed(
+                representation_id=rid, patient_id=state.patient_id, representative_id=appointment.representative_id,
+                outcome=outcome, reviewer_id=reviewer.identity_id, note_sha256=note,
+            )]
+            if outcome == pb.REVIEW_STATUS_INAPPROPRIATE and appointment.active:
+                reviewed.append(pb.RepresentationEnded(
+                    patient_id=state.patient_id, representative_id=appointment.representative_id,
+                    ended_by=reviewer.identity_id, representation_id=rid,
+                ))
+            return reviewed
     raise TypeError(f"unknown command {command!r}")
 
 
@@ -392,8 +590,57 @@ def break_glass_record(event: pb.BreakGlassInvoked, event_id: str, occurred_at: 
     return BreakGlassRecord(
         break_glass_id=event.break_glass_id, patient_id=event.patient_id, practitioner_id=event.practitioner_id,
         organization_id=event.organization_id, justification_sha256=event.justification_sha256,
-        invoked_at=occurred_at, valid_until=utc(event.valid_until), event_id=event_id,
+        invoked_at=occurred_at, valid_until=utc(event.valid_until), event_id=event_id, reason=event.reason,
     )
+
+
+def representation_id(event: pb.RepresentativeRegistered, recorded: Recorded) -> str:
+    """The appointment's id; the event's own id for appointments recorded
+    before appointments had ids."""
+    return event.representation_id or recorded.event_id
+
+
+def _review(event: pb.BreakGlassReviewed | pb.RepresentationReviewed, recorded: Recorded) -> Review:
+    return Review(event.outcome, event.reviewer_id, recorded.occurred_at, event.note_sha256)
+
+
+def _with_representations(state: PatientState, representations: dict[str, RepresentationRecord]) -> PatientState:
+    active = frozenset(r.representative_id for r in representations.values() if r.active)
+    return replace(state, representations=representations, representatives=active)
+
+
+def _evolve_oversight(state: PatientState, recorded: Recorded) -> PatientState:
+    """Break-glass reviews and representative appointments."""
+    event = recorded.payload
+    if isinstance(event, pb.BreakGlassReviewed):
+        record = state.break_glass.get(event.break_glass_id)
+        if record is None or not record.review.pending:
+            return state
+        changed = replace(record, review=_review(event, recorded))
+        return replace(state, break_glass={**state.break_glass, record.break_glass_id: changed})
+    if isinstance(event, pb.RepresentativeRegistered):
+        rid = representation_id(event, recorded)
+        if rid in state.representations:
+            return state
+        appointment = RepresentationRecord(
+            representation_id=rid, patient_id=event.patient_id, representative_id=event.representative_id,
+            appointed_by=event.registered_by, legal_basis=event.legal_basis, evidence_sha256=event.evidence_sha256,
+            appointed_at=recorded.occurred_at, review=PENDING_REVIEW if event.review_required else NO_REVIEW,
+        )
+        return _with_representations(state, {**state.representations, rid: appointment})
+    if isinstance(event, pb.RepresentationEnded):
+        ending = state.representations.get(event.representation_id) or state.active_representation(event.representative_id)
+        if ending is None or not ending.active:
+            return state
+        ended = replace(ending, ended_by=event.ended_by, ended_at=recorded.occurred_at)
+        return _with_representations(state, {**state.representations, ended.representation_id: ended})
+    if isinstance(event, pb.RepresentationReviewed):
+        under_review = state.representations.get(event.representation_id)
+        if under_review is None or not under_review.review.pending:
+            return state
+        reviewed = replace(under_review, review=_review(event, recorded))
+        return _with_representations(state, {**state.representations, reviewed.representation_id: reviewed})
+    return state
 
 
 def evolve(state: PatientState, recorded: Recorded) -> PatientState:
@@ -417,11 +664,7 @@ def evolve(state: PatientState, recorded: Recorded) -> PatientState:
             return state
         record = break_glass_record(event, recorded.event_id, recorded.occurred_at)
         return replace(state, break_glass={**state.break_glass, record.break_glass_id: record})
-    if isinstance(event, pb.RepresentativeRegistered):
-        return replace(state, representatives=state.representatives | {event.representative_id})
-    if isinstance(event, pb.RepresentationEnded):
-        return replace(state, representatives=state.representatives - {event.representative_id})
-    return state
+    return _evolve_oversight(state, recorded)
 
 
 def aggregate_id(event: Message) -> str:

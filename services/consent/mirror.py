@@ -31,7 +31,7 @@ class ConsentMirror:
         """Fold verified records in until cancelled or a failure (the caller restarts it)."""
         async with self.pool().acquire() as conn:
             positions = await store.mirrored_positions(conn, self.topic)
-        async with PositionedConsumer(self.bootstrap, [self.topic]) as consumer:
+        async with PositionedConsumer(self.bootstrap, [self.topic], reader="consent mirror") as consumer:
             await consumer.start({(self.topic, p): o for p, o in positions.items()})
             while True:
                 deliveries = await consumer.fetch(timeout_ms=500, max_records=2000)

@@ -14,11 +14,14 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from google.protobuf.message import DecodeError, Message
 
-from medledger.consent.domain import ConsentRecord, IdentityFacts, PatientState, Recorded, aggregate_id, evolve
+from medledger.consent.domain import (
+    BreakGlassRecord, ConsentRecord, IdentityFacts, PatientState, Recorded, RepresentationRecord, aggregate_id, evolve,
+    representation_id,
+)
 from medledger.v1 import consent_pb2 as cpb
 from medledger.v1 import events_pb2
 from medledger.v1 import identity_pb2 as ipb
@@ -26,8 +29,8 @@ from medledger.v1 import identity_pb2 as ipb
 CONSENT_EVENTS: dict[str, type[Message]] = {
     cls.DESCRIPTOR.full_name: cls
     for cls in (
-        cpb.ConsentGranted, cpb.ConsentRevoked, cpb.ConsentExpired, cpb.BreakGlassInvoked,
-        cpb.RepresentativeRegistered, cpb.RepresentationEnded,
+        cpb.ConsentGranted, cpb.ConsentRevoked, cpb.ConsentExpired, cpb.BreakGlassInvoked, cpb.BreakGlassReviewed,
+        cpb.RepresentativeRegistered, cpb.RepresentationEnded, cpb.RepresentationReviewed,
     )
 }
 IDENTITY_EVENTS: dict[str, type[Message]] = {
@@ -85,6 +88,12 @@ class Projection:
         # before the event it indexes)
         self._ledger_index: dict[str, int] = {}
         self._expiries: list[tuple[datetime, str]] = []
+        # break-glass id / representation id -> patient id
+        self._break_glass_patient: dict[str, str] = {}
+        self._representation_patient: dict[str, str] = {}
+        # what waits for review, oldest first: id -> patient id
+        self._pending_break_glass: dict[str, str] = {}
+        self._pending_representations: dict[str, str] = {}
         self.events_applied = 0
 
     # ---- reads (decisions.AccessView) ----
@@ -114,6 +123,24 @@ class Projection:
     def ledger_index(self, event_id: str) -> int | None:
         return self._ledger_index.get(event_id)
 
+    def break_glass(self, break_glass_id: str) -> BreakGlassRecord | None:
+        patient = self._break_glass_patient.get(break_glass_id)
+        return None if patient is None else self._patients[patient].break_glass.get(break_glass_id)
+
+    def representation(self, rid: str) -> RepresentationRecord | None:
+        patient = self._representation_patient.get(rid)
+        return None if patient is None else self._patients[patient].representations.get(rid)
+
+    def pending_break_glass(self) -> Iterator[BreakGlassRecord]:
+        """Break-glass accesses awaiting review, oldest first."""
+        for bg_id, patient in self._pending_break_glass.items():
+            yield self._patients[patient].break_glass[bg_id]
+
+    def pending_representations(self) -> Iterator[RepresentationRecord]:
+        """Organizations' appointments awaiting review, oldest first."""
+        for rid, patient in self._pending_representations.items():
+            yield self._patients[patient].representations[rid]
+
     @property
     def consent_count(self) -> int:
         return len(self._consent_patient)
@@ -141,10 +168,23 @@ class Projection:
             return
         self._patients[patient_id] = after
         self.events_applied += 1
-        if isinstance(event.payload, cpb.ConsentGranted):
-            consent = after.consents[event.payload.terms.consent_id]
+        payload = event.payload
+        if isinstance(payload, cpb.ConsentGranted):
+            consent = after.consents[payload.terms.consent_id]
             self._consent_patient[consent.consent_id] = patient_id
             heapq.heappush(self._expiries, (consent.valid_until, consent.consent_id))
+        elif isinstance(payload, cpb.BreakGlassInvoked):
+            self._break_glass_patient[payload.break_glass_id] = patient_id
+            self._pending_break_glass[payload.break_glass_id] = patient_id
+        elif isinstance(payload, cpb.BreakGlassReviewed):
+            self._pending_break_glass.pop(payload.break_glass_id, None)
+        elif isinstance(payload, cpb.RepresentativeRegistered):
+            rid = representation_id(payload, event)
+            self._representation_patient[rid] = patient_id
+            if after.representations[rid].review.pending:
+                self._pending_representations[rid] = patient_id
+        elif isinstance(payload, cpb.RepresentationReviewed):
+            self._pending_representations.pop(payload.representation_id, None)
 
     def _apply_identity(self, event: Message) -> None:
         if isinstance(event, ipb.IdentityRegistered):

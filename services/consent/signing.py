@@ -11,30 +11,41 @@ public key can verify a consent from the event alone.
 The signature covers ``CONTEXT || terms``. The context string separates
 consent signatures from anything else the same key signs (identity
 challenges, future documents), so no other signed message can be replayed
-as a consent.
+as a consent. A patient's appointment of a representative is signed the same
+way under ``APPOINTMENT_CONTEXT``. The mechanics are the runtime's
+(runtime/signed.py); this module names consent's statements.
+
+Which key may sign (issue 9): the key the identity service knows as the
+signer's *current* key when the statement is submitted, in effect at
+``signed_at`` and never revoked. Resolving the key as of a ``signed_at`` the
+signer chooses would let a key rotated out (never revoked) sign backdated
+statements; ``SigningWindow`` (validation.py) bounds ``signed_at`` too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from google.protobuf.message import DecodeError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from medledger.runtime.errors import InvalidArgument, PermissionDenied
+from medledger.runtime import signed
+from medledger.runtime.errors import PermissionDenied
+from medledger.runtime.signed import SIGNATURE_BYTES, SigningKey
 from medledger.v1 import consent_pb2
 
+__all__ = [
+    "APPOINTMENT_CONTEXT", "CONTEXT", "SIGNATURE_BYTES", "SigningKey", "canonical_terms", "parse_appointment",
+    "parse_canonical", "require_current_key", "sign_appointment", "sign_terms", "signature_valid", "signing_message",
+    "verify_consent_signature", "verify_signed",
+]
+
 CONTEXT = b"medledger.v1.ConsentTerms\n"
-SIGNATURE_BYTES = 64
-PUBLIC_KEY_BYTES = 32
-MAX_TERMS_BYTES = 64 * 1024
+APPOINTMENT_CONTEXT = b"medledger.v1.RepresentativeAppointment\n"
 
 
 def canonical_terms(terms: consent_pb2.ConsentTerms) -> bytes:
     """The one encoding of terms that signatures cover."""
-    return terms.SerializeToString(deterministic=True)
+    return signed.canonical(terms)
 
 
 def signing_message(encoded_terms: bytes) -> bytes:
@@ -44,59 +55,50 @@ def signing_message(encoded_terms: bytes) -> bytes:
 
 def sign_terms(key: Ed25519PrivateKey, terms: consent_pb2.ConsentTerms) -> tuple[bytes, bytes]:
     """(canonical terms, signature): what a patient's client sends to GrantConsent."""
-    encoded = canonical_terms(terms)
-    return encoded, key.sign(signing_message(encoded))
+    return signed.sign(key, CONTEXT, terms)
+
+
+def sign_appointment(key: Ed25519PrivateKey, appointment: consent_pb2.RepresentativeAppointment) -> tuple[bytes, bytes]:
+    """(canonical appointment, signature): what a patient's client sends to RegisterRepresentative."""
+    return signed.sign(key, APPOINTMENT_CONTEXT, appointment)
 
 
 def parse_canonical(encoded: bytes) -> consent_pb2.ConsentTerms:
     """Terms from their canonical encoding; InvalidArgument for anything else
     (not protobuf, unknown fields, or another encoding of the same terms)."""
-    if not encoded:
-        raise InvalidArgument("terms are required: the canonical ConsentTerms the signer signed")
-    if len(encoded) > MAX_TERMS_BYTES:
-        raise InvalidArgument(f"terms exceed {MAX_TERMS_BYTES} bytes")
-    terms = consent_pb2.ConsentTerms()
-    try:
-        terms.ParseFromString(encoded)
-    except DecodeError:
-        raise InvalidArgument("terms are not a serialized medledger.v1.ConsentTerms") from None
-    terms.DiscardUnknownFields()
-    if canonical_terms(terms) != encoded:
-        raise InvalidArgument(
-            "terms are not in canonical encoding (protobuf deterministic serialization, no unknown fields)"
-        )
-    return terms
+    return signed.parse_canonical(consent_pb2.ConsentTerms, encoded, "terms")
+
+
+def parse_appointment(encoded: bytes) -> consent_pb2.RepresentativeAppointment:
+    """A RepresentativeAppointment from its canonical encoding (as parse_canonical)."""
+    return signed.parse_canonical(consent_pb2.RepresentativeAppointment, encoded, "appointment")
 
 
 def signature_valid(public_key: bytes, encoded_terms: bytes, signature: bytes) -> bool:
     """Whether signature is the Ed25519 signature of public_key over the terms."""
-    if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
-        return False
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, signing_message(encoded_terms))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-@dataclass(frozen=True, slots=True)
-class SigningKey:
-    """A signer's key as the identity service resolved it for a point in time."""
-
-    key_id: str
-    public_key: bytes
-    valid_from: datetime
-    valid_until: datetime | None
-    revoked_at: datetime | None
+    return signed.signature_valid(public_key, signing_message(encoded_terms), signature)
 
 
 def verify_consent_signature(key: SigningKey, signed_at: datetime, encoded_terms: bytes, signature: bytes) -> None:
     """PermissionDenied unless the key was in effect at signed_at, has never
     been revoked (a revoked key may have been stolen: whoever holds it could
-    backdate signed_at) and the signature verifies."""
+    backdate signed_at) and the signature verifies. What an auditor re-checks
+    from the log; at submission ``verify_signed`` also requires the current key."""
+    signed.verify_statement(key, signed_at, signing_message(encoded_terms), signature, "consent")
+
+
+def require_current_key(key: SigningKey, now: datetime) -> None:
+    """PermissionDenied unless key is the signer's current key at ``now``."""
     if key.revoked_at is not None:
         raise PermissionDenied(f"signing key {key.key_id} has been revoked")
-    if signed_at < key.valid_from or (key.valid_until is not None and signed_at >= key.valid_until):
-        raise PermissionDenied(f"signing key {key.key_id} was not in effect at signed_at {signed_at.isoformat()}")
-    if not signature_valid(key.public_key, encoded_terms, signature):
-        raise PermissionDenied("the signature does not verify against the signer's key: the terms were not signed by it")
+    if key.valid_until is not None and key.valid_until <= now:
+        raise PermissionDenied(
+            f"signing key {key.key_id} is no longer the signer's current key: sign again with the current key"
+        )
+
+
+def verify_signed(key: SigningKey, now: datetime, signed_at: datetime, message: bytes, signature: bytes, what: str) -> None:
+    """A statement submitted now: signed by the signer's current key, in
+    effect at signed_at, over ``message`` (context included)."""
+    require_current_key(key, now)
+    signed.verify_statement(key, signed_at, message, signature, what)

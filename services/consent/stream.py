@@ -152,7 +152,9 @@ class ConsentStream:
         ListOffsets would wait behind the long-polling fetch (up to
         fetch_max_wait_ms) and every probe would look that much older."""
         watched = (self.topics.consent_events, self.topics.identity_events)
-        consumer = PositionedConsumer(self.bootstrap, [*watched, self.topics.ledger_entries], fetch_max_wait_ms=100)
+        consumer = PositionedConsumer(
+            self.bootstrap, [*watched, self.topics.ledger_entries], fetch_max_wait_ms=100, reader="consent projection"
+        )
         offsets = make_consumer(self.bootstrap, group_id=None)
         await offsets.start()
         try:

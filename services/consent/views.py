@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from medledger.consent.decisions import Grantee, Verdict
-from medledger.consent.domain import BreakGlassRecord, ConsentRecord, timestamp
+from medledger.consent.domain import BreakGlassRecord, ConsentRecord, RepresentationRecord, Review, timestamp
 from medledger.v1 import consent_pb2 as pb
 
 
@@ -22,13 +22,36 @@ def consent_message(consent: ConsentRecord, now: datetime, ledger_index: int | N
     return msg
 
 
-def break_glass_message(record: BreakGlassRecord, justification: str) -> pb.BreakGlass:
-    return pb.BreakGlass(
+def _set_review(msg: pb.BreakGlass | pb.Representation, review: Review, note: str) -> None:
+    msg.review_status = review.status
+    msg.reviewed_by = review.reviewer_id
+    msg.review_note = note
+    if review.reviewed_at is not None:
+        msg.reviewed_at.CopyFrom(timestamp(review.reviewed_at))
+
+
+def break_glass_message(record: BreakGlassRecord, justification: str, note: str = "") -> pb.BreakGlass:
+    msg = pb.BreakGlass(
         break_glass_id=record.break_glass_id, patient_id=record.patient_id, practitioner_id=record.practitioner_id,
         organization_id=record.organization_id, justification=justification,
         justification_sha256=record.justification_sha256, invoked_at=timestamp(record.invoked_at),
-        valid_until=timestamp(record.valid_until), review_required=True,
+        valid_until=timestamp(record.valid_until), review_required=True, reason=record.reason,
     )
+    _set_review(msg, record.review, note)
+    return msg
+
+
+def representation_message(record: RepresentationRecord, note: str = "") -> pb.Representation:
+    msg = pb.Representation(
+        patient_id=record.patient_id, representative_id=record.representative_id, active=record.active,
+        representation_id=record.representation_id, appointed_by=record.appointed_by,
+        legal_basis=record.legal_basis, evidence_sha256=record.evidence_sha256,
+        appointed_at=timestamp(record.appointed_at), ended_by=record.ended_by,
+    )
+    if record.ended_at is not None:
+        msg.ended_at.CopyFrom(timestamp(record.ended_at))
+    _set_review(msg, record.review, note)
+    return msg
 
 
 def grantees_message(by_purpose: dict[int, list[Grantee]]) -> list[pb.PurposeGrantees]:

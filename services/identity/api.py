@@ -100,15 +100,16 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     async def RevokeIdentity(self, request: identity_pb2.RevokeIdentityRequest, context: Context) -> identity_pb2.RevokeIdentityResponse:
         identity_id = _required(request.identity_id, "identity_id")
-        outcome = await self.registry.revoke_identity(current_caller(), identity_id, request.reason)
+        outcome = await self.registry.revoke_identity(current_caller(), identity_id, codec.reason_from_proto(request.reason))
         return identity_pb2.RevokeIdentityResponse(
             identity=codec.identity_message(outcome.state), event_ids=outcome.event_ids
         )
 
     async def GrantMembership(self, request: identity_pb2.GrantMembershipRequest, context: Context) -> identity_pb2.GrantMembershipResponse:
+        acceptance = codec.acceptance_from_proto(request.acceptance) if request.HasField("acceptance") else None
         outcome = await self.registry.grant_membership(
             current_caller(), _required(request.member_id, "member_id"),
-            _required(request.organization_id, "organization_id"), request.role,
+            _required(request.organization_id, "organization_id"), request.role, acceptance,
         )
         membership = codec.membership_message(outcome.state.memberships[-1])
         return identity_pb2.GrantMembershipResponse(membership=membership, event_ids=outcome.event_ids)
@@ -123,14 +124,17 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         )
 
     async def Challenge(self, request: identity_pb2.ChallengeRequest, context: Context) -> identity_pb2.ChallengeResponse:
-        challenge = await self.authenticator.challenge(_required(request.identity_id, "identity_id"), request.key_id)
+        challenge = await self.authenticator.challenge(
+            _required(request.identity_id, "identity_id"), request.key_id, context.peer() or ""
+        )
         reply = identity_pb2.ChallengeResponse(nonce=challenge.nonce, message=challenge.message, key_id=challenge.key_id)
         reply.expires_at.FromDatetime(challenge.expires_at)
         return reply
 
     async def IssueToken(self, request: identity_pb2.IssueTokenRequest, context: Context) -> identity_pb2.IssueTokenResponse:
         issued = await self.authenticator.issue_token(
-            _required(request.identity_id, "identity_id"), request.nonce, request.signature, request.key_id
+            _required(request.identity_id, "identity_id"), request.nonce, request.signature, request.audience,
+            request.key_id,
         )
         reply = identity_pb2.IssueTokenResponse(token=issued.token)
         reply.expires_at.FromDatetime(issued.expires_at)

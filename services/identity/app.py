@@ -4,6 +4,7 @@ keys, no network), the outbox relay, and the bootstrap organization."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -13,9 +14,11 @@ import grpc
 from medledger.identity import store
 from medledger.identity.api import ALLOWED_KINDS, PUBLIC_METHODS, IdentityApi
 from medledger.identity.authn import Authenticator
+from medledger.identity.erasure import ErasureListener
 from medledger.identity.registry import Registry
 from medledger.identity.relay import identity_outbox, identity_relay
 from medledger.identity.settings import IdentitySettings, bootstrap_identity_id
+from medledger.identity.token_check import DatabaseRevocations
 from medledger.identity.vault import Vault
 from medledger.runtime.auth import AuthInterceptor, TokenVerifier
 from medledger.runtime.errors import DependencyUnavailable, SettingsError
@@ -24,6 +27,7 @@ from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
 from medledger.runtime.kafka import ensure_topics, topic_specs
 from medledger.runtime.outbox import OutboxRelay
+from medledger.runtime.retry import keep_running
 from medledger.runtime.settings import DEFAULT_PORTS, CommonSettings, Topics
 from medledger.v1 import identity_pb2, identity_pb2_grpc
 
@@ -39,9 +43,11 @@ class IdentityApp:
         self.ctx: ServiceContext | None = None
         self.vault = Vault(settings.data_key)
         self.outbox = identity_outbox(topics.identity_events, settings.event_signer)
-        self.registry = Registry(self._pool, self.outbox, self.vault, self._wait_published)
+        self.registry = Registry(
+            self._pool, self.outbox, self.vault, self._wait_published, timedelta(seconds=settings.acceptance_max_age_s)
+        )
         self.authenticator = Authenticator(
-            self._pool, settings.token_keys, settings.token_ttl_s, settings.challenge_ttl_s
+            self._pool, settings.token_keys, settings.token_ttl_s, settings.challenge_ttl_s, settings.challenge_limits
         )
         self.relay: OutboxRelay | None = None
         self.background = BackgroundTasks()
@@ -72,7 +78,9 @@ class IdentityApp:
         verifier = TokenVerifier()
         for key_id, raw in self.settings.token_keys.published().items():
             verifier.add_key(key_id, raw)
-        return [AuthInterceptor(verifier, PUBLIC_METHODS, ALLOWED_KINDS)]
+        return [AuthInterceptor(
+            verifier, PUBLIC_METHODS, ALLOWED_KINDS, audience="identity", revocations=DatabaseRevocations(self._pool)
+        )]
 
     async def _on_lead(self, conn: asyncpg.Connection) -> None:
         """Runs on the active relay after it reconciled with the topic, so the
@@ -96,6 +104,12 @@ class IdentityApp:
             self.outbox, s.database_url, ctx.producer, s.kafka_bootstrap, self.settings.events, self._on_lead
         )
         self.background.start(self.relay.run(self.background.stop))
+        stop = self.background.stop
+        self.background.start(keep_running("challenge sweep", lambda: self.authenticator.sweep(stop), stop))
+        erasures = ErasureListener(s.kafka_bootstrap, s.topics.records_events, self.settings.events, self._pool)
+        self.background.start(keep_running(
+            "identity erasures", lambda: erasures.run(self.background.stop), self.background.stop
+        ))
 
     async def on_stop(self) -> None:
         await self.background.close()

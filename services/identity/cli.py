@@ -8,13 +8,14 @@ Bootstrapping a deployment, step by step (see settings.py for why this way):
     medledger identity keygen --out keys/consent.key
     medledger identity register --as-id <bootstrap id> --as-key keys/operator.key \\
         --kind SERVICE --public-key-file keys/consent.key.pub
-    medledger identity token --id <id> --key keys/consent.key
+    medledger identity token --id <id> --key keys/consent.key --audience ledger
+    medledger identity token-keys --key-file .run/keys/identity-token.key   # to pin token keys
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Sequence
 
 import grpc
 import typer
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from medledger.identity import keyfiles
 from medledger.identity.domain import key_id_for
 from medledger.identity.settings import bootstrap_identity_id
+from medledger.runtime.auth import AUDIENCES
 from medledger.runtime.errors import SettingsError
 from medledger.runtime.identity_client import load_private_key
 from medledger.runtime.transport import GrpcTls
@@ -35,11 +37,14 @@ Address = Annotated[str, typer.Option(envvar="MEDLEDGER_IDENTITY_ADDRESS", help=
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
-def login(stub: identity_pb2_grpc.IdentityServiceStub, identity_id: str, key: Ed25519PrivateKey) -> identity_pb2.IssueTokenResponse:
-    """Challenge → sign the challenge message → IssueToken (blocking)."""
+def login(
+    stub: identity_pb2_grpc.IdentityServiceStub, identity_id: str, key: Ed25519PrivateKey, audience: Sequence[str]
+) -> identity_pb2.IssueTokenResponse:
+    """Challenge → sign the challenge message → IssueToken for ``audience``
+    (the services the token is for) (blocking)."""
     challenge = stub.Challenge(identity_pb2.ChallengeRequest(identity_id=identity_id), timeout=10)
     request = identity_pb2.IssueTokenRequest(
-        identity_id=identity_id, nonce=challenge.nonce, signature=key.sign(challenge.message)
+        identity_id=identity_id, nonce=challenge.nonce, signature=key.sign(challenge.message), audience=audience
     )
     reply: identity_pb2.IssueTokenResponse = stub.IssueToken(request, timeout=10)
     return reply
@@ -83,12 +88,20 @@ def keygen(
 def token(
     identity_id: Annotated[str, typer.Option("--id", help="the identity to log in as")],
     key: Annotated[Path, typer.Option(help="its private key file")],
+    audience: Annotated[list[str], typer.Option(
+        help=f"a service the token is for ({' | '.join(AUDIENCES)}); repeat for several, ask for the fewest"
+    )],
     address: Address = DEFAULT_ADDRESS,
 ) -> None:
-    """Print a bearer token for the identity (for grpcurl: -H 'authorization: Bearer …')."""
+    """Print a bearer token for the identity and the services named (for
+    grpcurl: -H 'authorization: Bearer …'). Each service accepts only tokens
+    naming it."""
+    unknown = [a for a in audience if a not in AUDIENCES]
+    if unknown:
+        raise _fail(f"unknown audience {unknown[0]!r}; one of {', '.join(AUDIENCES)}")
     with GrpcTls.from_env().channel(address) as channel:
         try:
-            reply = login(identity_pb2_grpc.IdentityServiceStub(channel), identity_id, _key(key))
+            reply = login(identity_pb2_grpc.IdentityServiceStub(channel), identity_id, _key(key), audience)
         except grpc.RpcError as exc:
             raise _fail(f"{exc.code().name}: {exc.details()}") from None
     typer.echo(reply.token)
@@ -118,8 +131,20 @@ def register(
     with GrpcTls.from_env().channel(address) as channel:
         stub = identity_pb2_grpc.IdentityServiceStub(channel)
         try:
-            bearer = login(stub, as_id, _key(as_key)).token
+            bearer = login(stub, as_id, _key(as_key), ["identity"]).token
             reply = stub.RegisterIdentity(request, metadata=(("authorization", f"Bearer {bearer}"),), timeout=15)
         except grpc.RpcError as exc:
             raise _fail(f"{exc.code().name}: {exc.details()}") from None
     typer.echo(reply.identity.identity_id)
+
+
+@app.command("token-keys")
+def token_keys(
+    key_file: Annotated[list[Path], typer.Option(help="the identity service's token key file(s): current and previous")],
+) -> None:
+    """Print the public token verification keys of these token key files, one
+    per line: the contents for MEDLEDGER_TOKEN_VERIFICATION_KEYS_FILE, which
+    services off loopback without TLS to identity need (they refuse to fetch
+    the keys in plaintext)."""
+    for path in key_file:
+        typer.echo(keyfiles.public_key_text(keyfiles.raw_public_key(_key(path))))

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.identity import domain
-from medledger.identity.domain import Event, Identity, Key, Kind, Membership
+from medledger.identity.domain import Acceptance, Event, Identity, Key, Kind, Membership
 from medledger.runtime.errors import InvalidArgument
 from medledger.runtime.envelope import envelope
 from medledger.v1 import events_pb2, identity_pb2
@@ -36,7 +36,37 @@ def kind_to_proto(kind: Kind) -> identity_pb2.IdentityKind.ValueType:
 
 
 def utc(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=timezone.utc)
+    """A Timestamp as an aware UTC datetime; InvalidArgument outside the
+    range datetime (and protobuf) can represent."""
+    try:
+        return ts.ToDatetime(tzinfo=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument("timestamp out of range") from None
+
+
+def reason_from_proto(value: int) -> str:
+    """The RevocationReason name, '' for UNSPECIFIED or a number this server
+    does not know (the domain refuses '' in commands)."""
+    if value == 0 or value not in identity_pb2.RevocationReason.values():
+        return ""
+    return identity_pb2.RevocationReason.Name(value)
+
+
+def reason_to_proto(reason: str) -> identity_pb2.RevocationReason.ValueType:
+    known = reason in identity_pb2.RevocationReason.keys()
+    return identity_pb2.RevocationReason.Value(reason) if known else identity_pb2.REVOCATION_REASON_UNSPECIFIED
+
+
+def acceptance_from_proto(msg: identity_pb2.MembershipAcceptance) -> Acceptance:
+    if not msg.HasField("accepted_at"):
+        raise InvalidArgument("acceptance.accepted_at is required")
+    return Acceptance(msg.key_id, utc(msg.accepted_at), msg.nonce, msg.signature)
+
+
+def acceptance_message(a: Acceptance) -> identity_pb2.MembershipAcceptance:
+    msg = identity_pb2.MembershipAcceptance(key_id=a.key_id, nonce=a.nonce, signature=a.signature)
+    msg.accepted_at.FromDatetime(a.accepted_at)
+    return msg
 
 
 def _set_time(field: Timestamp, value: datetime | None) -> None:
@@ -64,12 +94,15 @@ def event_payload(event: Event) -> Message:
     if isinstance(event, domain.KeyRevoked):
         return identity_pb2.KeyRevoked(identity_id=event.identity_id, key_id=event.key_id)
     if isinstance(event, domain.IdentityRevoked):
-        return identity_pb2.IdentityRevoked(identity_id=event.identity_id, reason=event.reason)
+        return identity_pb2.IdentityRevoked(identity_id=event.identity_id, reason=reason_to_proto(event.reason))
     if isinstance(event, domain.MembershipGranted):
-        return identity_pb2.MembershipGranted(
+        granted = identity_pb2.MembershipGranted(
             membership_id=event.membership_id, member_id=event.member_id,
             organization_id=event.organization_id, role=event.role,
         )
+        if event.acceptance is not None:
+            granted.acceptance.CopyFrom(acceptance_message(event.acceptance))
+        return granted
     return identity_pb2.MembershipEnded(
         membership_id=event.membership_id, member_id=event.member_id, organization_id=event.organization_id
     )
@@ -99,11 +132,12 @@ def _key_revoked(m: identity_pb2.KeyRevoked, at: datetime) -> Event:
 
 
 def _identity_revoked(m: identity_pb2.IdentityRevoked, at: datetime) -> Event:
-    return domain.IdentityRevoked(m.identity_id, m.reason, at)
+    return domain.IdentityRevoked(m.identity_id, reason_from_proto(m.reason), at)
 
 
 def _granted(m: identity_pb2.MembershipGranted, at: datetime) -> Event:
-    return domain.MembershipGranted(m.membership_id, m.member_id, m.organization_id, m.role, at)
+    acceptance = acceptance_from_proto(m.acceptance) if m.HasField("acceptance") else None
+    return domain.MembershipGranted(m.membership_id, m.member_id, m.organization_id, m.role, at, acceptance)
 
 
 def _ended(m: identity_pb2.MembershipEnded, at: datetime) -> Event:
@@ -156,6 +190,8 @@ def membership_message(m: Membership) -> identity_pb2.Membership:
     )
     msg.granted_at.FromDatetime(m.granted_at)
     _set_time(msg.ended_at, m.ended_at)
+    if m.acceptance is not None:
+        msg.acceptance.CopyFrom(acceptance_message(m.acceptance))
     return msg
 
 
@@ -169,7 +205,7 @@ def identity_message(state: Identity, demographics: identity_pb2.Demographics | 
         assurance_level=state.assurance_level,
         registered_by=state.registered_by,
         organization_type=state.organization_type,
-        revocation_reason=state.revocation_reason,
+        revocation_reason=reason_to_proto(state.revocation_reason),
         keys=[key_message(state.identity_id, k) for k in state.keys],
         current_key_id=current.key_id if current else "",
     )

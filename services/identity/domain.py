@@ -12,13 +12,21 @@ a token cannot carry (a caller revoked after its token was issued, the
 organization that registered a practitioner):
 
 * PATIENT, PRACTITIONER: registered by any active ORGANIZATION.
-* ORGANIZATION, AUDITOR, SERVICE: registered by an active OPERATOR organization.
+* ORGANIZATION, SERVICE: registered by an active OPERATOR organization.
+* AUDITOR: registered by an operator (a network auditor, whose tokens say
+  ``ascope=network``) or by any other organization (an organization auditor,
+  ``ascope=organization``, who sees what concerns its member organizations).
   The first operator organization is the bootstrap one (actor None).
-* Keys: rotated or revoked by the identity itself or, for a practitioner, by
-  the organization that registered it or one it is an active member of.
-* Identities: revoked by themselves, their registering organization or an operator.
-* Memberships: granted by the organization or an operator; ended by the
-  organization, an operator or the member.
+* Keys: rotated or revoked by the identity itself and, for every kind but a
+  patient, by its registering organization or an operator. Membership never
+  gives an organization power over a member's keys (issue 9: hospital B
+  enrolled A's practitioner and rotated its key).
+* Identities: revoked by themselves, their registering organization or an
+  operator, with a reason code (never free text: it goes on the ledger).
+* Memberships: granted directly by an operator, or by the organization when it
+  registered the member; any other organization needs the member's signed
+  acceptance (``acceptance_message``). Ended by the organization, an operator
+  or the member.
 
 The rules of challenges (nonce size, lifetime, single use) and of the PHI
 fields (demographics, medical record numbers) live here too; the adapters
@@ -62,11 +70,17 @@ OPERATOR = "OPERATOR"
 ORGANIZATION_TYPES = frozenset({"HOSPITAL", "CLINIC", "LABORATORY", "RESEARCH", OPERATOR})
 ASSURANCE_LEVELS = frozenset({"IAL1", "IAL2", "IAL3"})
 NEEDS_ASSURANCE = frozenset({Kind.PATIENT, Kind.PRACTITIONER, Kind.AUDITOR})
-REGISTERED_BY_ORGANIZATIONS = frozenset({Kind.PATIENT, Kind.PRACTITIONER})
+# An AUDITOR registered by an operator audits the whole network; one registered
+# by another organization audits what concerns that organization (issue 9, item 7).
+REGISTERED_BY_ORGANIZATIONS = frozenset({Kind.PATIENT, Kind.PRACTITIONER, Kind.AUDITOR})
 MEMBER_KINDS = frozenset({Kind.PRACTITIONER, Kind.AUDITOR, Kind.SERVICE})
 _ROLE = re.compile(r"^[a-z0-9_-]{1,64}$")
-MAX_REASON = 200
 PUBLIC_KEY_BYTES = 32
+# RevocationReason names in identity.proto (UNSPECIFIED is refused).
+REVOCATION_REASONS = frozenset({
+    "KEY_COMPROMISE", "AFFILIATION_CHANGED", "SUPERSEDED", "CESSATION_OF_OPERATION", "PRIVILEGE_WITHDRAWN",
+    "REGISTRATION_ERROR", "SUBJECT_REQUEST",
+})
 
 
 class InconsistentEvent(ValueError):
@@ -130,6 +144,17 @@ class Key:
 
 
 @dataclass(frozen=True)
+class Acceptance:
+    """A member's signature agreeing to join one organization in one role
+    (see acceptance_message)."""
+
+    key_id: str
+    accepted_at: datetime
+    nonce: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class Membership:
     membership_id: str
     member_id: str
@@ -137,6 +162,7 @@ class Membership:
     role: str
     granted_at: datetime
     ended_at: datetime | None = None
+    acceptance: Acceptance | None = None
 
     @property
     def active(self) -> bool:
@@ -238,7 +264,7 @@ class KeyRevoked:
 @dataclass(frozen=True)
 class IdentityRevoked:
     identity_id: str
-    reason: str
+    reason: str  # a REVOCATION_REASONS code ('' in events from before codes)
     at: datetime
 
 
@@ -249,6 +275,7 @@ class MembershipGranted:
     organization_id: str
     role: str
     at: datetime
+    acceptance: Acceptance | None = None
 
 
 @dataclass(frozen=True)
@@ -311,7 +338,7 @@ class RevokeIdentity:
 @dataclass(frozen=True)
 class GrantMembership:
     """Make the state's identity a member of ``organization`` (its loaded state,
-    None if unknown)."""
+    None if unknown), with the member's acceptance when one is needed."""
 
     membership_id: str
     organization: Identity | None
@@ -319,6 +346,8 @@ class GrantMembership:
     role: str
     actor: Identity
     at: datetime
+    acceptance: Acceptance | None = None
+    acceptance_max_age: timedelta = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -384,13 +413,14 @@ def _register(state: Identity | None, c: Register) -> list[Event]:
 
 
 def _manages_keys(actor: Identity, target: Identity) -> bool:
+    """The identity itself; for a non-patient also its registering
+    organization and operators. A patient's key signs its consents, so no
+    organization may replace it."""
     if actor.identity_id == target.identity_id:
         return True
-    return (
-        target.kind is Kind.PRACTITIONER
-        and actor.kind is Kind.ORGANIZATION
-        and (actor.identity_id == target.registered_by or actor.identity_id in target.active_organizations)
-    )
+    if target.kind is Kind.PATIENT:
+        return False
+    return actor.identity_id == target.registered_by or actor.is_operator
 
 
 def _key_manager(state: Identity | None, actor: Identity) -> Identity:
@@ -427,8 +457,8 @@ def _revoke_identity(state: Identity | None, c: RevokeIdentity) -> list[Event]:
     actor = _active_actor(c.actor)
     if actor.identity_id not in (target.identity_id, target.registered_by) and not actor.is_operator:
         raise PermissionDenied(f"{actor.identity_id} may not revoke {target.identity_id}")
-    if len(c.reason) > MAX_REASON:
-        raise InvalidArgument(f"reason is longer than {MAX_REASON} characters")
+    if c.reason not in REVOCATION_REASONS:
+        raise InvalidArgument(f"reason must be one of {sorted(REVOCATION_REASONS)}")
     if not target.active:
         raise FailedPrecondition(f"identity {target.identity_id} is already revoked")
     return [IdentityRevoked(target.identity_id, c.reason, c.at)]
@@ -450,7 +480,56 @@ def _grant(state: Identity | None, c: GrantMembership) -> list[Event]:
         raise InvalidArgument(f"a {member.kind.value} cannot be a member; only {sorted(k.value for k in MEMBER_KINDS)}")
     if org.identity_id in member.active_organizations:
         raise AlreadyExists(f"{member.identity_id} is already a member of {org.identity_id}")
-    return [MembershipGranted(c.membership_id, member.identity_id, org.identity_id, c.role, c.at)]
+    if c.acceptance is not None:
+        _check_acceptance(member, org.identity_id, c)
+    elif not (actor.is_operator or actor.identity_id == member.registered_by):
+        raise PermissionDenied(
+            f"{member.identity_id} was registered by another organization: joining {org.identity_id} "
+            "needs the member's signed acceptance"
+        )
+    return [MembershipGranted(c.membership_id, member.identity_id, org.identity_id, c.role, c.at, c.acceptance)]
+
+
+ACCEPTANCE_CONTEXT = b"medledger-membership-acceptance-v1"
+ACCEPTANCE_NONCE_BYTES = (16, 64)
+ACCEPTANCE_FUTURE_SKEW = timedelta(seconds=300)
+
+
+def acceptance_message(organization_id: str, member_id: str, role: str, accepted_at: datetime, nonce: bytes) -> bytes:
+    """The bytes a member signs to accept joining ``organization_id`` as
+    ``role`` (identity.proto, MembershipAcceptance). The context string keeps
+    the signature from answering a challenge or signing consent terms; every
+    field but the last is NUL-free and the nonce comes last, so the fields
+    cannot be shifted."""
+    for name, value in (("organization_id", organization_id), ("member_id", member_id), ("role", role)):
+        if "\x00" in value:
+            raise InvalidArgument(f"{name} must not contain NUL characters")
+    seconds = str(int(accepted_at.timestamp()))
+    return b"\x00".join(
+        (ACCEPTANCE_CONTEXT, organization_id.encode(), member_id.encode(), role.encode(), seconds.encode(), nonce)
+    )
+
+
+def _check_acceptance(member: Identity, organization_id: str, c: GrantMembership) -> None:
+    """The acceptance is the member's: fresh, never used, signed by its
+    current key over exactly this organization, member and role."""
+    a = c.acceptance
+    assert a is not None
+    low, high = ACCEPTANCE_NONCE_BYTES
+    if not low <= len(a.nonce) <= high:
+        raise InvalidArgument(f"acceptance.nonce must be {low}-{high} bytes")
+    if not a.key_id:
+        raise InvalidArgument("acceptance.key_id is required")
+    if any(m.acceptance is not None and m.acceptance.nonce == a.nonce for m in member.memberships):
+        raise PermissionDenied("this acceptance was used before; the member must sign a new one")
+    if a.accepted_at < c.at - c.acceptance_max_age or a.accepted_at > c.at + ACCEPTANCE_FUTURE_SKEW:
+        raise PermissionDenied("the acceptance is too old or dated in the future; the member must sign a new one")
+    current = member.current_key
+    if current is None or current.key_id != a.key_id:
+        raise PermissionDenied("the acceptance must be signed with the member's current key")
+    message = acceptance_message(organization_id, member.identity_id, c.role, a.accepted_at, a.nonce)
+    if not signature_verifies(current.public_key, message, a.signature):
+        raise PermissionDenied("the acceptance signature does not verify with the member's current key")
 
 
 def _end(state: Identity | None, c: EndMembership) -> list[Event]:
@@ -519,7 +598,10 @@ def evolve(state: Identity | None, event: Event) -> Identity:
     if isinstance(event, IdentityRevoked):
         return replace(current, status=Status.REVOKED, revoked_at=event.at, revocation_reason=event.reason)
     if isinstance(event, MembershipGranted):
-        m = Membership(event.membership_id, event.member_id, event.organization_id, event.role, event.at)
+        m = Membership(
+            event.membership_id, event.member_id, event.organization_id, event.role, event.at,
+            acceptance=event.acceptance,
+        )
         return replace(current, memberships=current.memberships + (m,))
     if current.membership(event.membership_id) is None:
         raise InconsistentEvent(f"identity {current.identity_id} has no membership {event.membership_id}")
@@ -544,6 +626,16 @@ def challenge_message(identity_id: str, nonce: bytes) -> bytes:
     """The bytes an identity signs to answer a challenge. The context string
     and the identity id keep the signature from being usable anywhere else."""
     return CHALLENGE_CONTEXT + b"\x00" + identity_id.encode() + b"\x00" + nonce
+
+
+def check_mrn_lookup(caller: Identity | None) -> Identity:
+    """FindPatientByMrn's caller: a known, still active organization (a
+    revoked one's token may not have expired yet)."""
+    if caller is None:
+        raise Unauthenticated("the token's subject is not a known identity")
+    if caller.kind is not Kind.ORGANIZATION:
+        raise PermissionDenied("only an organization looks up its patients by medical record number")
+    return _active_actor(caller)
 
 
 def may_see_demographics(viewer: Identity | None, target: Identity) -> bool:
@@ -627,3 +719,16 @@ def check_mrn(kind: Kind, registrar: Identity | None, mrn: str) -> None:
         raise InvalidArgument("medical_record_number is for patients registered by an organization")
     if len(mrn.strip()) > MAX_MRN or not mrn.strip():
         raise InvalidArgument(f"medical_record_number must be 1-{MAX_MRN} characters")
+
+
+def needs_audit_scope(state: Identity | None) -> bool:
+    """Whether a token for this identity carries an audit scope (auditors)."""
+    return state is not None and state.kind is Kind.AUDITOR and bool(state.registered_by)
+
+
+def audit_scope(state: Identity | None, registrar: Identity | None) -> str:
+    """An auditor's token scope, from who registered it: "network" for an
+    operator, "organization" for any other organization; "" for other kinds."""
+    if not needs_audit_scope(state):
+        return ""
+    return "network" if registrar is not None and registrar.is_operator else "organization"

@@ -1,23 +1,25 @@
 """Key material on disk: Ed25519 private keys (PEM, PKCS#8), public keys
-(base64 of the raw 32 bytes) and the identity service's data key (base64 of 32
-random bytes). Shared by the service's settings and the operator CLI, so what
-``medledger identity keygen`` writes is exactly what the service reads.
+(base64 of the raw 32 bytes) and data keys (base64 of 32 random bytes; those
+and the secret-file rules live in runtime/secret_files.py, shared with
+consent). Shared by the service's settings and the operator CLI, so what
+``medledger identity keygen`` writes is exactly what the services read.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
-import secrets
-from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from medledger.runtime.errors import SettingsError
+from medledger.runtime.secret_files import DATA_KEY_BYTES, new_data_key, parse_data_key, read_file, write_secret
 
-DATA_KEY_BYTES = 32
+__all__ = [
+    "DATA_KEY_BYTES", "new_data_key", "parse_data_key", "private_key_pem", "parse_public_key", "public_key_text",
+    "raw_public_key", "read_file", "write_secret",
+]
 
 
 def raw_public_key(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
@@ -44,36 +46,3 @@ def parse_public_key(text: str, where: str) -> bytes:
 
 def public_key_text(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
-
-
-def write_secret(path: Path, data: bytes) -> None:
-    """Create path with mode 0600; refuse to overwrite (a replaced key would
-    orphan every token or ciphertext made with the old one)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def read_file(path: Path, setting: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise SettingsError(
-            f"{setting}={path} cannot be read ({exc.strerror}); create it with `medledger identity keygen`"
-        ) from None
-
-
-def new_data_key() -> bytes:
-    """Text for a data key file: base64 of 32 random bytes and a newline."""
-    return base64.b64encode(secrets.token_bytes(DATA_KEY_BYTES)) + b"\n"
-
-
-def parse_data_key(text: bytes, where: str) -> bytes:
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise SettingsError(f"{where} is not base64") from None
-    if len(raw) != DATA_KEY_BYTES:
-        raise SettingsError(f"{where} must hold {DATA_KEY_BYTES} random bytes, base64-encoded")
-    return raw

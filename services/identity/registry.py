@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Awaitable, Callable, Sequence
 
 import asyncpg
 import uuid6
 
 from medledger.identity import codec, domain, store
-from medledger.identity.domain import Command, Event, Identity, Kind
+from medledger.identity.domain import Acceptance, Command, Event, Identity, Kind
 from medledger.identity.vault import Vault
 from medledger.runtime.auth import Caller
 from medledger.runtime.outbox import Outbox
@@ -64,12 +64,16 @@ Builder = Callable[[store.Conn, Identity], Awaitable[Command]]
 
 
 class Registry:
-    def __init__(self, pool: Callable[[], asyncpg.Pool], outbox: Outbox, vault: Vault, wait_published: PublishWait) -> None:
+    def __init__(
+        self, pool: Callable[[], asyncpg.Pool], outbox: Outbox, vault: Vault, wait_published: PublishWait,
+        acceptance_max_age: timedelta = timedelta(days=1),
+    ) -> None:
         self._pool = pool  # raises DependencyUnavailable until connected
         self.outbox = outbox
         self.topic = outbox.topic
         self.vault = vault
         self.wait_published = wait_published
+        self.acceptance_max_age = acceptance_max_age  # a member's signed acceptance of a membership
 
     # ---- writing ----------------------------------------------------------------
 
@@ -174,10 +178,14 @@ class Registry:
 
         return await self._run(caller, identity_id, build)
 
-    async def grant_membership(self, caller: Caller, member_id: str, organization_id: str, role: str) -> Outcome:
+    async def grant_membership(
+        self, caller: Caller, member_id: str, organization_id: str, role: str, acceptance: Acceptance | None = None
+    ) -> Outcome:
         async def build(conn: store.Conn, actor: Identity) -> Command:
             organization = await store.load(conn, organization_id)
-            return domain.GrantMembership(new_id(), organization, organization_id, role, actor, now())
+            return domain.GrantMembership(
+                new_id(), organization, organization_id, role, actor, now(), acceptance, self.acceptance_max_age
+            )
 
         return await self._run(caller, member_id, build)
 
@@ -219,6 +227,7 @@ class Registry:
         if not mrn.strip():
             raise InvalidArgument("medical_record_number is required")
         async with self._pool().acquire() as conn:
+            domain.check_mrn_lookup(await store.load(conn, caller.subject))
             found = await store.find_by_mrn(conn, caller.subject, self.vault.mrn_hash(caller.subject, mrn))
         if found is None:
             raise NotFound("this organization registered no patient with that medical record number")

@@ -12,7 +12,7 @@ from typing import Sequence, TypeAlias
 
 import asyncpg
 
-from medledger.identity.domain import Identity, Key, Kind, Membership, PendingChallenge, Status
+from medledger.identity.domain import Acceptance, Identity, Key, Kind, Membership, PendingChallenge, Status
 from medledger.identity.vault import Sealed
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
@@ -47,13 +47,22 @@ async def load(conn: Conn, identity_id: str, lock: bool = False) -> Identity | N
             for k in keys
         ),
         memberships=tuple(
-            Membership(m["membership_id"], m["member_id"], m["organization_id"], m["role"], m["granted_at"], m["ended_at"])
+            Membership(
+                m["membership_id"], m["member_id"], m["organization_id"], m["role"], m["granted_at"], m["ended_at"],
+                _acceptance(m),
+            )
             for m in members
         ),
         status=Status(row["status"]),
         revoked_at=row["revoked_at"],
         revocation_reason=row["revocation_reason"],
     )
+
+
+def _acceptance(row: asyncpg.Record) -> Acceptance | None:
+    if row["acceptance_key_id"] is None:
+        return None
+    return Acceptance(row["acceptance_key_id"], row["accepted_at"], row["acceptance_nonce"], row["acceptance_signature"])
 
 
 async def save(conn: Conn, state: Identity) -> None:
@@ -76,9 +85,14 @@ async def save(conn: Conn, state: Identity) -> None:
         ],
     )
     await conn.executemany(
-        "INSERT INTO memberships (membership_id, member_id, organization_id, role, granted_at, ended_at)"
-        " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (membership_id) DO UPDATE SET ended_at = EXCLUDED.ended_at",
-        [(m.membership_id, m.member_id, m.organization_id, m.role, m.granted_at, m.ended_at) for m in state.memberships],
+        "INSERT INTO memberships (membership_id, member_id, organization_id, role, granted_at, ended_at,"
+        " acceptance_key_id, accepted_at, acceptance_nonce, acceptance_signature)"
+        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (membership_id) DO UPDATE SET ended_at = EXCLUDED.ended_at",
+        [
+            (m.membership_id, m.member_id, m.organization_id, m.role, m.granted_at, m.ended_at)
+            + ((a.key_id, a.accepted_at, a.nonce, a.signature) if (a := m.acceptance) else (None, None, None, None))
+            for m in state.memberships
+        ],
     )
 
 
@@ -122,7 +136,6 @@ async def applied_positions(conn: Conn, topic: str) -> dict[int, int]:
 
 
 async def add_challenge(conn: Conn, nonce: bytes, challenge: PendingChallenge) -> None:
-    await conn.execute("DELETE FROM challenges WHERE expires_at < now() - interval '1 minute'")
     await conn.execute(
         "INSERT INTO challenges (nonce, identity_id, key_id, expires_at) VALUES ($1, $2, $3, $4)",
         nonce, challenge.identity_id, challenge.key_id, challenge.expires_at,
@@ -136,6 +149,34 @@ async def take_challenge(conn: Conn, nonce: bytes) -> PendingChallenge | None:
         "DELETE FROM challenges WHERE nonce = $1 RETURNING identity_id, key_id, expires_at", nonce
     )
     return None if row is None else PendingChallenge(row["identity_id"], row["key_id"], row["expires_at"])
+
+
+async def sweep_challenges(conn: Conn) -> int:
+    """Delete every expired challenge (an unused nonce must not outlive its
+    lifetime); the number deleted."""
+    done = await conn.execute("DELETE FROM challenges WHERE expires_at < now()")
+    return int(done.split()[-1])
+
+
+# ---- tokens ----------------------------------------------------------------------
+
+
+async def token_standing(conn: Conn, subject: str, key_id: str) -> tuple[bool, bool, frozenset[str]] | None:
+    """For a token's subject: (revoked, the token's key revoked, organizations
+    of its active memberships); None for an unknown subject. One round trip:
+    it runs on every authenticated identity call."""
+    row = await conn.fetchrow(
+        "SELECT i.status = 'REVOKED' AS revoked,"
+        " EXISTS (SELECT 1 FROM identity_keys k WHERE k.identity_id = i.identity_id AND k.key_id = $2"
+        "         AND k.revoked_at IS NOT NULL) AS key_revoked,"
+        " ARRAY(SELECT m.organization_id FROM memberships m WHERE m.member_id = i.identity_id"
+        "       AND m.ended_at IS NULL) AS organizations"
+        " FROM identities i WHERE i.identity_id = $1",
+        subject, key_id,
+    )
+    if row is None:
+        return None
+    return bool(row["revoked"]), bool(row["key_revoked"]), frozenset(row["organizations"])
 
 
 # ---- PHI -------------------------------------------------------------------------

@@ -13,67 +13,39 @@ MRN at two hospitals gives unrelated hashes.
 
 The key-encryption key and the HMAC key are derived (HKDF-SHA256) from the one
 data key file with distinct labels; ``kek_id`` is a derived check value the
-database records to catch a data key swapped under existing ciphertext.
+database records to catch a data key swapped under existing ciphertext. The
+envelope encryption itself is shared with consent (runtime/sealing.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from medledger.runtime.sealing import Labels, Sealed, Sealer, SealError, derive
 
-NONCE_BYTES = 12
+__all__ = ["Sealed", "Vault", "VaultError"]
 
+VaultError = SealError  # a ciphertext does not open with this data key
 
-class VaultError(Exception):
-    """A ciphertext does not open with this data key: wrong key or damaged row."""
-
-
-@dataclass(frozen=True)
-class Sealed:
-    kek_id: str
-    wrapped_key: bytes
-    ciphertext: bytes
-
-
-def _derive(secret: bytes, label: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(secret)
-
-
-def _encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
-
-
-def _decrypt(key: bytes, blob: bytes, aad: bytes) -> bytes:
-    try:
-        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
-    except InvalidTag:
-        raise VaultError("ciphertext does not open with this data key") from None
+DEMOGRAPHICS = Labels(
+    kek=b"medledger identity demographics kek v1",
+    check=b"medledger identity data key check v1",
+    content=b"demographics:",
+)
 
 
 class Vault:
     def __init__(self, data_key: bytes) -> None:
-        self._kek = _derive(data_key, b"medledger identity demographics kek v1")
-        self._mrn_key = _derive(data_key, b"medledger identity mrn hmac v1")
-        self.kek_id = _derive(data_key, b"medledger identity data key check v1")[:8].hex()
+        self._sealer = Sealer(data_key, DEMOGRAPHICS)
+        self._mrn_key = derive(data_key, b"medledger identity mrn hmac v1")
+        self.kek_id = self._sealer.kek_id
 
     def seal(self, identity_id: str, plaintext: bytes) -> Sealed:
-        data_key = AESGCM.generate_key(bit_length=256)
-        wrapped = _encrypt(self._kek, data_key, b"data-key:" + identity_id.encode())
-        return Sealed(self.kek_id, wrapped, _encrypt(data_key, plaintext, b"demographics:" + identity_id.encode()))
+        return self._sealer.seal(identity_id, plaintext)
 
     def open(self, identity_id: str, sealed: Sealed) -> bytes:
-        if sealed.kek_id != self.kek_id:
-            raise VaultError(f"sealed under data key {sealed.kek_id}, this service holds {self.kek_id}")
-        data_key = _decrypt(self._kek, sealed.wrapped_key, b"data-key:" + identity_id.encode())
-        return _decrypt(data_key, sealed.ciphertext, b"demographics:" + identity_id.encode())
+        return self._sealer.open(identity_id, sealed)
 
     def mrn_hash(self, organization_id: str, mrn: str) -> bytes:
         message = organization_id.encode() + b"\x00" + mrn.strip().encode()

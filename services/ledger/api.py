@@ -19,11 +19,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from medledger.ledger import proofs, store
 from medledger.ledger.publisher import checkpoint_message
 from medledger.ledger.settings import LedgerSettings
+from medledger.ledger.watch import CheckpointFeed
 from medledger.runtime.errors import DependencyUnavailable, InvalidArgument, NotFound, OutOfRange
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 MAX_ENTRIES_PER_CALL = 100_000
 ENTRY_PAGE = 1000
+CHECKPOINT_PAGE = 1000
+MAX_SIZE = 2**63 - 1  # sizes and indices are int64 in the database
 
 
 def entry_page(rows: Sequence[asyncpg.Record]) -> ledger_pb2.EntryPage:
@@ -40,29 +43,6 @@ def entry_page(rows: Sequence[asyncpg.Record]) -> ledger_pb2.EntryPage:
             stamp.FromDatetime(sequenced_at)
         add(index=index, event=event, leaf_hash=leaf_hash, chain_hash=chain_hash, event_id=event_id, sequenced_at=stamp)
     return page
-
-
-class CheckpointFeed:
-    """Wakes WatchCheckpoints streams: at once when this process signed a
-    checkpoint, otherwise within the poll interval (a standby's watchers)."""
-
-    def __init__(self, poll_s: float = 0.1) -> None:
-        self.poll_s = poll_s
-        self._changed = asyncio.Condition()
-
-    def notify(self) -> None:
-        async def _notify() -> None:
-            async with self._changed:
-                self._changed.notify_all()
-
-        asyncio.get_running_loop().create_task(_notify())
-
-    async def wait(self) -> None:
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait(), self.poll_s)
-            except asyncio.TimeoutError:
-                pass
 
 
 class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
@@ -181,16 +161,17 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
             first_root_hash=proof.roots[0], second_root_hash=proof.roots[1],
         )
 
+    async def ListCheckpoints(self, request: ledger_pb2.ListCheckpointsRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.ListCheckpointsResponse:
+        page = min(request.page_size or CHECKPOINT_PAGE, CHECKPOINT_PAGE)
+        async with self.pool().acquire() as conn:
+            # one more than the page: whether another page follows
+            # a size beyond int64 is beyond every checkpoint: an empty page, not a database error
+            found = await store.checkpoints_after(conn, min(request.start_size, MAX_SIZE) - 1, page + 1)
+        reply = ledger_pb2.ListCheckpointsResponse(checkpoints=[checkpoint_message(cp) for cp in found[:page]])
+        if len(found) > page:
+            reply.next_start_size = found[page - 1].tree_size + 1
+        return reply
+
     async def WatchCheckpoints(self, request: ledger_pb2.WatchCheckpointsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[ledger_pb2.Checkpoint]:
-        last = -1
-        while True:
-            async with self.pool().acquire() as conn:
-                if last < 0:
-                    latest = await store.latest_checkpoint(conn)
-                    fresh = [latest] if latest else []
-                else:
-                    fresh = await store.checkpoints_after(conn, last)
-            for cp in fresh:
-                yield checkpoint_message(cp)
-                last = cp.tree_size
-            await self.feed.wait()
+        async for checkpoint in self.feed.watch():
+            yield checkpoint

@@ -9,15 +9,19 @@ from typing import Sequence
 import asyncpg
 import grpc
 
-from medledger.ledger.api import CheckpointFeed, LedgerApi
+from medledger.ledger.api import LedgerApi
 from medledger.ledger.publisher import Publisher
 from medledger.ledger.sequencer import Sequencer
 from medledger.ledger.settings import LedgerSettings
-from medledger.runtime.auth import AuthInterceptor
+from medledger.ledger.tiles import TilesApi, TilesServer, TilesSettings, server_tls
+from medledger.ledger.watch import CheckpointFeed
+from medledger.runtime.auth import NETWORK_AUDITOR, AuthInterceptor
 from medledger.runtime.identity_client import make_verifier
+from medledger.runtime.revocation_feed import RevocationFeed
 from medledger.runtime.background import BackgroundTasks
 from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
+from medledger.runtime.transport import GrpcTls
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 
@@ -26,11 +30,18 @@ HASH_ONLY_METHODS = frozenset(
     _SERVICE + m
     for m in (
         "GetCheckpoint", "GetVerifierKey", "GetInclusionProof", "GetInclusionProofByHash",
-        "GetConsistencyProof", "WatchCheckpoints",
+        "GetConsistencyProof", "WatchCheckpoints", "ListCheckpoints",
     )
 )
-ENTRY_METHODS = frozenset(_SERVICE + m for m in ("GetEntries", "GetEntryPages", "GetEntryByEventId"))
-ENTRY_READERS = frozenset({"AUDITOR", "SERVICE"})
+# Entries say who did what to whom across every organization. Only network
+# auditors replay them; a service fetches single entries by the id of an event
+# it knows (records proves its own events); organization auditors read none
+# (README, Authorization matrix).
+ENTRY_READERS: dict[str, frozenset[str]] = {
+    _SERVICE + "GetEntries": frozenset({NETWORK_AUDITOR}),
+    _SERVICE + "GetEntryPages": frozenset({NETWORK_AUDITOR}),
+    _SERVICE + "GetEntryByEventId": frozenset({NETWORK_AUDITOR, "SERVICE"}),
+}
 
 
 class LedgerApp:
@@ -41,9 +52,12 @@ class LedgerApp:
     def __init__(self, settings: LedgerSettings) -> None:
         self.settings = settings
         self.ctx: ServiceContext | None = None
-        self.feed = CheckpointFeed()
+        self.feed = CheckpointFeed(self._pool, settings.max_watchers, settings.watch_poll_s)
         self.sequencer: Sequencer | None = None
         self.background = BackgroundTasks()
+        self.revocations = RevocationFeed.from_env(settings.events)  # tokens revoked since issue
+        self.tokens = make_verifier(settings.identity_address)
+        self.tiles: TilesServer | None = None  # the tlog-tiles HTTP reads (tiles.py)
 
     @classmethod
     def from_env(cls) -> "LedgerApp":
@@ -64,9 +78,12 @@ class LedgerApp:
 
     def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
         """Hash-only reads are public; entries say who did what to whom, so
-        only auditors and services may read them (tokens from identity)."""
+        only network auditors and, one by one, services read them."""
         return [
-            AuthInterceptor(make_verifier(self.settings.identity_address), HASH_ONLY_METHODS, {m: ENTRY_READERS for m in ENTRY_METHODS})
+            AuthInterceptor(
+                self.tokens, HASH_ONLY_METHODS, ENTRY_READERS,
+                audience="ledger", revocations=self.revocations,
+            )
         ]
 
     async def on_ready(self, ctx: ServiceContext) -> None:
@@ -77,8 +94,17 @@ class LedgerApp:
             self.settings, s.database_url, s.kafka_bootstrap, s.topics, publisher, on_commit=self.feed.notify
         )
         self.background.start(self.sequencer.run(self.background.stop))
+        self.background.start(self.revocations.follow(s.kafka_bootstrap, s.topics.identity_events, self.background.stop))
+        tiles = TilesSettings.from_env()
+        # Entry bundles are bulk entries: exactly GetEntries' readers.
+        api = TilesApi(self._pool, self.tokens, self.revocations, ENTRY_READERS[_SERVICE + "GetEntries"], tiles.max_concurrent)
+        self.tiles = TilesServer(api, tiles, server_tls(tiles.host, GrpcTls.from_env()))
+        await self.tiles.start()
 
     async def on_stop(self) -> None:
+        if self.tiles is not None:
+            await self.tiles.stop()
+        await self.feed.close()
         await self.background.close()
         self.ctx = None
 

@@ -27,6 +27,26 @@ def keygen(
     typer.echo(signer.verifier_key)
 
 
+@app.command("verifier-key")
+def verifier_key(
+    signing_key_file: Annotated[Path, typer.Option(
+        envvar="MEDLEDGER_LEDGER_SIGNING_KEY_FILE", dir_okay=False, help="the ledger's checkpoint signing key file",
+    )],
+) -> None:
+    """Print the verifier key of the checkpoint signing key, read from the key
+    file, not from a running ledger: this is the text an operator hands to
+    auditors out of band (`medledger audit verify --verifier-key-file`)."""
+    try:
+        signer = NoteSigner.from_signer_key(signing_key_file.read_text().strip())
+    except OSError as exc:
+        typer.echo(f"cannot read {signing_key_file}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        typer.echo(f"{signing_key_file} is not a checkpoint signing key: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(signer.verifier_key)
+
+
 def write_secret(out: Path, text: str) -> None:
     """Write a new key file readable by its owner only; never overwrite one."""
     out.parent.mkdir(parents=True, exist_ok=True)

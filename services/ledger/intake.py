@@ -34,9 +34,16 @@ class Admitted:
 @dataclass(frozen=True)
 class Refused:
     reason: str
+    # One of REJECT_KINDS: the reason without its details, for counting.
+    kind: str
 
 
 UNAUTHENTICATED = "unauthenticated producer"
+# What a rejection is counted by (the reason may name an event id, so never it).
+REJECT_KINDS = (
+    "tombstone", "too_large", "not_an_envelope", "no_event_id", "no_event_type", "bad_event_id",
+    "unauthenticated_producer", "conflicting_duplicate",
+)
 
 
 def admit(
@@ -47,26 +54,26 @@ def admit(
     allowed to publish its type on its topic (docs/architecture.md, Event signing)."""
     value = record.value
     if value is None:
-        return Refused("record has no value (tombstone)")
+        return Refused("record has no value (tombstone)", "tombstone")
     if len(value) > max_bytes:
-        return Refused(f"record is {len(value)} bytes, over the {max_bytes}-byte limit")
+        return Refused(f"record is {len(value)} bytes, over the {max_bytes}-byte limit", "too_large")
     envelope = events_pb2.EventEnvelope()
     try:
         envelope.ParseFromString(value)
     except DecodeError as exc:
-        return Refused(f"not a medledger.v1.EventEnvelope: {exc}")
+        return Refused(f"not a medledger.v1.EventEnvelope: {exc}", "not_an_envelope")
     if not envelope.event_id:
-        return Refused("envelope has no event_id")
+        return Refused("envelope has no event_id", "no_event_id")
     if not envelope.event_type:
-        return Refused("envelope has no event_type")
+        return Refused("envelope has no event_type", "no_event_type")
     if len(envelope.event_id) > 200:
-        return Refused("event_id longer than 200 characters")
+        return Refused("event_id longer than 200 characters", "bad_event_id")
     if "\x00" in envelope.event_id:
-        return Refused("event_id contains a NUL character")
+        return Refused("event_id contains a NUL character", "bad_event_id")
     try:
         verifier.check(record.topic, envelope)
     except UnauthenticatedEvent as exc:
-        return Refused(f"{UNAUTHENTICATED}: {exc}")
+        return Refused(f"{UNAUTHENTICATED}: {exc}", "unauthenticated_producer")
     return Admitted(envelope.event_id, merkle.leaf_hash(value))
 
 
@@ -100,6 +107,7 @@ class Rejection:
     source: SourceRecord
     value_sha256: bytes
     value_size: int
+    kind: str  # one of REJECT_KINDS
 
 
 @dataclass
@@ -122,9 +130,9 @@ def event_ids(verdicts: Iterable[Admitted | Refused]) -> list[str]:
     return [v.event_id for v in verdicts if isinstance(v, Admitted)]
 
 
-def _rejection(reason: str, record: SourceRecord) -> Rejection:
+def _rejection(refused: Refused, record: SourceRecord) -> Rejection:
     value = record.value or b""
-    return Rejection(reason, record, hashlib.sha256(value).digest(), len(value))
+    return Rejection(refused.reason, record, hashlib.sha256(value).digest(), len(value), refused.kind)
 
 
 def plan_batch(
@@ -150,16 +158,17 @@ def plan_batch(
         state.offsets[key] = record.offset + 1
         plan.offsets[key] = record.offset + 1
         if isinstance(verdict, Refused):
-            plan.rejections.append(_rejection(verdict.reason, record))
+            plan.rejections.append(_rejection(verdict, record))
             continue
         previous = seen.get(verdict.event_id)
         if previous is not None:
             if previous == verdict.leaf_hash:
                 plan.duplicates += 1
             else:
-                plan.rejections.append(
-                    _rejection(f"event_id {verdict.event_id} already sequenced with different content", record)
+                conflict = Refused(
+                    f"event_id {verdict.event_id} already sequenced with different content", "conflicting_duplicate"
                 )
+                plan.rejections.append(_rejection(conflict, record))
             continue
         assert record.value is not None
         seen[verdict.event_id] = verdict.leaf_hash

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import asyncpg
 
 from medledger.ledger import note, store
+from medledger.ledger.metrics import SequencerMetrics
 from medledger.ledger.publisher import Publisher
 from medledger.ledger.intake import Admitted, LogState, Refused, SourceRecord, classify, event_ids, plan_batch
 from medledger.ledger.settings import LedgerSettings
@@ -59,6 +60,7 @@ class Sequencer:
         self._last_checkpoint_size = -1
         self._last_checkpoint_at = 0.0
         self._verifiers = ThreadPoolExecutor(max(1, settings.verify_threads), thread_name_prefix="verify")
+        self.metrics = SequencerMetrics(lambda: self.role == "leader")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Wait for leadership, sequence while leading, retry after any failure."""
@@ -81,10 +83,14 @@ class Sequencer:
         self.state = await store.load_state(conn)
         latest = await store.latest_checkpoint(conn)
         self._last_checkpoint_size = latest.tree_size if latest else -1
+        if latest:
+            self.metrics.checkpointed(latest.tree_size, latest.signed_at.timestamp(), signed_here=False)
         consumer = PositionedConsumer(
-            self.bootstrap, self.topics.event_topics, fetch_max_wait_ms=20, max_partition_fetch_bytes=8 * 1024 * 1024
+            self.bootstrap, self.topics.event_topics, fetch_max_wait_ms=20, max_partition_fetch_bytes=8 * 1024 * 1024,
+            reader="ledger sequencer",
         )
         await consumer.start(self.state.offsets)
+        self.metrics.loaded(self.state.size, self.state.offsets, consumer.log_ends)
         self.role = "leader"
         log.info("sequencing", extra={"tree_size": self.state.size})
         leading = asyncio.Event()
@@ -143,6 +149,7 @@ class Sequencer:
         if not (plan.entries or plan.rejections or plan.offsets):
             return
         await store.commit_batch(conn, plan, datetime.now(timezone.utc))
+        self.metrics.committed(len(records), plan, self.state.size)
         if plan.rejections:
             log.warning("rejected records", extra={"count": len(plan.rejections), "first": plan.rejections[0].reason})
         if plan.duplicates:
@@ -160,9 +167,9 @@ class Sequencer:
         root = self.state.tree.root()
         body = note.checkpoint_body(note.Checkpoint(self.settings.origin, size, root))
         signed = self.settings.signer.sign(body)
-        await store.insert_checkpoint(
-            conn, store.StoredCheckpoint(size, root, self.state.chain_head, signed, datetime.now(timezone.utc))
-        )
+        signed_at = datetime.now(timezone.utc)
+        await store.insert_checkpoint(conn, store.StoredCheckpoint(size, root, self.state.chain_head, signed, signed_at))
+        self.metrics.checkpointed(size, signed_at.timestamp())
         self._last_checkpoint_size = size
         self._last_checkpoint_at = now
         self._committed()

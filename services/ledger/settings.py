@@ -25,6 +25,10 @@ class LedgerSettings:
     # Threads that check producer signatures beside the sequencing loop
     # (libsodium releases the GIL, so they use the other cores).
     verify_threads: int
+    # WatchCheckpoints streams one process serves at once; more are refused.
+    max_watchers: int = 100
+    # How often watchers of a standby (which signs nothing itself) see new checkpoints.
+    watch_poll_s: float = 0.1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "LedgerSettings":
@@ -37,6 +41,8 @@ class LedgerSettings:
             identity_address=env_str("MEDLEDGER_IDENTITY_ADDRESS", "127.0.0.1:50051", env),
             events=event_verifier(Topics(env_str("MEDLEDGER_TOPIC_PREFIX", "", env)), env),
             verify_threads=env_int("MEDLEDGER_LEDGER_VERIFY_THREADS", 2, env),
+            max_watchers=env_int("MEDLEDGER_LEDGER_MAX_WATCHERS", 100, env),
+            watch_poll_s=env_int("MEDLEDGER_LEDGER_WATCH_POLL_MS", 100, env) / 1000,
         )
 
 

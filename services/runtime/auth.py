@@ -4,7 +4,11 @@ The identity service issues short-lived EdDSA (Ed25519) JWTs after a signed
 challenge; every service verifies them offline with the identity service's
 published key. ``AuthInterceptor`` enforces this on every RPC except health,
 reflection and the methods a service declares public, and makes the caller
-available to handlers through ``current_caller()``.
+available to handlers through ``current_caller()``. A token names the
+services it is for (``aud``), and each service accepts only its own; a token
+that verifies is still refused once its subject, its key or a membership it
+lists was revoked since it was issued (``RevocationCheck``: identity asks its
+database, the other services a feed of identity.events, runtime/revocations.py).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import contextvars
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Collection, Mapping
+from typing import Any, Awaitable, Callable, Collection, Mapping, Protocol
 
 import grpc
 import jwt
@@ -28,17 +32,53 @@ MAX_TOKEN_TTL_S = 15 * 60
 ALWAYS_PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 KINDS = ("PATIENT", "PRACTITIONER", "ORGANIZATION", "AUDITOR", "SERVICE")
+# An AUDITOR token's ``ascope`` claim, from who registered the auditor.
+NETWORK_SCOPE, ORGANIZATION_SCOPE = "network", "organization"
+NETWORK_AUDITOR, ORGANIZATION_AUDITOR = "NETWORK_AUDITOR", "ORGANIZATION_AUDITOR"
+# The services a token may be for (its ``aud`` claim); each accepts only its own.
+AUDIENCES = ("identity", "consent", "records", "ledger")
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling, as the token says: subject id, kind and the
-    organizations where the subject has an active membership."""
+    """Who is calling, as the token says: subject id, kind, the organizations
+    where the subject had an active membership at issue, and what revocation
+    checks need: the services it is for, when it was issued (``iat``) and the
+    subject's key that answered the challenge (``akid``)."""
 
     subject: str
     kind: str
     organizations: tuple[str, ...] = ()
     token_id: str = ""
+    audience: tuple[str, ...] = ()
+    issued_at: int = 0
+    key_id: str = ""
+    # AUDITOR tokens only: "network" (registered by an operator: audits the
+    # whole network) or "organization" (registered by an organization: audits
+    # what concerns the organizations in ``organizations``).
+    audit_scope: str = ""
+
+    @property
+    def role(self) -> str:
+        """The kind, with auditors split by scope (NETWORK_AUDITOR,
+        ORGANIZATION_AUDITOR): what the README's authorization matrix names."""
+        if self.kind != "AUDITOR":
+            return self.kind
+        return NETWORK_AUDITOR if self.audit_scope == NETWORK_SCOPE else ORGANIZATION_AUDITOR
+
+    def audits(self, organizations: Collection[str]) -> bool:
+        """An auditor whose remit covers something of these organizations: a
+        network auditor covers every one, an organization auditor its own."""
+        if self.kind != "AUDITOR":
+            return False
+        return self.audit_scope == NETWORK_SCOPE or any(o in organizations for o in self.organizations)
+
+
+class RevocationCheck(Protocol):
+    """Refuses a verified token whose subject, key or listed membership was
+    revoked since it was issued (raises the CallerError to answer)."""
+
+    async def check(self, claims: Caller) -> None: ...
 
 
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("medledger_caller", default=None)
@@ -64,6 +104,9 @@ def mint_token(
         "sub": caller.subject,
         "kind": caller.kind,
         "orgs": list(caller.organizations),
+        "aud": list(caller.audience),
+        "akid": caller.key_id,
+        **({"ascope": caller.audit_scope} if caller.audit_scope else {}),
         "iat": issued,
         "nbf": issued,
         "exp": issued + ttl_s,
@@ -101,7 +144,15 @@ class TokenVerifier:
         except KeyError:
             raise Unauthenticated(f"token signed by unknown key {key_id!r}") from None
 
-    async def verify(self, token: str) -> Caller:
+    async def verify(self, token: str, audience: str) -> Caller:
+        """The caller a valid token names, if the token is for ``audience``."""
+        caller = await self.claims(token)
+        if audience not in caller.audience:
+            raise Unauthenticated(f"the token is not for the {audience} service (its audience: {list(caller.audience)})")
+        return caller
+
+    async def claims(self, token: str) -> Caller:
+        """Signature, issuer, lifetime and claims checked; audience not yet."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -112,7 +163,7 @@ class TokenVerifier:
         try:
             claims = jwt.decode(
                 token, key, algorithms=[ALGORITHM], issuer=ISSUER, leeway=self.leeway_s,
-                options={"require": ["exp", "iat", "sub", "iss"]},
+                options={"require": ["exp", "iat", "sub", "iss", "aud"], "verify_aud": False},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("token expired") from None
@@ -123,7 +174,18 @@ class TokenVerifier:
         kind = claims.get("kind")
         if kind not in KINDS:
             raise Unauthenticated(f"token has unknown identity kind {kind!r}")
-        return Caller(str(claims["sub"]), str(kind), tuple(claims.get("orgs", ())), str(claims.get("jti", "")))
+        audience = claims["aud"]
+        if isinstance(audience, str):
+            audience = [audience]
+        if not isinstance(audience, list) or not all(isinstance(a, str) for a in audience):
+            raise Unauthenticated("token audience must be a list of service names")
+        return Caller(
+            str(claims["sub"]), str(kind), tuple(claims.get("orgs", ())), str(claims.get("jti", "")),
+            tuple(audience), int(claims["iat"]), str(claims.get("akid", "")),
+            # an auditor token without a known scope is an organization auditor's: the narrower remit
+            NETWORK_SCOPE if kind == "AUDITOR" and claims.get("ascope") == NETWORK_SCOPE
+            else ORGANIZATION_SCOPE if kind == "AUDITOR" else "",
+        )
 
 
 def bearer_token(metadata: Any) -> str | None:
@@ -138,8 +200,10 @@ def bearer_token(metadata: Any) -> str | None:
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Requires a valid bearer token on every method but health, reflection and
-    ``public`` ones. ``allowed_kinds`` maps a full method name
-    (``/medledger.v1.X/Method``) to the identity kinds that may call it;
+    ``public`` ones: for this service's ``audience`` and not revoked since
+    issue (``revocations``). ``allowed_kinds`` maps a full method name
+    (``/medledger.v1.X/Method``) to the identity kinds that may call it
+    (``AUDITOR`` for both, or a role: NETWORK_AUDITOR, ORGANIZATION_AUDITOR);
     methods not listed are open to any authenticated caller. On a public method
     a valid token is still read, so handlers can tell who asks."""
 
@@ -148,10 +212,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         verifier: TokenVerifier,
         public: Collection[str] = (),
         allowed_kinds: Mapping[str, Collection[str]] | None = None,
+        *,
+        audience: str,
+        revocations: RevocationCheck,
     ) -> None:
+        if audience not in AUDIENCES:
+            raise ValueError(f"audience must be one of {AUDIENCES}")
         self.verifier = verifier
         self.public = set(public)
         self.allowed_kinds = dict(allowed_kinds or {})
+        self.audience = audience
+        self.revocations = revocations
 
     async def intercept_service(
         self,
@@ -173,9 +244,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if is_public:
                     return
                 raise Unauthenticated(f"{method} needs a bearer token (authorization: Bearer <token>)")
-            caller = await self.verifier.verify(token)
-            if kinds is not None and caller.kind not in kinds and not is_public:
-                raise PermissionDenied(f"a {caller.kind} may not call {method}")
+            caller = await self.verifier.verify(token, self.audience)
+            await self.revocations.check(caller)
+            if kinds is not None and caller.kind not in kinds and caller.role not in kinds and not is_public:
+                raise PermissionDenied(f"a {caller.role} may not call {method}")
             _caller.set(caller)
 
         return wrap_handler(handler, authenticate)

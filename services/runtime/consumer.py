@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.kafka import make_consumer
+from medledger.runtime.metrics import ConsumerLag
 from medledger.runtime.positions import Delivery, Position
 from medledger.runtime.transport import kafka_security
 from medledger.v1 import events_pb2
@@ -48,8 +49,10 @@ class Opened:
 
 class PositionedConsumer:
     def __init__(
-        self, bootstrap: str, topics: Sequence[str], *, refresh_partitions_s: float = 5.0, **options: object
+        self, bootstrap: str, topics: Sequence[str], *, refresh_partitions_s: float = 5.0, reader: str = "unnamed",
+        **options: object,
     ) -> None:
+        """reader: what reads, for the lag metric (``ledger sequencer``, ``consent projection``)."""
         self.bootstrap = bootstrap
         self.topics = tuple(topics)
         self.refresh_partitions_s = refresh_partitions_s
@@ -59,6 +62,7 @@ class PositionedConsumer:
         self._assigned: frozenset[TopicPartition] = frozenset()
         self._positions: dict[Position, int] = {}
         self._next_refresh = 0.0
+        self._lag = ConsumerLag(reader)
 
     async def __aenter__(self) -> PositionedConsumer:
         return self
@@ -90,6 +94,7 @@ class PositionedConsumer:
 
     async def stop(self) -> None:
         consumer, admin, self._consumer, self._admin = self._consumer, self._admin, None, None
+        self._lag.forget()
         if consumer is not None:
             await consumer.stop()
         if admin is not None:
@@ -147,7 +152,16 @@ class PositionedConsumer:
             out += [Delivery(tp.topic, tp.partition, r.offset, r.value) for r in records]
             if records:
                 self._positions[(tp.topic, tp.partition)] = records[-1].offset + 1
+        for (topic, partition), end in self.log_ends().items():
+            self._lag.observe(topic, partition, end, self._positions.get((topic, partition), 0))
         return out
+
+    def log_ends(self) -> dict[Position, int]:
+        """Each partition's end as the last fetch saw it (partitions not fetched
+        yet are missing). No request: for metrics, not for freshness."""
+        consumer = self.consumer
+        ends = {(tp.topic, tp.partition): consumer.highwater(tp) for tp in self._assigned}
+        return {position: end for position, end in ends.items() if end is not None}
 
     def envelopes(self, deliveries: Sequence[Delivery], verifier: EnvelopeVerifier) -> list[Opened]:
         """The deliveries whose envelopes verify; each other one is logged and

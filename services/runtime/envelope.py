@@ -27,7 +27,7 @@ from medledger.v1 import events_pb2
 SIGNED_PREFIX = b"medledger.v1.EventEnvelope/signed\n"
 SIGNATURE_BYTES = 64
 
-IDENTITY, CONSENT, RECORDS = "identity", "consent", "records"
+IDENTITY, CONSENT, RECORDS, MONITOR = "identity", "consent", "records", "monitor"
 
 # Which service may publish which event type on which logical topic. A type
 # not listed for a topic is refused there, whoever signed it.
@@ -41,8 +41,8 @@ PRODUCER_POLICY: Mapping[str, Mapping[str, frozenset[str]]] = {
     "consent.events": {
         f"medledger.v1.{name}": frozenset({CONSENT})
         for name in (
-            "ConsentGranted", "ConsentRevoked", "ConsentExpired", "BreakGlassInvoked",
-            "RepresentativeRegistered", "RepresentationEnded",
+            "ConsentGranted", "ConsentRevoked", "ConsentExpired", "BreakGlassInvoked", "BreakGlassReviewed",
+            "RepresentativeRegistered", "RepresentationEnded", "RepresentationReviewed",
         )
     },
     "records.events": {
@@ -53,6 +53,7 @@ PRODUCER_POLICY: Mapping[str, Mapping[str, frozenset[str]]] = {
         "medledger.v1.AccessDecided": frozenset({CONSENT}),
         "medledger.v1.RecordsDisclosed": frozenset({RECORDS}),
     },
+    "access.alerts": {"medledger.v1.AccessAlert": frozenset({MONITOR})},
 }
 
 

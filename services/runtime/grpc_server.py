@@ -11,11 +11,14 @@ import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from medledger.runtime.errors import MedLedgerError
+from medledger.runtime.errors import InvalidArgument, MedLedgerError
 from medledger.runtime.grpc_status import status_of
+from medledger.runtime.request_guard import check_request
+from medledger.runtime.metrics import grpc_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +33,39 @@ async def _abort_with(context: grpc.aio.ServicerContext, error: MedLedgerError) 
     await context.abort(status, str(error))
 
 
+class MalformedRequest:
+    """Stands in for a request whose bytes did not parse as the rpc's message.
+    gRPC answers INTERNAL when a deserializer raises; this lets the request
+    reach the handler wrapper, which answers INVALID_ARGUMENT instead."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = type(error).__name__
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The deserializer, returning MalformedRequest instead of raising."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # noqa: BLE001 - any parse failure is the caller's malformed bytes
+            return MalformedRequest(error)
+
+    return parse
+
+
 def wrap_handler(
     handler: grpc.RpcMethodHandler,
     before: Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
     """A handler that runs ``before`` (in the handler's own task, so context
     variables it sets are visible to the handler) and maps MedLedgerErrors
-    raised by either to their status codes."""
+    raised by either to their status codes. ``request_deserializer`` replaces
+    the handler's own when given."""
+    deserialize = request_deserializer or handler.request_deserializer
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
@@ -47,7 +76,7 @@ def wrap_handler(
             except MedLedgerError as error:
                 await _abort_with(context, error)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, handler.response_serializer)
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
@@ -59,16 +88,22 @@ def wrap_handler(
             except MedLedgerError as error:
                 await _abort_with(context, error)
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, handler.response_serializer)
     return handler
 
 
-async def _nothing(request: Any, context: grpc.aio.ServicerContext) -> None:
-    return None
+async def _checked(request: Any, context: grpc.aio.ServicerContext) -> None:
+    """What no rpc accepts: unparseable bytes, NUL in strings, impossible timestamps."""
+    if isinstance(request, MalformedRequest):
+        raise InvalidArgument(f"the request is not a valid message for this rpc ({request.error})")
+    if isinstance(request, Message):
+        check_request(request)
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Turns a raised MedLedgerError into its status code and message."""
+    """Turns a raised MedLedgerError into its status code and message, and
+    refuses malformed requests with INVALID_ARGUMENT before any handler
+    (runtime/request_guard.py)."""
 
     async def intercept_service(
         self,
@@ -76,7 +111,9 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        return handler if handler is None else wrap_handler(handler, _nothing)
+        if handler is None:
+            return handler
+        return wrap_handler(handler, _checked, tolerant(handler.request_deserializer))
 
 
 class GrpcServer:
@@ -90,13 +127,17 @@ class GrpcServer:
         registrations: Sequence[Registration],
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         credentials: grpc.ServerCredentials | None = None,
+        options: Sequence[tuple[str, int]] = (),
     ) -> None:
+        """options: channel arguments on top of the defaults, e.g. a larger
+        grpc.max_receive_message_length for a service with its own size limit."""
         self.address = f"{host}:{port}"
         self.service_names = list(service_names)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[*interceptors, ErrorMappingInterceptor()],
-            options=[("grpc.max_send_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+            # Metrics outermost, so they see every status, authentication failures included.
+            interceptors=[*grpc_interceptors(), *interceptors, ErrorMappingInterceptor()],
+            options=list({"grpc.max_send_message_length": 8 * 1024 * 1024, "grpc.so_reuseport": 0, **dict(options)}.items()),
         )
         for register in registrations:
             register(self.server)

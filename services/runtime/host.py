@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.grpc_server import GrpcServer, Registration
+from medledger.runtime import metrics
 from medledger.runtime.kafka import kafka_reachable, make_producer, start_producer
 from medledger.runtime.postgres import create_pool, postgres_reachable, prepare_database
 from medledger.runtime.retry import with_backoff
@@ -89,6 +90,7 @@ class ServiceHost:
         pool = await with_backoff("postgresql", database, self.stop_event)
         if pool is None:
             return None
+        metrics.watch_pool(pool)
 
         async def producer() -> AIOKafkaProducer:
             p = make_producer(self.settings.kafka_bootstrap)
@@ -122,12 +124,16 @@ class ServiceHost:
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or stop_event) and then shut down cleanly."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self.stop_event.set)
-            except (NotImplementedError, RuntimeError):
-                pass  # not the main thread (tests): the caller sets stop_event
+        stop_on_signals(self.stop_event)
+        endpoint = metrics.serve(self.app.name, self.settings.grpc_host, self.settings.metrics_port)
+        metrics.SERVING.set_function(lambda: 1.0 if self.serving else 0.0)
+        try:
+            await self._serve()
+        finally:
+            if endpoint is not None:
+                endpoint.stop()
+
+    async def _serve(self) -> None:
         # grpc.aio binds the server to the running loop: build it here, not in __init__.
         grpc_server = self.grpc = GrpcServer(
             self.settings.grpc_host,
@@ -136,6 +142,7 @@ class ServiceHost:
             self.app.registrations(),
             self.app.interceptors(),
             self.credentials,
+            getattr(self.app, "grpc_options", ()),  # optional: message size limits of the service's own
         )
         await grpc_server.start()
         ctx = await self._connect()
@@ -157,6 +164,16 @@ class ServiceHost:
             await grpc_server.stop()
             await ctx.producer.stop()
             await ctx.pool.close()
+
+
+def stop_on_signals(stop_event: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop_event``: the process shuts down gracefully."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop_event.set)
+        except (NotImplementedError, RuntimeError):
+            pass  # not the main thread (tests): the caller sets stop_event
 
 
 def require_context(ctx: ServiceContext | None) -> ServiceContext:

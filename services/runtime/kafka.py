@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from medledger.runtime.errors import DependencyUnavailable
-from medledger.runtime.settings import Topics, env_int
+from medledger.runtime.settings import MONITOR_TABLES, Topics, env_int
 from medledger.runtime.transport import kafka_security
 
 if TYPE_CHECKING:
@@ -59,7 +59,33 @@ def topic_specs(topics: Topics, event_partitions: int = 3, replication_factor: i
         TopicSpec(topics.ledger_checkpoints, 1, dict(keep), rf),
         TopicSpec(topics.ledger_rejected, 1, dict(keep), rf),
     ]
-    return specs
+    return specs + monitor_topic_specs(topics, event_partitions, rf)
+
+
+DAY_MS = 24 * 3600 * 1000
+# How long the access monitor's table changelogs keep a bucket: longer than any
+# window or look-back its settings accept (services/monitor/settings.py).
+MONITOR_STATE_RETENTION_MS = 32 * DAY_MS
+# How long its repartition topic keeps what it has not counted yet: a monitor
+# stopped for longer misses those events (docs/architecture.md, Access monitor).
+MONITOR_BACKLOG_RETENTION_MS = 7 * DAY_MS
+
+
+def monitor_topic_specs(topics: Topics, partitions: int, replication_factor: int) -> list[TopicSpec]:
+    """faust's internal topics for the access monitor, with the settings faust would
+    give them itself: a repartition topic with as many partitions as the changelogs
+    (faust co-partitions a table with the stream that updates it), and one compacted
+    changelog per table whose windows expire."""
+    observations = TopicSpec(
+        topics.monitor_observations, partitions,
+        {"retention.ms": str(MONITOR_BACKLOG_RETENTION_MS), "max.message.bytes": str(2 * MAX_RECORD_BYTES)},
+        replication_factor,
+    )
+    changelog = {"cleanup.policy": "compact,delete", "retention.ms": str(MONITOR_STATE_RETENTION_MS)}
+    return [observations] + [
+        TopicSpec(topics.monitor_changelog(table), partitions, dict(changelog), replication_factor)
+        for table in MONITOR_TABLES
+    ]
 
 
 async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:

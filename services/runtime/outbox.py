@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from medledger.runtime.consumer import Opened, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier, EventSigner
 from medledger.runtime.leadership import lead_when_possible
+from medledger.runtime.metrics import OutboxBacklog, track_leadership
 from medledger.runtime.retry import keep_running
 from medledger.v1 import events_pb2
 
@@ -52,54 +53,57 @@ BATCH = 500
 class Outbox:
     """The outbox rows of one service database, for one topic."""
 
-    def __init__(self, topic: str, signer: EventSigner, channel: str) -> None:
+    def __init__(self, topic: str, signer: EventSigner, channel: str, table: str = "outbox") -> None:
+        """table: a service publishing to two topics keeps one outbox table
+        per topic (records: records.events and access.events)."""
         self.topic = topic
         self.signer = signer
         self.channel = channel  # LISTEN/NOTIFY channel that wakes the relay
+        self.table = table
 
     async def enqueue(self, conn: Conn, env: events_pb2.EventEnvelope) -> bytes:
         """Sign the envelope and queue it; must run inside the command's
         transaction. Returns the exact bytes that will be published."""
         value = self.signer.seal(env)
         await conn.execute(
-            "INSERT INTO outbox (event_id, aggregate_id, envelope) VALUES ($1, $2, $3)",
+            f"INSERT INTO {self.table} (event_id, aggregate_id, envelope) VALUES ($1, $2, $3)",
             env.event_id, env.aggregate_id, value,
         )
         await conn.execute("SELECT pg_notify($1, '')", self.channel)
         return value
 
-    @staticmethod
-    async def unpublished(conn: Conn, limit: int) -> list[asyncpg.Record]:
+    async def unpublished(self, conn: Conn, limit: int) -> list[asyncpg.Record]:
         return list(await conn.fetch(
-            "SELECT seq, event_id, aggregate_id, envelope FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+            f"SELECT seq, event_id, aggregate_id, envelope FROM {self.table} WHERE published_at IS NULL"
+            " ORDER BY seq LIMIT $1",
             limit,
         ))
 
-    @staticmethod
-    async def mark_published(conn: Conn, placed: Sequence[tuple[str, int, int]]) -> None:
+    async def mark_published(self, conn: Conn, placed: Sequence[tuple[str, int, int]]) -> None:
         """Record (event_id, partition, offset) of envelopes the broker acknowledged."""
         await conn.executemany(
-            'UPDATE outbox SET published_at = now(), partition = $2, "offset" = $3'
+            f'UPDATE {self.table} SET published_at = now(), partition = $2, "offset" = $3'
             " WHERE event_id = $1 AND published_at IS NULL",
             placed,
         )
 
-    @staticmethod
-    async def published(conn: Conn, event_ids: Sequence[str]) -> bool:
+    async def published(self, conn: Conn, event_ids: Sequence[str]) -> bool:
         pending = await conn.fetchval(
-            "SELECT count(*) FROM outbox WHERE event_id = ANY($1::text[]) AND published_at IS NULL", list(event_ids)
+            f"SELECT count(*) FROM {self.table} WHERE event_id = ANY($1::text[]) AND published_at IS NULL",
+            list(event_ids),
         )
         return bool(pending == 0)
 
-    @staticmethod
-    async def pending_event_ids(conn: Conn) -> set[str]:
-        return {r["event_id"] for r in await conn.fetch("SELECT event_id FROM outbox WHERE published_at IS NULL")}
+    async def pending_event_ids(self, conn: Conn) -> set[str]:
+        return {
+            r["event_id"] for r in await conn.fetch(f"SELECT event_id FROM {self.table} WHERE published_at IS NULL")
+        }
 
-    @staticmethod
-    async def positions(conn: Conn) -> dict[int, int]:
+    async def positions(self, conn: Conn) -> dict[int, int]:
         """Per partition, the offset after the last row the relay placed there."""
         rows = await conn.fetch(
-            'SELECT partition, max("offset") + 1 AS next FROM outbox WHERE "offset" IS NOT NULL GROUP BY partition'
+            f'SELECT partition, max("offset") + 1 AS next FROM {self.table} WHERE "offset" IS NOT NULL'
+            " GROUP BY partition"
         )
         return {r["partition"]: r["next"] for r in rows}
 
@@ -136,6 +140,8 @@ class OutboxRelay:
         self.role = "starting"
         self._wake = asyncio.Event()
         self._published = asyncio.Condition()
+        self.backlog = OutboxBacklog(outbox.topic, table=outbox.table)
+        track_leadership(name, lambda: self.role == "leader")
 
     async def run(self, stop: asyncio.Event) -> None:
         await keep_running(self.name, lambda: self._lead_when_possible(stop), stop)
@@ -152,7 +158,9 @@ class OutboxRelay:
                 await self.on_lead(conn)
             self.role = "leader"
             while not stop.is_set():
-                if not await self._publish_batch(conn):
+                published = await self._publish_batch(conn)
+                await self.backlog.measure(conn)
+                if not published:
                     await self._idle(stop)
 
         await lead_when_possible(self.database_url, self.lock_id, stop, lead, self.standby_poll_s, standby)
@@ -173,6 +181,7 @@ class OutboxRelay:
         sends = [await self.producer.send(topic, value=r["envelope"], key=r["aggregate_id"].encode()) for r in rows]
         placed = await asyncio.gather(*sends)
         await self.outbox.mark_published(conn, [(r["event_id"], m.partition, m.offset) for r, m in zip(rows, placed)])
+        self.backlog.published.inc(len(rows))
         async with self._published:
             self._published.notify_all()
         return True
@@ -206,7 +215,9 @@ class OutboxRelay:
                 start[partition] = max(start.get(partition, 0), offset)
         pending = await self.outbox.pending_event_ids(conn)
         applied = 0
-        consumer = PositionedConsumer(self.bootstrap, [topic], isolation_level="read_uncommitted")
+        consumer = PositionedConsumer(
+            self.bootstrap, [topic], isolation_level="read_uncommitted", reader=f"{self.name} reconcile"
+        )
         await consumer.start({(topic, p): o for p, o in start.items()})
         try:
             ends = await consumer.end_offsets()

@@ -72,6 +72,10 @@ class Topics:
         return self._name("access.events")
 
     @property
+    def access_alerts(self) -> str:
+        return self._name("access.alerts")
+
+    @property
     def ledger_entries(self) -> str:
         return self._name("ledger.entries")
 
@@ -85,12 +89,43 @@ class Topics:
 
     @property
     def event_topics(self) -> tuple[str, ...]:
-        """The four source-of-truth topics the ledger sequences."""
-        return (self.identity_events, self.consent_events, self.records_events, self.access_events)
+        """The source-of-truth topics the ledger sequences: the four event topics and
+        the access monitor's alerts (docs/architecture.md, Access monitor)."""
+        return (self.identity_events, self.consent_events, self.records_events, self.access_events, self.access_alerts)
+
+    @property
+    def monitor_app_id(self) -> str:
+        """The access monitor's faust app id: its consumer group, and the stem faust
+        names its internal topics after."""
+        return self._name(MONITOR_APP)
+
+    @property
+    def monitor_observations(self) -> str:
+        """The monitor's repartition topic: the events its rules count, by subject."""
+        return f"{self.monitor_app_id}-observations-repartition"
+
+    def monitor_changelog(self, table: str) -> str:
+        """The changelog topic faust keeps one of the monitor's tables in."""
+        return f"{self.monitor_app_id}-{table}-changelog"
+
+    @property
+    def monitor_internal(self) -> tuple[str, ...]:
+        """Every topic faust needs for the monitor; declared here because brokers
+        never auto-create topics."""
+        return (self.monitor_observations, *(self.monitor_changelog(t) for t in MONITOR_TABLES))
 
     @property
     def all(self) -> tuple[str, ...]:
-        return self.event_topics + (self.ledger_entries, self.ledger_checkpoints, self.ledger_rejected)
+        return (
+            self.event_topics + (self.ledger_entries, self.ledger_checkpoints, self.ledger_rejected)
+            + self.monitor_internal
+        )
+
+
+# The access monitor (services/monitor/): its faust app id and its tables, one per
+# rule, each a changelog topic on Kafka.
+MONITOR_APP = "medledger-monitor"
+MONITOR_TABLES = ("breadth", "probing", "break-glass", "unusual-hours")
 
 
 @dataclass(frozen=True)
@@ -100,6 +135,8 @@ class CommonSettings:
     service: str
     grpc_host: str
     grpc_port: int
+    # The plain-HTTP /metrics endpoint, on the gRPC host; 0 turns it off (runtime/metrics.py).
+    metrics_port: int
     kafka_bootstrap: str
     database_url: str
     topics: Topics
@@ -113,6 +150,7 @@ class CommonSettings:
             service=service,
             grpc_host=env_str(f"MEDLEDGER_{upper}_HOST", "127.0.0.1", env),
             grpc_port=env_int(f"MEDLEDGER_{upper}_PORT", default_port, env),
+            metrics_port=env_int(f"MEDLEDGER_{upper}_METRICS_PORT", DEFAULT_METRICS_PORTS.get(service, 0), env),
             kafka_bootstrap=env_str("MEDLEDGER_KAFKA_BOOTSTRAP", env=env),
             database_url=env_str(f"MEDLEDGER_{upper}_DATABASE_URL", env=env),
             topics=Topics(env_str("MEDLEDGER_TOPIC_PREFIX", "", env)),
@@ -122,6 +160,12 @@ class CommonSettings:
 
 
 DEFAULT_PORTS: dict[str, int] = {"identity": 50051, "consent": 50052, "records": 50053, "ledger": 50054}
+# Every process `medledger serve` runs: the services above and the access monitor,
+# which serves only gRPC health and reflection (no API, no database).
+PROCESS_PORTS: dict[str, int] = {**DEFAULT_PORTS, "monitor": 50055}
+DEFAULT_METRICS_PORTS: dict[str, int] = {
+    "identity": 9151, "consent": 9152, "records": 9153, "ledger": 9154, "monitor": 9155,
+}
 
 
 def _read_setting_file(variable: str, env: Mapping[str, str] | None) -> str:

@@ -13,27 +13,37 @@ the test holds, waits until SERVING and returns an ``IdentityHarness``:
     svc = identity_service.service()                      # SERVICE identity (token via Challenge/IssueToken)
     stub.Method(request, metadata=patient.metadata)
 
+A party's ``token`` is for every service (``TEST_AUDIENCE``), so one token
+works against whichever service a test calls: a convenience of this harness
+only. Production clients name the services they need (IssueToken's
+audience, ``ServiceCredentials(audience=...)``, ``medledger identity token
+--audience``); tests of the audience rule use ``harness.token_for``.
+
 Calls are synchronous (grpc, not grpc.aio) so sync and async tests can use
 them alike; the service is another process, so blocking is harmless.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medledger.identity import keyfiles
 from medledger.identity.cli import login
-from medledger.identity.domain import key_id_for
+from medledger.identity.domain import acceptance_message, key_id_for
+from medledger.runtime.auth import AUDIENCES
 from medledger.identity.settings import bootstrap_identity_id
 from medledger.v1 import identity_pb2, identity_pb2_grpc
 from medledger.testing.stack import ServiceProcess
 
 Kind = identity_pb2.IdentityKind
+TEST_AUDIENCE = AUDIENCES  # harness tokens are for every service; see the module docstring
 
 
 def generate_key() -> Ed25519PrivateKey:
@@ -77,9 +87,25 @@ class Party:
         return path
 
 
-def obtain_token(stub: identity_pb2_grpc.IdentityServiceStub, identity_id: str, key: Ed25519PrivateKey) -> str:
-    """Challenge → sign the challenge message → IssueToken."""
-    return str(login(stub, identity_id, key).token)
+def obtain_token(
+    stub: identity_pb2_grpc.IdentityServiceStub, identity_id: str, key: Ed25519PrivateKey,
+    audience: Sequence[str] = TEST_AUDIENCE,
+) -> str:
+    """Challenge → sign the challenge message → IssueToken for audience."""
+    return str(login(stub, identity_id, key, audience).token)
+
+
+def acceptance(
+    member: Party, organization_id: str, role: str, accepted_at: datetime | None = None, nonce: bytes | None = None
+) -> identity_pb2.MembershipAcceptance:
+    """member's signed acceptance of joining organization_id as role
+    (identity.proto, MembershipAcceptance), with its current key."""
+    when = (accepted_at or datetime.now(timezone.utc)).replace(microsecond=0)
+    nonce = nonce if nonce is not None else secrets.token_bytes(16)
+    signature = member.sign(acceptance_message(organization_id, member.identity_id, role, when, nonce))
+    msg = identity_pb2.MembershipAcceptance(key_id=member.key_id, nonce=nonce, signature=signature)
+    msg.accepted_at.FromDatetime(when)
+    return msg
 
 
 class IdentityHarness:
@@ -104,9 +130,13 @@ class IdentityHarness:
         self.channel.close()
 
     def login(self, party: Party) -> Party:
-        """Give party a fresh token (e.g. after a membership change)."""
+        """Give party a fresh token for every service (e.g. after a membership change)."""
         party.token = obtain_token(self.stub, party.identity_id, party.private_key)
         return party
+
+    def token_for(self, party: Party, *audience: str) -> tuple[tuple[str, str], ...]:
+        """Call metadata with a new token for exactly these services."""
+        return (("authorization", f"Bearer {obtain_token(self.stub, party.identity_id, party.private_key, audience)}"),)
 
     def register(
         self,
@@ -139,13 +169,17 @@ class IdentityHarness:
         return self.register("PATIENT", organization, "IAL2", demographics=demographics,
                              medical_record_number=medical_record_number)
 
-    def grant_membership(self, organization: Party, member: Party, role: str, by: Party | None = None) -> str:
-        reply = self.stub.GrantMembership(
-            identity_pb2.GrantMembershipRequest(
-                member_id=member.identity_id, organization_id=organization.identity_id, role=role
-            ),
-            metadata=(by or organization).metadata, timeout=15,
+    def grant_membership(
+        self, organization: Party, member: Party, role: str, by: Party | None = None, accepted: bool = False
+    ) -> str:
+        """Grant directly (by the member's registering organization or an
+        operator) or, with ``accepted``, on the member's signed acceptance."""
+        request = identity_pb2.GrantMembershipRequest(
+            member_id=member.identity_id, organization_id=organization.identity_id, role=role
         )
+        if accepted:
+            request.acceptance.CopyFrom(acceptance(member, organization.identity_id, role))
+        reply = self.stub.GrantMembership(request, metadata=(by or organization).metadata, timeout=15)
         member.event_ids += list(reply.event_ids)
         return str(reply.membership.membership_id)
 
@@ -160,6 +194,13 @@ class IdentityHarness:
         auditor = self.register("AUDITOR", self.operator, "IAL2", login=False)
         if organization is not None:
             self.grant_membership(organization, auditor, role, by=self.operator)
+        return self.login(auditor)
+
+    def organization_auditor(self, organization: Party, role: str = "auditor") -> Party:
+        """An auditor registered by (and member of) organization: it audits only
+        what concerns that organization (its token's ascope is "organization")."""
+        auditor = self.register("AUDITOR", organization, "IAL2", login=False)
+        self.grant_membership(organization, auditor, role)
         return self.login(auditor)
 
     def service(self, organization: Party | None = None, role: str = "service") -> Party:

@@ -9,15 +9,15 @@ from typing import Callable
 
 from google.protobuf.message import Message
 
-from medledger.runtime.envelope import CONSENT, IDENTITY, RECORDS, EnvelopeVerifier, EventSigner, envelope
+from medledger.runtime.envelope import CONSENT, IDENTITY, MONITOR, RECORDS, EnvelopeVerifier, EventSigner, envelope
 from medledger.runtime.envelope import parse_producer_keys, topic_kinds
 from medledger.v1 import events_pb2
 
-PRODUCING_SERVICES = (IDENTITY, CONSENT, RECORDS)
+PRODUCING_SERVICES = (IDENTITY, CONSENT, RECORDS, MONITOR)
 
 
 class TestProducers:
-    """Fresh keys for identity, consent and records."""
+    """Fresh keys for identity, consent, records and the access monitor."""
 
     __test__ = False  # not a pytest class
 

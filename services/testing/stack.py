@@ -12,10 +12,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable, Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from medledger.ledger.note import NoteSigner
+from medledger.runtime.settings import DEFAULT_PORTS, Topics
 from medledger.testing.producers import TestProducers
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (services/testing/stack.py)
@@ -44,6 +48,60 @@ def free_port() -> int:
 def unique(prefix: str) -> str:
     """A name no other test uses: lower-case, safe for topics and databases."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def service_environment(
+    topics: Topics, database_for: Callable[[str], str], run_dir: Path, producer_env: Mapping[str, str],
+    ledger_origin: str,
+) -> dict[str, str]:
+    """Environment for the service processes of one test: its own topics,
+    databases (``database_for(service)`` names one), gRPC ports, run dir and a
+    fresh checkpoint key; the session's event-signing keys."""
+    env = dict(os.environ)
+    env.update(
+        MEDLEDGER_KAFKA_BOOTSTRAP=BOOTSTRAP,
+        MEDLEDGER_TOPIC_PREFIX=topics.prefix,
+        MEDLEDGER_RUN_DIR=str(run_dir),
+        MEDLEDGER_LOG_LEVEL="INFO",
+        **producer_env,
+    )
+    key_file = run_dir / "ledger-checkpoint.key"
+    key_file.write_text(NoteSigner.generate(ledger_origin).signer_key + "\n")
+    env["MEDLEDGER_LEDGER_SIGNING_KEY_FILE"] = str(key_file)
+    env["MEDLEDGER_LEDGER_ORIGIN"] = ledger_origin
+    for name in DEFAULT_PORTS:
+        env[f"MEDLEDGER_{name.upper()}_DATABASE_URL"] = database_for(name)
+        env[f"MEDLEDGER_{name.upper()}_PORT"] = str(free_port())
+    env["MEDLEDGER_IDENTITY_ADDRESS"] = f"127.0.0.1:{env['MEDLEDGER_IDENTITY_PORT']}"
+    env["MEDLEDGER_CONSENT_ADDRESS"] = f"127.0.0.1:{env['MEDLEDGER_CONSENT_PORT']}"  # the records service asks both
+    env["MEDLEDGER_LEDGER_ADDRESS"] = f"127.0.0.1:{env['MEDLEDGER_LEDGER_PORT']}"
+    return env
+
+
+@asynccontextmanager
+async def isolated_environment(
+    name: str, producer_env: Mapping[str, str], run_dir: Path, ledger_origin: str
+) -> AsyncIterator[tuple[dict[str, str], Topics]]:
+    """For services a whole test module shares: topics (prefix ``name``) and
+    databases of their own, the environment that points at them
+    (service_environment), and both dropped afterwards."""
+    from medledger.runtime.kafka import delete_topics, ensure_topics, topic_specs
+    from medledger.runtime.postgres import drop_database
+
+    topics = Topics(unique(name) + ".")
+    await ensure_topics(BOOTSTRAP, topic_specs(topics))
+    databases: list[str] = []
+
+    def database_for(service: str) -> str:
+        databases.append(f"{PG_SERVER_URL}/{unique('test_' + service)}")
+        return databases[-1]
+
+    try:
+        yield service_environment(topics, database_for, run_dir, producer_env, ledger_origin), topics
+    finally:
+        await delete_topics(BOOTSTRAP, topics.all)
+        for url in databases:
+            await drop_database(url)
 
 
 def health_status(address: str, service: str = "", timeout: float = 1.0) -> str:
@@ -75,12 +133,30 @@ class ServiceProcess:
     port: int
     log_path: Path
     proc: subprocess.Popen[bytes] | None = field(default=None)
+    # Its /metrics port: a free one unless given, so replicas and parallel
+    # stacks never collide on the 915x defaults.
+    metrics_port: int = 0
+    # The ledger's tlog-tiles HTTP port: free too, for the same reason.
+    tiles_port: int = 0
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def tiles_url(self) -> str:
+        return f"http://127.0.0.1:{self.tiles_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def start(self) -> "ServiceProcess":
+        self.metrics_port = self.metrics_port or free_port()
+        self.env = dict(self.env, **{f"MEDLEDGER_{self.name.upper()}_METRICS_PORT": str(self.metrics_port)})
+        if self.name == "ledger":
+            self.tiles_port = self.tiles_port or free_port()
+            self.env["MEDLEDGER_LEDGER_TILES_PORT"] = str(self.tiles_port)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([MEDLEDGER, "serve", self.name], env=self.env, stdout=log, stderr=log)
         log.close()

@@ -5,8 +5,9 @@ ConsentService: patient-signed, purpose-bound access grants, their revocation
 and expiry, break-glass, and the access decisions every read in MedLedger asks
 for (docs/architecture.md, Security model). No field of an event here carries protected
 health information: only ids, categories, purposes, times, hashes, signatures
-and decisions. The one free text (a break-glass justification) stays in the
-consent service's database; events carry its SHA-256.
+and decisions. Free text (a break-glass justification, a review note) stays
+in the consent service's database, sealed (AES-256-GCM); events carry its
+SHA-256.
 """
 
 from collections import abc as _abc
@@ -117,6 +118,147 @@ SIGNER_ROLE_PATIENT: SignerRole.ValueType  # 1
 SIGNER_ROLE_REPRESENTATIVE: SignerRole.ValueType  # 2
 """A legal representative registered with RegisterRepresentative signed."""
 Global___SignerRole: _TypeAlias = SignerRole  # noqa: Y015
+
+class _BreakGlassReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BreakGlassReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BreakGlassReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BREAK_GLASS_REASON_UNSPECIFIED: _BreakGlassReason.ValueType  # 0
+    """Not a reason: refused by InvokeBreakGlass (INVALID_ARGUMENT); returned
+    only for break-glass accesses recorded before reasons existed.
+    """
+    BREAK_GLASS_REASON_LIFE_THREATENING: _BreakGlassReason.ValueType  # 1
+    """An immediate threat to the patient's life, limb or organ."""
+    BREAK_GLASS_REASON_PATIENT_UNABLE_TO_CONSENT: _BreakGlassReason.ValueType  # 2
+    """The patient cannot consent (unconscious, lacking capacity) and no
+    representative can be reached in time.
+    """
+    BREAK_GLASS_REASON_MEDICATION_SAFETY: _BreakGlassReason.ValueType  # 3
+    """Allergies, current medications or interactions must be checked before
+    emergency treatment.
+    """
+    BREAK_GLASS_REASON_PUBLIC_HEALTH_THREAT: _BreakGlassReason.ValueType  # 4
+    """A communicable disease or poisoning needs immediate action to protect the
+    patient or others.
+    """
+
+class BreakGlassReason(_BreakGlassReason, metaclass=_BreakGlassReasonEnumTypeWrapper):
+    """Why a practitioner breaks the glass: a fixed list, so reviewers compare
+    like with like; the justification says the rest.
+    """
+
+BREAK_GLASS_REASON_UNSPECIFIED: BreakGlassReason.ValueType  # 0
+"""Not a reason: refused by InvokeBreakGlass (INVALID_ARGUMENT); returned
+only for break-glass accesses recorded before reasons existed.
+"""
+BREAK_GLASS_REASON_LIFE_THREATENING: BreakGlassReason.ValueType  # 1
+"""An immediate threat to the patient's life, limb or organ."""
+BREAK_GLASS_REASON_PATIENT_UNABLE_TO_CONSENT: BreakGlassReason.ValueType  # 2
+"""The patient cannot consent (unconscious, lacking capacity) and no
+representative can be reached in time.
+"""
+BREAK_GLASS_REASON_MEDICATION_SAFETY: BreakGlassReason.ValueType  # 3
+"""Allergies, current medications or interactions must be checked before
+emergency treatment.
+"""
+BREAK_GLASS_REASON_PUBLIC_HEALTH_THREAT: BreakGlassReason.ValueType  # 4
+"""A communicable disease or poisoning needs immediate action to protect the
+patient or others.
+"""
+Global___BreakGlassReason: _TypeAlias = BreakGlassReason  # noqa: Y015
+
+class _ReviewStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReviewStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVIEW_STATUS_UNSPECIFIED: _ReviewStatus.ValueType  # 0
+    """Never returned; refused as a review outcome (INVALID_ARGUMENT)."""
+    REVIEW_STATUS_PENDING: _ReviewStatus.ValueType  # 1
+    """Flagged and not reviewed yet; refused as a review outcome."""
+    REVIEW_STATUS_APPROVED: _ReviewStatus.ValueType  # 2
+    """A reviewer found it appropriate. As a review outcome: approve."""
+    REVIEW_STATUS_INAPPROPRIATE: _ReviewStatus.ValueType  # 3
+    """A reviewer found it inappropriate. As a review outcome: a break-glass
+    still in effect stops allowing access at once; a representation ends.
+    """
+    REVIEW_STATUS_NOT_REQUIRED: _ReviewStatus.ValueType  # 4
+    """Needs no review: a representative the patient appointed with their own
+    signature. Refused as a review outcome.
+    """
+
+class ReviewStatus(_ReviewStatus, metaclass=_ReviewStatusEnumTypeWrapper):
+    """Where a review stands. Break-glass accesses and representatives appointed
+    by an organization are flagged for review when they are made; a review is
+    final.
+    """
+
+REVIEW_STATUS_UNSPECIFIED: ReviewStatus.ValueType  # 0
+"""Never returned; refused as a review outcome (INVALID_ARGUMENT)."""
+REVIEW_STATUS_PENDING: ReviewStatus.ValueType  # 1
+"""Flagged and not reviewed yet; refused as a review outcome."""
+REVIEW_STATUS_APPROVED: ReviewStatus.ValueType  # 2
+"""A reviewer found it appropriate. As a review outcome: approve."""
+REVIEW_STATUS_INAPPROPRIATE: ReviewStatus.ValueType  # 3
+"""A reviewer found it inappropriate. As a review outcome: a break-glass
+still in effect stops allowing access at once; a representation ends.
+"""
+REVIEW_STATUS_NOT_REQUIRED: ReviewStatus.ValueType  # 4
+"""Needs no review: a representative the patient appointed with their own
+signature. Refused as a review outcome.
+"""
+Global___ReviewStatus: _TypeAlias = ReviewStatus  # noqa: Y015
+
+class _LegalBasis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LegalBasisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LegalBasis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEGAL_BASIS_UNSPECIFIED: _LegalBasis.ValueType  # 0
+    """Refused from an organization (INVALID_ARGUMENT); returned only for
+    representations recorded before legal bases existed.
+    """
+    LEGAL_BASIS_PARENTAL_RESPONSIBILITY: _LegalBasis.ValueType  # 1
+    """Parent or guardian with parental responsibility for a minor."""
+    LEGAL_BASIS_COURT_ORDER: _LegalBasis.ValueType  # 2
+    """A guardian or deputy appointed by a court."""
+    LEGAL_BASIS_POWER_OF_ATTORNEY: _LegalBasis.ValueType  # 3
+    """A healthcare power of attorney or advance directive naming the
+    representative.
+    """
+    LEGAL_BASIS_STATUTORY_SURROGATE: _LegalBasis.ValueType  # 4
+    """A surrogate decision-maker named by law for an adult who lacks capacity."""
+    LEGAL_BASIS_PATIENT_SIGNED: _LegalBasis.ValueType  # 5
+    """The patient appointed the representative with their own signature
+    (RepresentativeAppointment). Set by the service; refused in a request.
+    """
+
+class LegalBasis(_LegalBasis, metaclass=_LegalBasisEnumTypeWrapper):
+    """The legal basis on which someone represents a patient."""
+
+LEGAL_BASIS_UNSPECIFIED: LegalBasis.ValueType  # 0
+"""Refused from an organization (INVALID_ARGUMENT); returned only for
+representations recorded before legal bases existed.
+"""
+LEGAL_BASIS_PARENTAL_RESPONSIBILITY: LegalBasis.ValueType  # 1
+"""Parent or guardian with parental responsibility for a minor."""
+LEGAL_BASIS_COURT_ORDER: LegalBasis.ValueType  # 2
+"""A guardian or deputy appointed by a court."""
+LEGAL_BASIS_POWER_OF_ATTORNEY: LegalBasis.ValueType  # 3
+"""A healthcare power of attorney or advance directive naming the
+representative.
+"""
+LEGAL_BASIS_STATUTORY_SURROGATE: LegalBasis.ValueType  # 4
+"""A surrogate decision-maker named by law for an adult who lacks capacity."""
+LEGAL_BASIS_PATIENT_SIGNED: LegalBasis.ValueType  # 5
+"""The patient appointed the representative with their own signature
+(RepresentativeAppointment). Set by the service; refused in a request.
+"""
+Global___LegalBasis: _TypeAlias = LegalBasis  # noqa: Y015
 
 class _ConsentStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -343,9 +485,11 @@ class ConsentTerms(_message.Message):
     (PERMISSION_DENIED otherwise).
     """
     signer_key_id: _builtins.str
-    """The signer's key id; the identity service resolves it as of signed_at.
-    Lower-case hex (see ResolvedKey.key_id). The key must be the signer's, in
-    effect at signed_at and never revoked (PERMISSION_DENIED otherwise).
+    """The signer's key id, as the identity service knows it.
+    Lower-case hex (see ResolvedKey.key_id). The key must be the signer's
+    current key when the terms are submitted, in effect at signed_at and never
+    revoked (PERMISSION_DENIED otherwise): a key rotated out cannot sign new
+    terms, whatever signed_at they claim.
     """
     @_builtins.property
     def purposes(self) -> _containers.RepeatedScalarFieldContainer[Global___Purpose.ValueType]:
@@ -375,7 +519,9 @@ class ConsentTerms(_message.Message):
     @_builtins.property
     def signed_at(self) -> _timestamp_pb2.Timestamp:
         """When the signer signed (UTC); required; at most
-        MEDLEDGER_CONSENT_SIGNING_SKEW_S (default 300 s) in the future.
+        MEDLEDGER_CONSENT_SIGNING_SKEW_S (default 300 s) in the future and at
+        most MEDLEDGER_CONSENT_SIGNATURE_MAX_AGE_S (default 24 h) in the past
+        when submitted (INVALID_ARGUMENT otherwise: sign again).
         """
 
     def __init__(
@@ -482,7 +628,7 @@ Global___Consent: _TypeAlias = Consent  # noqa: Y015
 
 @_typing.final
 class BreakGlass(_message.Message):
-    """A break-glass access, as listed to the patient."""
+    """A break-glass access, as listed to the patient and to reviewers."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -495,6 +641,11 @@ class BreakGlass(_message.Message):
     INVOKED_AT_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     REVIEW_REQUIRED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REVIEW_STATUS_FIELD_NUMBER: _builtins.int
+    REVIEWED_BY_FIELD_NUMBER: _builtins.int
+    REVIEWED_AT_FIELD_NUMBER: _builtins.int
+    REVIEW_NOTE_FIELD_NUMBER: _builtins.int
     break_glass_id: _builtins.str
     """Opaque id (UUIDv7) assigned by InvokeBreakGlass; never empty."""
     patient_id: _builtins.str
@@ -507,8 +658,8 @@ class BreakGlass(_message.Message):
     membership stays active.
     """
     justification: _builtins.str
-    """Shown to the patient, the practitioner and auditors only; events carry
-    its SHA-256.
+    """Shown to the patient, their representatives, the practitioner, reviewers
+    and auditors only; events carry its SHA-256; sealed at rest.
     The practitioner's text with surrounding whitespace removed, 10-2000
     characters; empty only if the database no longer holds it.
     """
@@ -518,6 +669,18 @@ class BreakGlass(_message.Message):
     """Every break-glass is flagged for review.
     Always true.
     """
+    reason: Global___BreakGlassReason.ValueType
+    """The reason code the practitioner gave.
+    Never UNSPECIFIED for accesses invoked since reason codes exist.
+    """
+    review_status: Global___ReviewStatus.ValueType
+    """PENDING until reviewed, then APPROVED or INAPPROPRIATE."""
+    reviewed_by: _builtins.str
+    """Who reviewed it: an AUDITOR or the organization; empty while PENDING."""
+    review_note: _builtins.str
+    """The reviewer's note, shown with the justification; empty while PENDING.
+    Sealed at rest; BreakGlassReviewed carries its SHA-256.
+    """
     @_builtins.property
     def invoked_at(self) -> _timestamp_pb2.Timestamp:
         """When it was invoked (UTC); always set."""
@@ -525,8 +688,13 @@ class BreakGlass(_message.Message):
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp:
         """Emergency access lasts until then.
-        invoked_at + MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h), exclusive.
+        invoked_at + MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h, at most
+        24 h), exclusive; ends early once reviewed INAPPROPRIATE.
         """
+
+    @_builtins.property
+    def reviewed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was reviewed (UTC); unset while PENDING."""
 
     def __init__(
         self,
@@ -540,14 +708,169 @@ class BreakGlass(_message.Message):
         invoked_at: _timestamp_pb2.Timestamp | None = ...,
         valid_until: _timestamp_pb2.Timestamp | None = ...,
         review_required: _builtins.bool = ...,
+        reason: Global___BreakGlassReason.ValueType = ...,
+        review_status: Global___ReviewStatus.ValueType = ...,
+        reviewed_by: _builtins.str = ...,
+        reviewed_at: _timestamp_pb2.Timestamp | None = ...,
+        review_note: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["invoked_at", b"invoked_at", "valid_until", b"valid_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["invoked_at", b"invoked_at", "reviewed_at", b"reviewed_at", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_id", b"break_glass_id", "invoked_at", b"invoked_at", "justification", b"justification", "justification_sha256", b"justification_sha256", "organization_id", b"organization_id", "patient_id", b"patient_id", "practitioner_id", b"practitioner_id", "review_required", b"review_required", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_id", b"break_glass_id", "invoked_at", b"invoked_at", "justification", b"justification", "justification_sha256", b"justification_sha256", "organization_id", b"organization_id", "patient_id", b"patient_id", "practitioner_id", b"practitioner_id", "reason", b"reason", "review_note", b"review_note", "review_required", b"review_required", "review_status", b"review_status", "reviewed_at", b"reviewed_at", "reviewed_by", b"reviewed_by", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BreakGlass: _TypeAlias = BreakGlass  # noqa: Y015
+
+@_typing.final
+class Representation(_message.Message):
+    """A patient's legal representative: who may sign and revoke consents for the
+    patient, on what basis, and whether that was reviewed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    REPRESENTATION_ID_FIELD_NUMBER: _builtins.int
+    APPOINTED_BY_FIELD_NUMBER: _builtins.int
+    LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    EVIDENCE_SHA256_FIELD_NUMBER: _builtins.int
+    APPOINTED_AT_FIELD_NUMBER: _builtins.int
+    REVIEW_STATUS_FIELD_NUMBER: _builtins.int
+    REVIEWED_BY_FIELD_NUMBER: _builtins.int
+    REVIEWED_AT_FIELD_NUMBER: _builtins.int
+    REVIEW_NOTE_FIELD_NUMBER: _builtins.int
+    ENDED_BY_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    patient_id: _builtins.str
+    """The represented patient."""
+    representative_id: _builtins.str
+    """The representative (a PATIENT or PRACTITIONER identity id)."""
+    active: _builtins.bool
+    """False once ended.
+    True until EndRepresentation or an INAPPROPRIATE review ends it.
+    """
+    representation_id: _builtins.str
+    """The appointment's id: RepresentativeAppointment.appointment_id for a
+    patient's appointment, else a UUIDv7 the service assigned. Never empty.
+    """
+    appointed_by: _builtins.str
+    """Who appointed the representative: the patient or the organization that
+    registered them.
+    """
+    legal_basis: Global___LegalBasis.ValueType
+    """PATIENT_SIGNED for a patient's appointment; the organization's stated
+    legal basis otherwise.
+    """
+    evidence_sha256: _builtins.bytes
+    """SHA-256 (32 bytes) of the evidence document the organization holds
+    (court order, power of attorney ...); empty for a patient's appointment.
+    """
+    review_status: Global___ReviewStatus.ValueType
+    """NOT_REQUIRED for a patient's appointment; PENDING, APPROVED or
+    INAPPROPRIATE for an organization's.
+    """
+    reviewed_by: _builtins.str
+    """The AUDITOR who reviewed it; empty unless reviewed."""
+    review_note: _builtins.str
+    """The reviewer's note; empty unless reviewed. Sealed at rest."""
+    ended_by: _builtins.str
+    """Who ended it (the patient, an auditor, the representative or the
+    appointing organization); empty while active.
+    """
+    @_builtins.property
+    def appointed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the appointment was recorded (UTC)."""
+
+    @_builtins.property
+    def reviewed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was reviewed (UTC); unset unless reviewed."""
+
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp:
+        """When it ended (UTC); unset while active."""
+
+    def __init__(
+        self,
+        *,
+        patient_id: _builtins.str = ...,
+        representative_id: _builtins.str = ...,
+        active: _builtins.bool = ...,
+        representation_id: _builtins.str = ...,
+        appointed_by: _builtins.str = ...,
+        legal_basis: Global___LegalBasis.ValueType = ...,
+        evidence_sha256: _builtins.bytes = ...,
+        appointed_at: _timestamp_pb2.Timestamp | None = ...,
+        review_status: Global___ReviewStatus.ValueType = ...,
+        reviewed_by: _builtins.str = ...,
+        reviewed_at: _timestamp_pb2.Timestamp | None = ...,
+        review_note: _builtins.str = ...,
+        ended_by: _builtins.str = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["appointed_at", b"appointed_at", "ended_at", b"ended_at", "reviewed_at", b"reviewed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "appointed_at", b"appointed_at", "appointed_by", b"appointed_by", "ended_at", b"ended_at", "ended_by", b"ended_by", "evidence_sha256", b"evidence_sha256", "legal_basis", b"legal_basis", "patient_id", b"patient_id", "representation_id", b"representation_id", "representative_id", b"representative_id", "review_note", b"review_note", "review_status", b"review_status", "reviewed_at", b"reviewed_at", "reviewed_by", b"reviewed_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Representation: _TypeAlias = Representation  # noqa: Y015
+
+@_typing.final
+class RepresentativeAppointment(_message.Message):
+    """What a patient signs to appoint a legal representative themselves.
+
+    Signed like ConsentTerms: the signature covers
+    "medledger.v1.RepresentativeAppointment\\n" || SerializeToString(appointment,
+    deterministic=True), and only that canonical encoding is accepted. Every
+    id is 1-128 letters, digits, '.', '_', ':' or '-' (INVALID_ARGUMENT
+    otherwise).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPOINTMENT_ID_FIELD_NUMBER: _builtins.int
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
+    SIGNER_KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
+    appointment_id: _builtins.str
+    """Chosen by the patient (a UUID): binds the signature to one appointment
+    and becomes Representation.representation_id; ALREADY_EXISTS if used
+    before.
+    """
+    patient_id: _builtins.str
+    """The patient appointing (and signing); required."""
+    representative_id: _builtins.str
+    """The representative appointed; required."""
+    signer_key_id: _builtins.str
+    """The patient's current key id (lower-case hex, see ResolvedKey.key_id),
+    with the same rules as ConsentTerms.signer_key_id.
+    """
+    @_builtins.property
+    def signed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the patient signed (UTC); required; the same bounds as
+        ConsentTerms.signed_at.
+        """
+
+    def __init__(
+        self,
+        *,
+        appointment_id: _builtins.str = ...,
+        patient_id: _builtins.str = ...,
+        representative_id: _builtins.str = ...,
+        signer_key_id: _builtins.str = ...,
+        signed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signed_at", b"signed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appointment_id", b"appointment_id", "patient_id", b"patient_id", "representative_id", b"representative_id", "signed_at", b"signed_at", "signer_key_id", b"signer_key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepresentativeAppointment: _TypeAlias = RepresentativeAppointment  # noqa: Y015
 
 @_typing.final
 class GrantConsentRequest(_message.Message):
@@ -658,6 +981,7 @@ class ListConsentsResponse(_message.Message):
 
     CONSENTS_FIELD_NUMBER: _builtins.int
     BREAK_GLASS_FIELD_NUMBER: _builtins.int
+    REPRESENTATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def consents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Consent]:
         """Every consent of the patient, in any status, oldest first."""
@@ -665,7 +989,13 @@ class ListConsentsResponse(_message.Message):
     @_builtins.property
     def break_glass(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakGlass]:
         """Every break-glass access to the patient's records, oldest first.
-        Expired ones included, with their justification text.
+        Expired ones included, with their justification text, reason and review.
+        """
+
+    @_builtins.property
+    def representations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Representation]:
+        """Every representative appointment of the patient, active or ended,
+        oldest first, with its legal basis and review.
         """
 
     def __init__(
@@ -673,10 +1003,11 @@ class ListConsentsResponse(_message.Message):
         *,
         consents: _abc.Iterable[Global___Consent] | None = ...,
         break_glass: _abc.Iterable[Global___BreakGlass] | None = ...,
+        representations: _abc.Iterable[Global___Representation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass", b"break_glass", "consents", b"consents"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass", b"break_glass", "consents", b"consents", "representations", b"representations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -825,8 +1156,9 @@ Global___WhoCanAccessResponse: _TypeAlias = WhoCanAccessResponse  # noqa: Y015
 
 @_typing.final
 class CheckAccessRequest(_message.Message):
-    """CheckAccess' request: may this requester read these records of this patient
-    for this purpose?
+    """CheckAccess' request: may the caller read these records of this patient for
+    this purpose? The requester decided on is always the bearer token's subject:
+    a service asks on a user's behalf only by forwarding that user's own token.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -837,14 +1169,14 @@ class CheckAccessRequest(_message.Message):
     CATEGORY_FIELD_NUMBER: _builtins.int
     RECORD_ID_FIELD_NUMBER: _builtins.int
     requester_id: _builtins.str
-    """Who wants to read. A practitioner may leave it empty (itself) and may ask
-    only for itself; a service asks on a requester's behalf.
-    Empty always means the caller itself. A practitioner naming anyone else
-    gets PERMISSION_DENIED.
+    """Optional; when set it must be the token's subject (PERMISSION_DENIED
+    otherwise). Leave it empty.
+    The decision is always for the token's subject.
     """
     patient_id: _builtins.str
-    """The patient whose records are asked for; required. An unknown patient
-    gets a DENY, not NOT_FOUND.
+    """The patient whose records are asked for; required; an id of 1-128
+    letters, digits, '.', '_', ':' or '-' (INVALID_ARGUMENT otherwise). An
+    unknown patient gets a DENY, not NOT_FOUND.
     """
     purpose: Global___Purpose.ValueType
     """Required: TREATMENT, PAYMENT, OPERATIONS, RESEARCH or EMERGENCY
@@ -853,13 +1185,15 @@ class CheckAccessRequest(_message.Message):
     category: _builtins.str
     """The FHIR resource type of the records asked for, or a record id, or both
     (a record matches a consent that lists either).
-    category: a FHIR R4 resource type name, compared exactly
-    (case-sensitive) with ConsentScope.categories; may be empty if record_id
-    is set. At least one of category and record_id is required.
+    category: a FHIR R4 resource type name (e.g. "Observation"; not a data
+    type, INVALID_ARGUMENT otherwise), compared exactly (case-sensitive) with
+    ConsentScope.categories; may be empty if record_id is set. At least one
+    of category and record_id is required.
     """
     record_id: _builtins.str
     """The record id asked for, compared exactly with ConsentScope.record_ids;
-    may be empty if category is set.
+    may be empty if category is set. 1-128 letters, digits, '.', '_', ':' or
+    '-', starting with a letter or digit (INVALID_ARGUMENT otherwise).
     """
     def __init__(
         self,
@@ -956,13 +1290,14 @@ class InvokeBreakGlassRequest(_message.Message):
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     JUSTIFICATION_FIELD_NUMBER: _builtins.int
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
     """The patient whose records are needed; required; must be a registered
     PATIENT (NOT_FOUND otherwise).
     """
     justification: _builtins.str
-    """Why, in the practitioner's words; required. Stored by the consent service
-    and shown to the patient; never put on an event.
+    """Why, in the practitioner's words; required. Stored sealed by the consent
+    service and shown to the patient and reviewers; never put on an event.
     10-2000 characters once surrounding whitespace is removed
     (INVALID_ARGUMENT otherwise).
     """
@@ -973,49 +1308,218 @@ class InvokeBreakGlassRequest(_message.Message):
     (PERMISSION_DENIED otherwise); empty with several memberships is
     INVALID_ARGUMENT.
     """
+    reason: Global___BreakGlassReason.ValueType
+    """The reason code; required (UNSPECIFIED or an unknown value is
+    INVALID_ARGUMENT).
+    """
     def __init__(
         self,
         *,
         patient_id: _builtins.str = ...,
         justification: _builtins.str = ...,
         organization_id: _builtins.str = ...,
+        reason: Global___BreakGlassReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification", "organization_id", b"organization_id", "patient_id", b"patient_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification", "organization_id", b"organization_id", "patient_id", b"patient_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InvokeBreakGlassRequest: _TypeAlias = InvokeBreakGlassRequest  # noqa: Y015
 
 @_typing.final
+class ReviewBreakGlassRequest(_message.Message):
+    """ReviewBreakGlass' request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREAK_GLASS_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    break_glass_id: _builtins.str
+    """The break-glass access to review (BreakGlass.break_glass_id); required."""
+    outcome: Global___ReviewStatus.ValueType
+    """APPROVED or INAPPROPRIATE (INVALID_ARGUMENT otherwise)."""
+    note: _builtins.str
+    """The reviewer's note; required, 1-2000 characters once surrounding
+    whitespace is removed. Stored sealed; events carry its SHA-256.
+    """
+    def __init__(
+        self,
+        *,
+        break_glass_id: _builtins.str = ...,
+        outcome: Global___ReviewStatus.ValueType = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_id", b"break_glass_id", "note", b"note", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewBreakGlassRequest: _TypeAlias = ReviewBreakGlassRequest  # noqa: Y015
+
+@_typing.final
+class ReviewRepresentationRequest(_message.Message):
+    """ReviewRepresentation's request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPRESENTATION_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    representation_id: _builtins.str
+    """The appointment to review (Representation.representation_id); required."""
+    outcome: Global___ReviewStatus.ValueType
+    """APPROVED or INAPPROPRIATE (INVALID_ARGUMENT otherwise). INAPPROPRIATE
+    also ends the representation.
+    """
+    note: _builtins.str
+    """The reviewer's note; required, 1-2000 characters once surrounding
+    whitespace is removed. Stored sealed; events carry its SHA-256.
+    """
+    def __init__(
+        self,
+        *,
+        representation_id: _builtins.str = ...,
+        outcome: Global___ReviewStatus.ValueType = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "outcome", b"outcome", "representation_id", b"representation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewRepresentationRequest: _TypeAlias = ReviewRepresentationRequest  # noqa: Y015
+
+@_typing.final
+class ListPendingReviewsRequest(_message.Message):
+    """ListPendingReviews' request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """Only what concerns this organization. An ORGANIZATION caller sees only its
+    own and may leave it empty (another organization's id is
+    PERMISSION_DENIED); empty from an AUDITOR means every organization.
+    """
+    page_size: _builtins.int
+    """How many of each kind to return at most: 1-100; 0 means 100.
+    Above 100 is INVALID_ARGUMENT.
+    """
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPendingReviewsRequest: _TypeAlias = ListPendingReviewsRequest  # noqa: Y015
+
+@_typing.final
+class ListPendingReviewsResponse(_message.Message):
+    """ListPendingReviews' answer: what waits for review, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREAK_GLASS_FIELD_NUMBER: _builtins.int
+    REPRESENTATIONS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """More of either kind wait than were returned: review these first."""
+    @_builtins.property
+    def break_glass(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakGlass]:
+        """Break-glass accesses still PENDING, made under the organization (or any),
+        with their justification text.
+        """
+
+    @_builtins.property
+    def representations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Representation]:
+        """Representatives appointed by the organization (or any) still PENDING."""
+
+    def __init__(
+        self,
+        *,
+        break_glass: _abc.Iterable[Global___BreakGlass] | None = ...,
+        representations: _abc.Iterable[Global___Representation] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass", b"break_glass", "representations", b"representations", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPendingReviewsResponse: _TypeAlias = ListPendingReviewsResponse  # noqa: Y015
+
+@_typing.final
 class RegisterRepresentativeRequest(_message.Message):
     """Legal representatives (decision): the identity service knows persons and
     organization memberships but no person-to-person relation, so the consent
     service keeps who may sign and revoke for a patient. A representative is
-    registered by the patient or by the organization that registered (and
-    identity-proofed) the patient, e.g. a guardian of a minor.
+    appointed either by the patient, with their signature over a
+    RepresentativeAppointment (appointment and signature set), or by the
+    organization that registered (and identity-proofed) the patient, e.g. for
+    a guardian of a minor, stating the legal basis and the SHA-256 of the
+    evidence document (legal_basis and evidence_sha256 set); an organization's
+    appointment is flagged for review and listed to the patient. Setting both
+    or neither pair is INVALID_ARGUMENT.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
+    LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    EVIDENCE_SHA256_FIELD_NUMBER: _builtins.int
+    APPOINTMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
     """The represented patient: an active PATIENT identity; required."""
     representative_id: _builtins.str
     """An active PATIENT or PRACTITIONER identity (a person).
     Required; not the patient themselves (INVALID_ARGUMENT otherwise).
     """
+    legal_basis: Global___LegalBasis.ValueType
+    """An organization's appointment: the legal basis; not UNSPECIFIED nor
+    PATIENT_SIGNED.
+    """
+    evidence_sha256: _builtins.bytes
+    """An organization's appointment: SHA-256 of the evidence document it holds
+    (exactly 32 bytes).
+    """
+    appointment: _builtins.bytes
+    """A patient's appointment: the serialized RepresentativeAppointment in
+    canonical encoding; its patient_id and representative_id must be the
+    request's (INVALID_ARGUMENT otherwise).
+    """
+    signature: _builtins.bytes
+    """A patient's appointment: the patient's Ed25519 signature (64 bytes) over
+    "medledger.v1.RepresentativeAppointment\\n" || appointment, by the key
+    appointment.signer_key_id (PERMISSION_DENIED if it does not verify).
+    """
     def __init__(
         self,
         *,
         patient_id: _builtins.str = ...,
         representative_id: _builtins.str = ...,
+        legal_basis: Global___LegalBasis.ValueType = ...,
+        evidence_sha256: _builtins.bytes = ...,
+        appointment: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["patient_id", b"patient_id", "representative_id", b"representative_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appointment", b"appointment", "evidence_sha256", b"evidence_sha256", "legal_basis", b"legal_basis", "patient_id", b"patient_id", "representative_id", b"representative_id", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1032,8 +1536,8 @@ class EndRepresentationRequest(_message.Message):
     patient_id: _builtins.str
     """The represented patient; required."""
     representative_id: _builtins.str
-    """The current representative to remove; required (NOT_FOUND if not a
-    representative of the patient).
+    """The current representative to remove; required (NOT_FOUND if not an
+    active representative of the patient).
     """
     def __init__(
         self,
@@ -1048,40 +1552,6 @@ class EndRepresentationRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EndRepresentationRequest: _TypeAlias = EndRepresentationRequest  # noqa: Y015
-
-@_typing.final
-class Representation(_message.Message):
-    """A patient-representative relation, as RegisterRepresentative and
-    EndRepresentation leave it.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    PATIENT_ID_FIELD_NUMBER: _builtins.int
-    REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
-    ACTIVE_FIELD_NUMBER: _builtins.int
-    patient_id: _builtins.str
-    """The represented patient, as in the request."""
-    representative_id: _builtins.str
-    """The representative, as in the request."""
-    active: _builtins.bool
-    """False once ended.
-    True after RegisterRepresentative, false after EndRepresentation.
-    """
-    def __init__(
-        self,
-        *,
-        patient_id: _builtins.str = ...,
-        representative_id: _builtins.str = ...,
-        active: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "patient_id", b"patient_id", "representative_id", b"representative_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Representation: _TypeAlias = Representation  # noqa: Y015
 
 @_typing.final
 class ExportFhirConsentRequest(_message.Message):
@@ -1262,6 +1732,7 @@ class BreakGlassInvoked(_message.Message):
     JUSTIFICATION_SHA256_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     REVIEW_REQUIRED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     break_glass_id: _builtins.str
     """Opaque id (UUIDv7) of the break-glass access."""
     patient_id: _builtins.str
@@ -1278,6 +1749,10 @@ class BreakGlassInvoked(_message.Message):
     """
     review_required: _builtins.bool
     """Always true: every break-glass is flagged for review."""
+    reason: Global___BreakGlassReason.ValueType
+    """The reason code the practitioner gave; UNSPECIFIED only in events
+    recorded before reason codes existed.
+    """
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp:
         """End of the emergency access (UTC, exclusive)."""
@@ -1292,40 +1767,121 @@ class BreakGlassInvoked(_message.Message):
         justification_sha256: _builtins.bytes = ...,
         valid_until: _timestamp_pb2.Timestamp | None = ...,
         review_required: _builtins.bool = ...,
+        reason: Global___BreakGlassReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_id", b"break_glass_id", "justification_sha256", b"justification_sha256", "organization_id", b"organization_id", "patient_id", b"patient_id", "practitioner_id", b"practitioner_id", "review_required", b"review_required", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_id", b"break_glass_id", "justification_sha256", b"justification_sha256", "organization_id", b"organization_id", "patient_id", b"patient_id", "practitioner_id", b"practitioner_id", "reason", b"reason", "review_required", b"review_required", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BreakGlassInvoked: _TypeAlias = BreakGlassInvoked  # noqa: Y015
 
 @_typing.final
+class BreakGlassReviewed(_message.Message):
+    """A break-glass access was reviewed (once). Envelope actor: the reviewer;
+    occurred_at: BreakGlass.reviewed_at. The note's text is not here.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BREAK_GLASS_ID_FIELD_NUMBER: _builtins.int
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REVIEWER_ID_FIELD_NUMBER: _builtins.int
+    NOTE_SHA256_FIELD_NUMBER: _builtins.int
+    break_glass_id: _builtins.str
+    """The reviewed break-glass access."""
+    patient_id: _builtins.str
+    """Its patient (also the envelope's aggregate_id)."""
+    organization_id: _builtins.str
+    """The organization it was made under."""
+    outcome: Global___ReviewStatus.ValueType
+    """APPROVED or INAPPROPRIATE."""
+    reviewer_id: _builtins.str
+    """The reviewer: an AUDITOR or the organization itself."""
+    note_sha256: _builtins.bytes
+    """SHA-256 (32 bytes) of the UTF-8 note, whitespace-stripped, kept sealed in
+    the consent database.
+    """
+    def __init__(
+        self,
+        *,
+        break_glass_id: _builtins.str = ...,
+        patient_id: _builtins.str = ...,
+        organization_id: _builtins.str = ...,
+        outcome: Global___ReviewStatus.ValueType = ...,
+        reviewer_id: _builtins.str = ...,
+        note_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["break_glass_id", b"break_glass_id", "note_sha256", b"note_sha256", "organization_id", b"organization_id", "outcome", b"outcome", "patient_id", b"patient_id", "reviewer_id", b"reviewer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakGlassReviewed: _TypeAlias = BreakGlassReviewed  # noqa: Y015
+
+@_typing.final
 class RepresentativeRegistered(_message.Message):
-    """A legal representative was registered for a patient."""
+    """A legal representative was appointed for a patient. Envelope actor: the
+    caller who submitted it; occurred_at: Representation.appointed_at.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
     REGISTERED_BY_FIELD_NUMBER: _builtins.int
+    REPRESENTATION_ID_FIELD_NUMBER: _builtins.int
+    LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    EVIDENCE_SHA256_FIELD_NUMBER: _builtins.int
+    APPOINTMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    REVIEW_REQUIRED_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
     """The represented patient."""
     representative_id: _builtins.str
     """The representative: a PATIENT or PRACTITIONER identity id."""
     registered_by: _builtins.str
-    """Who registered it: the patient or the organization that registered them."""
+    """Who appointed it: the patient or the organization that registered them."""
+    representation_id: _builtins.str
+    """Representation.representation_id; empty only in events recorded before
+    it existed (the envelope's event_id stands in).
+    """
+    legal_basis: Global___LegalBasis.ValueType
+    """PATIENT_SIGNED, or the organization's legal basis."""
+    evidence_sha256: _builtins.bytes
+    """SHA-256 (32 bytes) of the organization's evidence document; empty for a
+    patient's appointment.
+    """
+    appointment: _builtins.bytes
+    """A patient's appointment: the canonical RepresentativeAppointment exactly
+    as signed (anyone can verify it from the log); empty otherwise.
+    """
+    signature: _builtins.bytes
+    """A patient's appointment: the patient's Ed25519 signature over
+    "medledger.v1.RepresentativeAppointment\\n" || appointment.
+    """
+    review_required: _builtins.bool
+    """True for an organization's appointment: flagged for review."""
     def __init__(
         self,
         *,
         patient_id: _builtins.str = ...,
         representative_id: _builtins.str = ...,
         registered_by: _builtins.str = ...,
+        representation_id: _builtins.str = ...,
+        legal_basis: Global___LegalBasis.ValueType = ...,
+        evidence_sha256: _builtins.bytes = ...,
+        appointment: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        review_required: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["patient_id", b"patient_id", "registered_by", b"registered_by", "representative_id", b"representative_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appointment", b"appointment", "evidence_sha256", b"evidence_sha256", "legal_basis", b"legal_basis", "patient_id", b"patient_id", "registered_by", b"registered_by", "representation_id", b"representation_id", "representative_id", b"representative_id", "review_required", b"review_required", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1340,28 +1896,78 @@ class RepresentationEnded(_message.Message):
     PATIENT_ID_FIELD_NUMBER: _builtins.int
     REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
     ENDED_BY_FIELD_NUMBER: _builtins.int
+    REPRESENTATION_ID_FIELD_NUMBER: _builtins.int
     patient_id: _builtins.str
     """The represented patient."""
     representative_id: _builtins.str
     """The former representative."""
     ended_by: _builtins.str
-    """Who ended it: the patient, their registering organization or the
-    representative.
+    """Who ended it: the patient, an auditor (by EndRepresentation or an
+    INAPPROPRIATE review), the representative or the appointing organization.
     """
+    representation_id: _builtins.str
+    """The appointment ended; empty only in events recorded before it existed."""
     def __init__(
         self,
         *,
         patient_id: _builtins.str = ...,
         representative_id: _builtins.str = ...,
         ended_by: _builtins.str = ...,
+        representation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_by", b"ended_by", "patient_id", b"patient_id", "representative_id", b"representative_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_by", b"ended_by", "patient_id", b"patient_id", "representation_id", b"representation_id", "representative_id", b"representative_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RepresentationEnded: _TypeAlias = RepresentationEnded  # noqa: Y015
+
+@_typing.final
+class RepresentationReviewed(_message.Message):
+    """An organization's appointment of a representative was reviewed (once).
+    Envelope actor: the auditor. The note's text is not here.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPRESENTATION_ID_FIELD_NUMBER: _builtins.int
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    REPRESENTATIVE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REVIEWER_ID_FIELD_NUMBER: _builtins.int
+    NOTE_SHA256_FIELD_NUMBER: _builtins.int
+    representation_id: _builtins.str
+    """The reviewed appointment."""
+    patient_id: _builtins.str
+    """The represented patient (also the envelope's aggregate_id)."""
+    representative_id: _builtins.str
+    """The representative appointed."""
+    outcome: Global___ReviewStatus.ValueType
+    """APPROVED or INAPPROPRIATE (then a RepresentationEnded follows)."""
+    reviewer_id: _builtins.str
+    """The AUDITOR who reviewed it."""
+    note_sha256: _builtins.bytes
+    """SHA-256 (32 bytes) of the UTF-8 note, whitespace-stripped, kept sealed in
+    the consent database.
+    """
+    def __init__(
+        self,
+        *,
+        representation_id: _builtins.str = ...,
+        patient_id: _builtins.str = ...,
+        representative_id: _builtins.str = ...,
+        outcome: Global___ReviewStatus.ValueType = ...,
+        reviewer_id: _builtins.str = ...,
+        note_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note_sha256", b"note_sha256", "outcome", b"outcome", "patient_id", b"patient_id", "representation_id", b"representation_id", "representative_id", b"representative_id", "reviewer_id", b"reviewer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepresentationReviewed: _TypeAlias = RepresentationReviewed  # noqa: Y015
 
 @_typing.final
 class AccessDecided(_message.Message):
@@ -1369,7 +1975,9 @@ class AccessDecided(_message.Message):
 
     One access decision, allowed or denied.
     Envelope actor: requester_id. Mirrors the CheckAccess request and its AccessDecision; its envelope's
-    event_id is AccessDecision.decision_event_id.
+    event_id is AccessDecision.decision_event_id. Every field is bounded (ids of
+    at most 128 characters, a category of at most 64), so the envelope stays far
+    below the ledger's 1 MiB limit.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1385,7 +1993,7 @@ class AccessDecided(_message.Message):
     BREAK_GLASS_ID_FIELD_NUMBER: _builtins.int
     ASKED_BY_FIELD_NUMBER: _builtins.int
     requester_id: _builtins.str
-    """The requester decided on (the caller itself if the request left it empty)."""
+    """The requester decided on: the bearer token's subject."""
     patient_id: _builtins.str
     """The patient whose records were asked for."""
     purpose: Global___Purpose.ValueType
@@ -1403,7 +2011,10 @@ class AccessDecided(_message.Message):
     break_glass_id: _builtins.str
     """The allowing break-glass; set only for REASON_BREAK_GLASS."""
     asked_by: _builtins.str
-    """The authenticated caller that asked (a service or the practitioner)."""
+    """The authenticated caller that asked: the token's subject, so equal to
+    requester_id (in events recorded before tokens were forwarded, the
+    service that asked).
+    """
     def __init__(
         self,
         *,

@@ -75,6 +75,21 @@ class ConsentServiceStub:
                 request_serializer=medledger_dot_v1_dot_consent__pb2.InvokeBreakGlassRequest.SerializeToString,
                 response_deserializer=medledger_dot_v1_dot_consent__pb2.BreakGlass.FromString,
                 _registered_method=True)
+        self.ReviewBreakGlass = channel.unary_unary(
+                '/medledger.v1.ConsentService/ReviewBreakGlass',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.ReviewBreakGlassRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.BreakGlass.FromString,
+                _registered_method=True)
+        self.ReviewRepresentation = channel.unary_unary(
+                '/medledger.v1.ConsentService/ReviewRepresentation',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.ReviewRepresentationRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.Representation.FromString,
+                _registered_method=True)
+        self.ListPendingReviews = channel.unary_unary(
+                '/medledger.v1.ConsentService/ListPendingReviews',
+                request_serializer=medledger_dot_v1_dot_consent__pb2.ListPendingReviewsRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_consent__pb2.ListPendingReviewsResponse.FromString,
+                _registered_method=True)
         self.ExportFhirConsent = channel.unary_unary(
                 '/medledger.v1.ConsentService/ExportFhirConsent',
                 request_serializer=medledger_dot_v1_dot_consent__pb2.ExportFhirConsentRequest.SerializeToString,
@@ -138,8 +153,9 @@ class ConsentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListConsents(self, request, context):
-        """The patient's consents and break-glass accesses; to the patient, their
-        representative or an auditor.
+        """The patient's consents, break-glass accesses (with their reviews) and
+        representative appointments; to the patient, their representative or an
+        auditor.
         PERMISSION_DENIED for anyone else (only PATIENT, PRACTITIONER and AUDITOR
         tokens are accepted at all).
         """
@@ -156,12 +172,15 @@ class ConsentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CheckAccess(self, request, context):
-        """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners.
-        A practitioner may ask only for itself (PERMISSION_DENIED otherwise).
-        INVALID_ARGUMENT for an empty patient_id, an unspecified purpose, or
-        neither category nor record_id. UNAVAILABLE (fail closed) when the
-        decision cannot be handed to access.events or too many decisions are
-        still unacknowledged. A DENY is an answer, not an error.
+        """ALLOW or DENY for the token's subject, recorded as an AccessDecided event;
+        PRACTITIONER and ORGANIZATION tokens (a service forwards its user's own
+        token; its own SERVICE token is PERMISSION_DENIED). PERMISSION_DENIED for
+        a requester_id other than the token's subject. INVALID_ARGUMENT for a
+        missing or malformed patient_id, an unspecified purpose, neither
+        category nor record_id, a category that is not a FHIR R4 resource type
+        or a malformed record_id. UNAVAILABLE (fail closed) when the decision
+        cannot be handed to access.events or too many decisions are still
+        unacknowledged. A DENY is an answer, not an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,11 +188,51 @@ class ConsentServiceServicer:
 
     def InvokeBreakGlass(self, request, context):
         """Emergency access without consent; practitioners with an active membership.
-        Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h) and allows
-        purpose EMERGENCY only. INVALID_ARGUMENT for a short or long
-        justification or an ambiguous organization; NOT_FOUND for an unknown
-        patient; PERMISSION_DENIED for a revoked practitioner or one without an
-        active membership (in organization_id, if given).
+        Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h, at most 24 h),
+        allows purpose EMERGENCY only and is flagged for review.
+        INVALID_ARGUMENT for a missing reason code, a short or long justification
+        or an ambiguous organization; NOT_FOUND for an unknown patient;
+        PERMISSION_DENIED for a revoked practitioner or one without an active
+        membership (in organization_id, if given); RESOURCE_EXHAUSTED when the
+        practitioner already invoked MEDLEDGER_CONSENT_BREAK_GLASS_DAILY_LIMIT
+        (default 3) break-glass accesses in the last 24 hours.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewBreakGlass(self, request, context):
+        """Review a break-glass access once: an AUDITOR, or the organization it was
+        made under (its own ORGANIZATION token). Recorded as BreakGlassReviewed
+        on the ledger; INAPPROPRIATE ends an access still in effect. Returns the
+        access as reviewed. INVALID_ARGUMENT for a missing id, an outcome other
+        than APPROVED or INAPPROPRIATE or a missing or overlong note; NOT_FOUND
+        for an unknown break-glass id; PERMISSION_DENIED for any other caller;
+        FAILED_PRECONDITION if it was reviewed already.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewRepresentation(self, request, context):
+        """Review an organization's appointment of a representative once; AUDITOR
+        tokens only. Recorded as RepresentationReviewed on the ledger;
+        INAPPROPRIATE also ends the representation (RepresentationEnded).
+        INVALID_ARGUMENT for a missing id, an outcome other than APPROVED or
+        INAPPROPRIATE or a missing or overlong note; NOT_FOUND for an unknown
+        representation id; PERMISSION_DENIED for any other caller;
+        FAILED_PRECONDITION if it needs no review (a patient's appointment) or
+        was reviewed already.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPendingReviews(self, request, context):
+        """What waits for review: an organization's own (ORGANIZATION token), or any
+        organization's (AUDITOR token, optionally filtered by organization_id).
+        PERMISSION_DENIED for another organization's id or any other caller;
+        INVALID_ARGUMENT for a page_size over 100.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,22 +247,31 @@ class ConsentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterRepresentative(self, request, context):
-        """The patient or their registering organization names a legal representative.
-        Registering an existing representative changes nothing. INVALID_ARGUMENT
-        if patient_id is not a patient or the representative is not an active
-        person other than the patient; NOT_FOUND for an unknown identity;
-        FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
-        caller.
+        """Appoint a legal representative: with the patient's signature over a
+        RepresentativeAppointment (PATIENT or ORGANIZATION token submits it), or
+        by the organization that registered the patient with a legal basis and
+        the evidence's SHA-256 (flagged for review). Registering an active
+        representative again changes nothing and returns the existing
+        appointment. INVALID_ARGUMENT for malformed, non-canonical or
+        contradictory appointment fields (both or neither pair, a missing legal
+        basis, evidence that is not 32 bytes, signed_at out of bounds), if
+        patient_id is not a patient or the representative is not an active person
+        other than the patient; NOT_FOUND for an unknown identity;
+        FAILED_PRECONDITION for a revoked patient; ALREADY_EXISTS for an
+        appointment id used before; PERMISSION_DENIED when the signature or the
+        patient's key does not check out, or an organization that did not
+        register the patient appoints.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def EndRepresentation(self, request, context):
-        """The patient, their registering organization or the representative ends it.
-        NOT_FOUND for an unknown patient or a representative not registered;
-        FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
-        caller.
+        """End a representation: the patient, an auditor, the representative
+        themselves, or the organization that made that appointment.
+        Returns the ended appointment. NOT_FOUND for an unknown patient or a
+        representative not active; FAILED_PRECONDITION for a revoked patient;
+        PERMISSION_DENIED for any other caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -246,6 +314,21 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.InvokeBreakGlass,
                     request_deserializer=medledger_dot_v1_dot_consent__pb2.InvokeBreakGlassRequest.FromString,
                     response_serializer=medledger_dot_v1_dot_consent__pb2.BreakGlass.SerializeToString,
+            ),
+            'ReviewBreakGlass': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewBreakGlass,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.ReviewBreakGlassRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.BreakGlass.SerializeToString,
+            ),
+            'ReviewRepresentation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewRepresentation,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.ReviewRepresentationRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.Representation.SerializeToString,
+            ),
+            'ListPendingReviews': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPendingReviews,
+                    request_deserializer=medledger_dot_v1_dot_consent__pb2.ListPendingReviewsRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_consent__pb2.ListPendingReviewsResponse.SerializeToString,
             ),
             'ExportFhirConsent': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportFhirConsent,
@@ -458,6 +541,87 @@ class ConsentService:
             '/medledger.v1.ConsentService/InvokeBreakGlass',
             medledger_dot_v1_dot_consent__pb2.InvokeBreakGlassRequest.SerializeToString,
             medledger_dot_v1_dot_consent__pb2.BreakGlass.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewBreakGlass(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/ReviewBreakGlass',
+            medledger_dot_v1_dot_consent__pb2.ReviewBreakGlassRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.BreakGlass.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewRepresentation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/ReviewRepresentation',
+            medledger_dot_v1_dot_consent__pb2.ReviewRepresentationRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.Representation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPendingReviews(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.ConsentService/ListPendingReviews',
+            medledger_dot_v1_dot_consent__pb2.ListPendingReviewsRequest.SerializeToString,
+            medledger_dot_v1_dot_consent__pb2.ListPendingReviewsResponse.FromString,
             options,
             channel_credentials,
             insecure,

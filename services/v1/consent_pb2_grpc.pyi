@@ -5,8 +5,9 @@ ConsentService: patient-signed, purpose-bound access grants, their revocation
 and expiry, break-glass, and the access decisions every read in MedLedger asks
 for (docs/architecture.md, Security model). No field of an event here carries protected
 health information: only ids, categories, purposes, times, hashes, signatures
-and decisions. The one free text (a break-glass justification) stays in the
-consent service's database; events carry its SHA-256.
+and decisions. Free text (a break-glass justification, a review note) stays
+in the consent service's database, sealed (AES-256-GCM); events carry its
+SHA-256.
 """
 
 from collections import abc as _abc
@@ -70,8 +71,9 @@ class ConsentServiceStub:
     other caller.
     """
     ListConsents: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ListConsentsRequest, _consent_pb2.ListConsentsResponse]
-    """The patient's consents and break-glass accesses; to the patient, their
-    representative or an auditor.
+    """The patient's consents, break-glass accesses (with their reviews) and
+    representative appointments; to the patient, their representative or an
+    auditor.
     PERMISSION_DENIED for anyone else (only PATIENT, PRACTITIONER and AUDITOR
     tokens are accepted at all).
     """
@@ -80,38 +82,78 @@ class ConsentServiceStub:
     PERMISSION_DENIED for anyone else.
     """
     CheckAccess: _grpc.UnaryUnaryMultiCallable[_consent_pb2.CheckAccessRequest, _consent_pb2.AccessDecision]
-    """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners.
-    A practitioner may ask only for itself (PERMISSION_DENIED otherwise).
-    INVALID_ARGUMENT for an empty patient_id, an unspecified purpose, or
-    neither category nor record_id. UNAVAILABLE (fail closed) when the
-    decision cannot be handed to access.events or too many decisions are
-    still unacknowledged. A DENY is an answer, not an error.
+    """ALLOW or DENY for the token's subject, recorded as an AccessDecided event;
+    PRACTITIONER and ORGANIZATION tokens (a service forwards its user's own
+    token; its own SERVICE token is PERMISSION_DENIED). PERMISSION_DENIED for
+    a requester_id other than the token's subject. INVALID_ARGUMENT for a
+    missing or malformed patient_id, an unspecified purpose, neither
+    category nor record_id, a category that is not a FHIR R4 resource type
+    or a malformed record_id. UNAVAILABLE (fail closed) when the decision
+    cannot be handed to access.events or too many decisions are still
+    unacknowledged. A DENY is an answer, not an error.
     """
     InvokeBreakGlass: _grpc.UnaryUnaryMultiCallable[_consent_pb2.InvokeBreakGlassRequest, _consent_pb2.BreakGlass]
     """Emergency access without consent; practitioners with an active membership.
-    Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h) and allows
-    purpose EMERGENCY only. INVALID_ARGUMENT for a short or long
-    justification or an ambiguous organization; NOT_FOUND for an unknown
-    patient; PERMISSION_DENIED for a revoked practitioner or one without an
-    active membership (in organization_id, if given).
+    Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h, at most 24 h),
+    allows purpose EMERGENCY only and is flagged for review.
+    INVALID_ARGUMENT for a missing reason code, a short or long justification
+    or an ambiguous organization; NOT_FOUND for an unknown patient;
+    PERMISSION_DENIED for a revoked practitioner or one without an active
+    membership (in organization_id, if given); RESOURCE_EXHAUSTED when the
+    practitioner already invoked MEDLEDGER_CONSENT_BREAK_GLASS_DAILY_LIMIT
+    (default 3) break-glass accesses in the last 24 hours.
+    """
+    ReviewBreakGlass: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ReviewBreakGlassRequest, _consent_pb2.BreakGlass]
+    """Review a break-glass access once: an AUDITOR, or the organization it was
+    made under (its own ORGANIZATION token). Recorded as BreakGlassReviewed
+    on the ledger; INAPPROPRIATE ends an access still in effect. Returns the
+    access as reviewed. INVALID_ARGUMENT for a missing id, an outcome other
+    than APPROVED or INAPPROPRIATE or a missing or overlong note; NOT_FOUND
+    for an unknown break-glass id; PERMISSION_DENIED for any other caller;
+    FAILED_PRECONDITION if it was reviewed already.
+    """
+    ReviewRepresentation: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ReviewRepresentationRequest, _consent_pb2.Representation]
+    """Review an organization's appointment of a representative once; AUDITOR
+    tokens only. Recorded as RepresentationReviewed on the ledger;
+    INAPPROPRIATE also ends the representation (RepresentationEnded).
+    INVALID_ARGUMENT for a missing id, an outcome other than APPROVED or
+    INAPPROPRIATE or a missing or overlong note; NOT_FOUND for an unknown
+    representation id; PERMISSION_DENIED for any other caller;
+    FAILED_PRECONDITION if it needs no review (a patient's appointment) or
+    was reviewed already.
+    """
+    ListPendingReviews: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ListPendingReviewsRequest, _consent_pb2.ListPendingReviewsResponse]
+    """What waits for review: an organization's own (ORGANIZATION token), or any
+    organization's (AUDITOR token, optionally filtered by organization_id).
+    PERMISSION_DENIED for another organization's id or any other caller;
+    INVALID_ARGUMENT for a page_size over 100.
     """
     ExportFhirConsent: _grpc.UnaryUnaryMultiCallable[_consent_pb2.ExportFhirConsentRequest, _consent_pb2.FhirConsent]
     """The consent as a FHIR R4 Consent resource; same callers and statuses as
     GetConsent.
     """
     RegisterRepresentative: _grpc.UnaryUnaryMultiCallable[_consent_pb2.RegisterRepresentativeRequest, _consent_pb2.Representation]
-    """The patient or their registering organization names a legal representative.
-    Registering an existing representative changes nothing. INVALID_ARGUMENT
-    if patient_id is not a patient or the representative is not an active
-    person other than the patient; NOT_FOUND for an unknown identity;
-    FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
-    caller.
+    """Appoint a legal representative: with the patient's signature over a
+    RepresentativeAppointment (PATIENT or ORGANIZATION token submits it), or
+    by the organization that registered the patient with a legal basis and
+    the evidence's SHA-256 (flagged for review). Registering an active
+    representative again changes nothing and returns the existing
+    appointment. INVALID_ARGUMENT for malformed, non-canonical or
+    contradictory appointment fields (both or neither pair, a missing legal
+    basis, evidence that is not 32 bytes, signed_at out of bounds), if
+    patient_id is not a patient or the representative is not an active person
+    other than the patient; NOT_FOUND for an unknown identity;
+    FAILED_PRECONDITION for a revoked patient; ALREADY_EXISTS for an
+    appointment id used before; PERMISSION_DENIED when the signature or the
+    patient's key does not check out, or an organization that did not
+    register the patient appoints.
     """
     EndRepresentation: _grpc.UnaryUnaryMultiCallable[_consent_pb2.EndRepresentationRequest, _consent_pb2.Representation]
-    """The patient, their registering organization or the representative ends it.
-    NOT_FOUND for an unknown patient or a representative not registered;
-    FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
-    caller.
+    """End a representation: the patient, an auditor, the representative
+    themselves, or the organization that made that appointment.
+    Returns the ended appointment. NOT_FOUND for an unknown patient or a
+    representative not active; FAILED_PRECONDITION for a revoked patient;
+    PERMISSION_DENIED for any other caller.
     """
 
 @_typing.type_check_only
@@ -150,8 +192,9 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     other caller.
     """
     ListConsents: _aio.UnaryUnaryMultiCallable[_consent_pb2.ListConsentsRequest, _consent_pb2.ListConsentsResponse]  # type: ignore[assignment]
-    """The patient's consents and break-glass accesses; to the patient, their
-    representative or an auditor.
+    """The patient's consents, break-glass accesses (with their reviews) and
+    representative appointments; to the patient, their representative or an
+    auditor.
     PERMISSION_DENIED for anyone else (only PATIENT, PRACTITIONER and AUDITOR
     tokens are accepted at all).
     """
@@ -160,38 +203,78 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     PERMISSION_DENIED for anyone else.
     """
     CheckAccess: _aio.UnaryUnaryMultiCallable[_consent_pb2.CheckAccessRequest, _consent_pb2.AccessDecision]  # type: ignore[assignment]
-    """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners.
-    A practitioner may ask only for itself (PERMISSION_DENIED otherwise).
-    INVALID_ARGUMENT for an empty patient_id, an unspecified purpose, or
-    neither category nor record_id. UNAVAILABLE (fail closed) when the
-    decision cannot be handed to access.events or too many decisions are
-    still unacknowledged. A DENY is an answer, not an error.
+    """ALLOW or DENY for the token's subject, recorded as an AccessDecided event;
+    PRACTITIONER and ORGANIZATION tokens (a service forwards its user's own
+    token; its own SERVICE token is PERMISSION_DENIED). PERMISSION_DENIED for
+    a requester_id other than the token's subject. INVALID_ARGUMENT for a
+    missing or malformed patient_id, an unspecified purpose, neither
+    category nor record_id, a category that is not a FHIR R4 resource type
+    or a malformed record_id. UNAVAILABLE (fail closed) when the decision
+    cannot be handed to access.events or too many decisions are still
+    unacknowledged. A DENY is an answer, not an error.
     """
     InvokeBreakGlass: _aio.UnaryUnaryMultiCallable[_consent_pb2.InvokeBreakGlassRequest, _consent_pb2.BreakGlass]  # type: ignore[assignment]
     """Emergency access without consent; practitioners with an active membership.
-    Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h) and allows
-    purpose EMERGENCY only. INVALID_ARGUMENT for a short or long
-    justification or an ambiguous organization; NOT_FOUND for an unknown
-    patient; PERMISSION_DENIED for a revoked practitioner or one without an
-    active membership (in organization_id, if given).
+    Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h, at most 24 h),
+    allows purpose EMERGENCY only and is flagged for review.
+    INVALID_ARGUMENT for a missing reason code, a short or long justification
+    or an ambiguous organization; NOT_FOUND for an unknown patient;
+    PERMISSION_DENIED for a revoked practitioner or one without an active
+    membership (in organization_id, if given); RESOURCE_EXHAUSTED when the
+    practitioner already invoked MEDLEDGER_CONSENT_BREAK_GLASS_DAILY_LIMIT
+    (default 3) break-glass accesses in the last 24 hours.
+    """
+    ReviewBreakGlass: _aio.UnaryUnaryMultiCallable[_consent_pb2.ReviewBreakGlassRequest, _consent_pb2.BreakGlass]  # type: ignore[assignment]
+    """Review a break-glass access once: an AUDITOR, or the organization it was
+    made under (its own ORGANIZATION token). Recorded as BreakGlassReviewed
+    on the ledger; INAPPROPRIATE ends an access still in effect. Returns the
+    access as reviewed. INVALID_ARGUMENT for a missing id, an outcome other
+    than APPROVED or INAPPROPRIATE or a missing or overlong note; NOT_FOUND
+    for an unknown break-glass id; PERMISSION_DENIED for any other caller;
+    FAILED_PRECONDITION if it was reviewed already.
+    """
+    ReviewRepresentation: _aio.UnaryUnaryMultiCallable[_consent_pb2.ReviewRepresentationRequest, _consent_pb2.Representation]  # type: ignore[assignment]
+    """Review an organization's appointment of a representative once; AUDITOR
+    tokens only. Recorded as RepresentationReviewed on the ledger;
+    INAPPROPRIATE also ends the representation (RepresentationEnded).
+    INVALID_ARGUMENT for a missing id, an outcome other than APPROVED or
+    INAPPROPRIATE or a missing or overlong note; NOT_FOUND for an unknown
+    representation id; PERMISSION_DENIED for any other caller;
+    FAILED_PRECONDITION if it needs no review (a patient's appointment) or
+    was reviewed already.
+    """
+    ListPendingReviews: _aio.UnaryUnaryMultiCallable[_consent_pb2.ListPendingReviewsRequest, _consent_pb2.ListPendingReviewsResponse]  # type: ignore[assignment]
+    """What waits for review: an organization's own (ORGANIZATION token), or any
+    organization's (AUDITOR token, optionally filtered by organization_id).
+    PERMISSION_DENIED for another organization's id or any other caller;
+    INVALID_ARGUMENT for a page_size over 100.
     """
     ExportFhirConsent: _aio.UnaryUnaryMultiCallable[_consent_pb2.ExportFhirConsentRequest, _consent_pb2.FhirConsent]  # type: ignore[assignment]
     """The consent as a FHIR R4 Consent resource; same callers and statuses as
     GetConsent.
     """
     RegisterRepresentative: _aio.UnaryUnaryMultiCallable[_consent_pb2.RegisterRepresentativeRequest, _consent_pb2.Representation]  # type: ignore[assignment]
-    """The patient or their registering organization names a legal representative.
-    Registering an existing representative changes nothing. INVALID_ARGUMENT
-    if patient_id is not a patient or the representative is not an active
-    person other than the patient; NOT_FOUND for an unknown identity;
-    FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
-    caller.
+    """Appoint a legal representative: with the patient's signature over a
+    RepresentativeAppointment (PATIENT or ORGANIZATION token submits it), or
+    by the organization that registered the patient with a legal basis and
+    the evidence's SHA-256 (flagged for review). Registering an active
+    representative again changes nothing and returns the existing
+    appointment. INVALID_ARGUMENT for malformed, non-canonical or
+    contradictory appointment fields (both or neither pair, a missing legal
+    basis, evidence that is not 32 bytes, signed_at out of bounds), if
+    patient_id is not a patient or the representative is not an active person
+    other than the patient; NOT_FOUND for an unknown identity;
+    FAILED_PRECONDITION for a revoked patient; ALREADY_EXISTS for an
+    appointment id used before; PERMISSION_DENIED when the signature or the
+    patient's key does not check out, or an organization that did not
+    register the patient appoints.
     """
     EndRepresentation: _aio.UnaryUnaryMultiCallable[_consent_pb2.EndRepresentationRequest, _consent_pb2.Representation]  # type: ignore[assignment]
-    """The patient, their registering organization or the representative ends it.
-    NOT_FOUND for an unknown patient or a representative not registered;
-    FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
-    caller.
+    """End a representation: the patient, an auditor, the representative
+    themselves, or the organization that made that appointment.
+    Returns the ended appointment. NOT_FOUND for an unknown patient or a
+    representative not active; FAILED_PRECONDITION for a revoked patient;
+    PERMISSION_DENIED for any other caller.
     """
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -251,8 +334,9 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.ListConsentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.ListConsentsResponse, _abc.Awaitable[_consent_pb2.ListConsentsResponse]]:
-        """The patient's consents and break-glass accesses; to the patient, their
-        representative or an auditor.
+        """The patient's consents, break-glass accesses (with their reviews) and
+        representative appointments; to the patient, their representative or an
+        auditor.
         PERMISSION_DENIED for anyone else (only PATIENT, PRACTITIONER and AUDITOR
         tokens are accepted at all).
         """
@@ -273,12 +357,15 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.CheckAccessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.AccessDecision, _abc.Awaitable[_consent_pb2.AccessDecision]]:
-        """ALLOW or DENY, recorded as an AccessDecided event; services and practitioners.
-        A practitioner may ask only for itself (PERMISSION_DENIED otherwise).
-        INVALID_ARGUMENT for an empty patient_id, an unspecified purpose, or
-        neither category nor record_id. UNAVAILABLE (fail closed) when the
-        decision cannot be handed to access.events or too many decisions are
-        still unacknowledged. A DENY is an answer, not an error.
+        """ALLOW or DENY for the token's subject, recorded as an AccessDecided event;
+        PRACTITIONER and ORGANIZATION tokens (a service forwards its user's own
+        token; its own SERVICE token is PERMISSION_DENIED). PERMISSION_DENIED for
+        a requester_id other than the token's subject. INVALID_ARGUMENT for a
+        missing or malformed patient_id, an unspecified purpose, neither
+        category nor record_id, a category that is not a FHIR R4 resource type
+        or a malformed record_id. UNAVAILABLE (fail closed) when the decision
+        cannot be handed to access.events or too many decisions are still
+        unacknowledged. A DENY is an answer, not an error.
         """
 
     @_abc_1.abstractmethod
@@ -288,11 +375,57 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.BreakGlass, _abc.Awaitable[_consent_pb2.BreakGlass]]:
         """Emergency access without consent; practitioners with an active membership.
-        Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h) and allows
-        purpose EMERGENCY only. INVALID_ARGUMENT for a short or long
-        justification or an ambiguous organization; NOT_FOUND for an unknown
-        patient; PERMISSION_DENIED for a revoked practitioner or one without an
-        active membership (in organization_id, if given).
+        Lasts MEDLEDGER_CONSENT_BREAK_GLASS_TTL_S (default 4 h, at most 24 h),
+        allows purpose EMERGENCY only and is flagged for review.
+        INVALID_ARGUMENT for a missing reason code, a short or long justification
+        or an ambiguous organization; NOT_FOUND for an unknown patient;
+        PERMISSION_DENIED for a revoked practitioner or one without an active
+        membership (in organization_id, if given); RESOURCE_EXHAUSTED when the
+        practitioner already invoked MEDLEDGER_CONSENT_BREAK_GLASS_DAILY_LIMIT
+        (default 3) break-glass accesses in the last 24 hours.
+        """
+
+    @_abc_1.abstractmethod
+    def ReviewBreakGlass(
+        self,
+        request: _consent_pb2.ReviewBreakGlassRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_pb2.BreakGlass, _abc.Awaitable[_consent_pb2.BreakGlass]]:
+        """Review a break-glass access once: an AUDITOR, or the organization it was
+        made under (its own ORGANIZATION token). Recorded as BreakGlassReviewed
+        on the ledger; INAPPROPRIATE ends an access still in effect. Returns the
+        access as reviewed. INVALID_ARGUMENT for a missing id, an outcome other
+        than APPROVED or INAPPROPRIATE or a missing or overlong note; NOT_FOUND
+        for an unknown break-glass id; PERMISSION_DENIED for any other caller;
+        FAILED_PRECONDITION if it was reviewed already.
+        """
+
+    @_abc_1.abstractmethod
+    def ReviewRepresentation(
+        self,
+        request: _consent_pb2.ReviewRepresentationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_pb2.Representation, _abc.Awaitable[_consent_pb2.Representation]]:
+        """Review an organization's appointment of a representative once; AUDITOR
+        tokens only. Recorded as RepresentationReviewed on the ledger;
+        INAPPROPRIATE also ends the representation (RepresentationEnded).
+        INVALID_ARGUMENT for a missing id, an outcome other than APPROVED or
+        INAPPROPRIATE or a missing or overlong note; NOT_FOUND for an unknown
+        representation id; PERMISSION_DENIED for any other caller;
+        FAILED_PRECONDITION if it needs no review (a patient's appointment) or
+        was reviewed already.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPendingReviews(
+        self,
+        request: _consent_pb2.ListPendingReviewsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_consent_pb2.ListPendingReviewsResponse, _abc.Awaitable[_consent_pb2.ListPendingReviewsResponse]]:
+        """What waits for review: an organization's own (ORGANIZATION token), or any
+        organization's (AUDITOR token, optionally filtered by organization_id).
+        PERMISSION_DENIED for another organization's id or any other caller;
+        INVALID_ARGUMENT for a page_size over 100.
         """
 
     @_abc_1.abstractmethod
@@ -311,12 +444,20 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.RegisterRepresentativeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.Representation, _abc.Awaitable[_consent_pb2.Representation]]:
-        """The patient or their registering organization names a legal representative.
-        Registering an existing representative changes nothing. INVALID_ARGUMENT
-        if patient_id is not a patient or the representative is not an active
-        person other than the patient; NOT_FOUND for an unknown identity;
-        FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
-        caller.
+        """Appoint a legal representative: with the patient's signature over a
+        RepresentativeAppointment (PATIENT or ORGANIZATION token submits it), or
+        by the organization that registered the patient with a legal basis and
+        the evidence's SHA-256 (flagged for review). Registering an active
+        representative again changes nothing and returns the existing
+        appointment. INVALID_ARGUMENT for malformed, non-canonical or
+        contradictory appointment fields (both or neither pair, a missing legal
+        basis, evidence that is not 32 bytes, signed_at out of bounds), if
+        patient_id is not a patient or the representative is not an active person
+        other than the patient; NOT_FOUND for an unknown identity;
+        FAILED_PRECONDITION for a revoked patient; ALREADY_EXISTS for an
+        appointment id used before; PERMISSION_DENIED when the signature or the
+        patient's key does not check out, or an organization that did not
+        register the patient appoints.
         """
 
     @_abc_1.abstractmethod
@@ -325,10 +466,11 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _consent_pb2.EndRepresentationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_consent_pb2.Representation, _abc.Awaitable[_consent_pb2.Representation]]:
-        """The patient, their registering organization or the representative ends it.
-        NOT_FOUND for an unknown patient or a representative not registered;
-        FAILED_PRECONDITION for a revoked patient; PERMISSION_DENIED for any other
-        caller.
+        """End a representation: the patient, an auditor, the representative
+        themselves, or the organization that made that appointment.
+        Returns the ended appointment. NOT_FOUND for an unknown patient or a
+        representative not active; FAILED_PRECONDITION for a revoked patient;
+        PERMISSION_DENIED for any other caller.
         """
 
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -110,6 +110,61 @@ revoked_at on are invalid. Final.
 """
 Global___IdentityStatus: _TypeAlias = IdentityStatus  # noqa: Y015
 
+class _RevocationReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RevocationReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RevocationReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVOCATION_REASON_UNSPECIFIED: _RevocationReason.ValueType  # 0
+    """Not a reason: refused by RevokeIdentity (INVALID_ARGUMENT); shown for
+    active identities and identities revoked before reasons were codes.
+    """
+    KEY_COMPROMISE: _RevocationReason.ValueType  # 1
+    """The identity's private key is, or may be, in someone else's hands."""
+    AFFILIATION_CHANGED: _RevocationReason.ValueType  # 2
+    """The person or system no longer acts for the organization that registered
+    it (left, contract ended).
+    """
+    SUPERSEDED: _RevocationReason.ValueType  # 3
+    """Replaced by another identity (e.g. registered twice; the other one stays)."""
+    CESSATION_OF_OPERATION: _RevocationReason.ValueType  # 4
+    """The organization, service or auditor stopped operating."""
+    PRIVILEGE_WITHDRAWN: _RevocationReason.ValueType  # 5
+    """Its rights were withdrawn (misuse, a failed review)."""
+    REGISTRATION_ERROR: _RevocationReason.ValueType  # 6
+    """Registered by mistake or with wrong data."""
+    SUBJECT_REQUEST: _RevocationReason.ValueType  # 7
+    """The identity asked for its own revocation."""
+
+class RevocationReason(_RevocationReason, metaclass=_RevocationReasonEnumTypeWrapper):
+    """Why an identity was revoked: a code, never free text, because it goes into
+    the IdentityRevoked event and so onto the ledger, where free text could
+    carry PHI. Modelled on the X.509 CRL reason codes (RFC 5280, 5.3.1).
+    """
+
+REVOCATION_REASON_UNSPECIFIED: RevocationReason.ValueType  # 0
+"""Not a reason: refused by RevokeIdentity (INVALID_ARGUMENT); shown for
+active identities and identities revoked before reasons were codes.
+"""
+KEY_COMPROMISE: RevocationReason.ValueType  # 1
+"""The identity's private key is, or may be, in someone else's hands."""
+AFFILIATION_CHANGED: RevocationReason.ValueType  # 2
+"""The person or system no longer acts for the organization that registered
+it (left, contract ended).
+"""
+SUPERSEDED: RevocationReason.ValueType  # 3
+"""Replaced by another identity (e.g. registered twice; the other one stays)."""
+CESSATION_OF_OPERATION: RevocationReason.ValueType  # 4
+"""The organization, service or auditor stopped operating."""
+PRIVILEGE_WITHDRAWN: RevocationReason.ValueType  # 5
+"""Its rights were withdrawn (misuse, a failed review)."""
+REGISTRATION_ERROR: RevocationReason.ValueType  # 6
+"""Registered by mistake or with wrong data."""
+SUBJECT_REQUEST: RevocationReason.ValueType  # 7
+"""The identity asked for its own revocation."""
+Global___RevocationReason: _TypeAlias = RevocationReason  # noqa: Y015
+
 @_typing.final
 class Demographics(_message.Message):
     """Protected health information: stored encrypted (AES-256-GCM), never in an event.
@@ -180,6 +235,7 @@ class Membership(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     GRANTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
+    ACCEPTANCE_FIELD_NUMBER: _builtins.int
     membership_id: _builtins.str
     """Stable opaque id of the membership (UUIDv7 text), assigned by
     GrantMembership; never empty. Used by EndMembership.
@@ -212,6 +268,13 @@ class Membership(_message.Message):
         When EndMembership ended it (UTC).
         """
 
+    @_builtins.property
+    def acceptance(self) -> Global___MembershipAcceptance:
+        """The member's signed acceptance the organization presented; unset when
+        the membership was granted directly (by an operator or the member's
+        registering organization).
+        """
+
     def __init__(
         self,
         *,
@@ -222,10 +285,11 @@ class Membership(_message.Message):
         member_id: _builtins.str = ...,
         granted_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
+        acceptance: Global___MembershipAcceptance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "granted_at", b"granted_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acceptance", b"acceptance", "ended_at", b"ended_at", "granted_at", b"granted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "ended_at", b"ended_at", "granted_at", b"granted_at", "member_id", b"member_id", "membership_id", b"membership_id", "organization_id", b"organization_id", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance", b"acceptance", "active", b"active", "ended_at", b"ended_at", "granted_at", b"granted_at", "member_id", b"member_id", "membership_id", b"membership_id", "organization_id", b"organization_id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,10 +312,10 @@ class Identity(_message.Message):
     ORGANIZATION_TYPE_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
-    REVOCATION_REASON_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
     CURRENT_KEY_ID_FIELD_NUMBER: _builtins.int
     DEMOGRAPHICS_FIELD_NUMBER: _builtins.int
+    REVOCATION_REASON_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
     """Stable opaque id (UUID text).
     UUIDv7 assigned at registration; for the bootstrap organization a UUIDv5
@@ -277,14 +341,14 @@ class Identity(_message.Message):
     Empty for every other kind. OPERATOR organizations may register
     organizations, auditors and services and see every identity's demographics.
     """
-    revocation_reason: _builtins.str
-    """The reason given to RevokeIdentity, at most 200 characters, no PHI; empty
-    unless revoked (and may be empty for a revoked identity too).
-    """
     current_key_id: _builtins.str
     """The key that authenticates now; empty if it was revoked and not replaced.
     Lower-case hex key id (see ResolvedKey.key_id). Still set for a revoked
     identity, which nonetheless gets no token.
+    """
+    revocation_reason: Global___RevocationReason.ValueType
+    """Why it was revoked (RevokeIdentity's code); REVOCATION_REASON_UNSPECIFIED
+    unless revoked (and for identities revoked before codes existed).
     """
     @_builtins.property
     def memberships(self) -> _containers.RepeatedCompositeFieldContainer[Global___Membership]:
@@ -329,10 +393,10 @@ class Identity(_message.Message):
         organization_type: _builtins.str = ...,
         registered_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
-        revocation_reason: _builtins.str = ...,
         keys: _abc.Iterable[Global___ResolvedKey] | None = ...,
         current_key_id: _builtins.str = ...,
         demographics: Global___Demographics | None = ...,
+        revocation_reason: Global___RevocationReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["demographics", b"demographics", "registered_at", b"registered_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -719,15 +783,15 @@ class RevokeIdentityRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
     """The identity to revoke; required."""
-    reason: _builtins.str
-    """Why, for auditors; no PHI (it goes into the event).
-    Optional, at most 200 characters.
+    reason: Global___RevocationReason.ValueType
+    """Why, for auditors: required, not REVOCATION_REASON_UNSPECIFIED
+    (INVALID_ARGUMENT otherwise). Goes into the IdentityRevoked event.
     """
     def __init__(
         self,
         *,
         identity_id: _builtins.str = ...,
-        reason: _builtins.str = ...,
+        reason: Global___RevocationReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -782,6 +846,7 @@ class GrantMembershipRequest(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    ACCEPTANCE_FIELD_NUMBER: _builtins.int
     member_id: _builtins.str
     """A PRACTITIONER, AUDITOR or SERVICE.
     Its identity id; required; must be active.
@@ -792,20 +857,81 @@ class GrantMembershipRequest(_message.Message):
     """Lower-case letters, digits, '-' and '_', at most 64.
     Required (at least 1 character), e.g. "physician".
     """
+    @_builtins.property
+    def acceptance(self) -> Global___MembershipAcceptance:
+        """The member's acceptance of exactly this organization and role. Required
+        unless the caller is an operator organization or the organization that
+        registered the member (then optional, and checked when given).
+        """
+
     def __init__(
         self,
         *,
         member_id: _builtins.str = ...,
         organization_id: _builtins.str = ...,
         role: _builtins.str = ...,
+        acceptance: Global___MembershipAcceptance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acceptance", b"acceptance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "organization_id", b"organization_id", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance", b"acceptance", "member_id", b"member_id", "organization_id", b"organization_id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GrantMembershipRequest: _TypeAlias = GrantMembershipRequest  # noqa: Y015
+
+@_typing.final
+class MembershipAcceptance(_message.Message):
+    """A member's signed agreement to join one organization in one role. The member
+    signs, with its current key, the bytes
+      "medledger-membership-acceptance-v1" 0x00 organization_id 0x00 member_id
+      0x00 role 0x00 accepted_at 0x00 nonce
+    where accepted_at is the decimal Unix time in seconds of accepted_at below
+    and nonce is the raw bytes of the nonce field (last, so no separator can be
+    forged). The context string keeps the signature from being valid as a
+    challenge answer, consent terms or anything else. It is recorded with the
+    membership and carried in the MembershipGranted event, so an auditor can
+    check from the log that the member agreed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The member's current key (lower-case hex key id) that made the signature;
+    required. A rotated-out or revoked key is refused.
+    """
+    nonce: _builtins.bytes
+    """16 to 64 random bytes chosen by the member; an acceptance is usable once
+    (a nonce any membership of the member already used is refused).
+    """
+    signature: _builtins.bytes
+    """Ed25519 signature (64 bytes) over the message above."""
+    @_builtins.property
+    def accepted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the member accepted (UTC, whole seconds are signed). Required; at
+        most MEDLEDGER_IDENTITY_ACCEPTANCE_MAX_AGE_S old when presented and at
+        most 300 s in the future.
+        """
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        accepted_at: _timestamp_pb2.Timestamp | None = ...,
+        nonce: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "key_id", b"key_id", "nonce", b"nonce", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MembershipAcceptance: _TypeAlias = MembershipAcceptance  # noqa: Y015
 
 @_typing.final
 class GrantMembershipResponse(_message.Message):
@@ -972,6 +1098,7 @@ class IssueTokenRequest(_message.Message):
     NONCE_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
     """The identity the challenge was issued to; required."""
     nonce: _builtins.bytes
@@ -984,6 +1111,14 @@ class IssueTokenRequest(_message.Message):
     """Optional; must match the challenge's key.
     UNAUTHENTICATED otherwise.
     """
+    @_builtins.property
+    def audience(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The services the token is for: one or more of "identity", "consent",
+        "records", "ledger", each at most once; required (INVALID_ARGUMENT
+        otherwise). Each service accepts only tokens naming it, so a token handed
+        to one service cannot be replayed at another. Ask for the fewest you need.
+        """
+
     def __init__(
         self,
         *,
@@ -991,10 +1126,11 @@ class IssueTokenRequest(_message.Message):
         nonce: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
+        audience: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_id", b"identity_id", "key_id", b"key_id", "nonce", b"nonce", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "identity_id", b"identity_id", "key_id", b"key_id", "nonce", b"nonce", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1009,10 +1145,13 @@ class IssueTokenResponse(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """EdDSA JWT: iss "medledger-identity", sub, kind, orgs, exp (at most 15 min).
-    Also iat, nbf, jti; header kid names the signing key (see
-    GetTokenVerificationKey). orgs lists the organizations of the subject's
-    active memberships at issue time. Send as "authorization: Bearer <token>".
+    """EdDSA JWT: iss "medledger-identity", sub, kind, orgs, aud (the requested
+    audience, a list), akid (the subject's key id that signed the challenge),
+    exp (at most 15 min). Also iat, nbf, jti; header kid names the signing
+    key (see GetTokenVerificationKey). orgs lists the organizations of the
+    subject's active memberships at issue time. Services refuse it once the
+    subject is revoked, akid is revoked or a listed membership has ended.
+    Send as "authorization: Bearer <token>".
     """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
@@ -1317,15 +1456,13 @@ class IdentityRevoked(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     identity_id: _builtins.str
     """The revoked identity."""
-    reason: _builtins.str
-    """Why, as given to RevokeIdentity: at most 200 characters, no PHI; may be
-    empty.
-    """
+    reason: Global___RevocationReason.ValueType
+    """Why, as given to RevokeIdentity (a code, never free text)."""
     def __init__(
         self,
         *,
         identity_id: _builtins.str = ...,
-        reason: _builtins.str = ...,
+        reason: Global___RevocationReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1338,7 +1475,8 @@ Global___IdentityRevoked: _TypeAlias = IdentityRevoked  # noqa: Y015
 @_typing.final
 class MembershipGranted(_message.Message):
     """A membership was granted. Envelope aggregate_id: the member (so one
-    identity's history stays on one partition); occurred_at: the grant time.
+    identity's history stays on one partition); actor: the granting
+    organization or operator; occurred_at: the grant time.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1347,6 +1485,7 @@ class MembershipGranted(_message.Message):
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    ACCEPTANCE_FIELD_NUMBER: _builtins.int
     membership_id: _builtins.str
     """The new membership's id (UUIDv7)."""
     member_id: _builtins.str
@@ -1355,6 +1494,13 @@ class MembershipGranted(_message.Message):
     """The ORGANIZATION it joined."""
     role: _builtins.str
     """The role label: 1-64 lower-case letters, digits, '-' or '_'."""
+    @_builtins.property
+    def acceptance(self) -> Global___MembershipAcceptance:
+        """The member's signed acceptance (ids, a time, a nonce and a signature: no
+        PHI); unset when an operator or the member's registering organization
+        granted it directly.
+        """
+
     def __init__(
         self,
         *,
@@ -1362,10 +1508,11 @@ class MembershipGranted(_message.Message):
         member_id: _builtins.str = ...,
         organization_id: _builtins.str = ...,
         role: _builtins.str = ...,
+        acceptance: Global___MembershipAcceptance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acceptance", b"acceptance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member_id", b"member_id", "membership_id", b"membership_id", "organization_id", b"organization_id", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance", b"acceptance", "member_id", b"member_id", "membership_id", b"membership_id", "organization_id", b"organization_id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

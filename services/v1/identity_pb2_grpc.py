@@ -28,11 +28,16 @@ if _version_not_supported:
 class IdentityServiceStub:
     """The identity registry and token issuer. Challenge, IssueToken and
     GetTokenVerificationKey are public; every other rpc needs a bearer token
-    ("authorization: Bearer <token>"; UNAUTHENTICATED without a valid one, and
-    for commands also when the token's subject is not a known identity). RegisterIdentity,
-    GrantMembership and FindPatientByMrn accept ORGANIZATION tokens only
-    (PERMISSION_DENIED for any other kind). Every rpc may answer INVALID_ARGUMENT
-    for a missing required id and UNAVAILABLE while PostgreSQL is unreachable.
+    ("authorization: Bearer <token>") whose audience includes "identity".
+    UNAUTHENTICATED without a valid one: malformed, expired, not for "identity",
+    signed with a key this identity has since revoked, or listing an
+    organization whose membership has ended since the token was issued (get a
+    new token); for commands also when the token's subject is not a known
+    identity. PERMISSION_DENIED for any token of an identity revoked since it
+    was issued. RegisterIdentity, GrantMembership and FindPatientByMrn accept
+    ORGANIZATION tokens only (PERMISSION_DENIED for any other kind). Every rpc
+    may answer INVALID_ARGUMENT for a missing required id and UNAVAILABLE while
+    PostgreSQL is unreachable.
     Commands (register, rotate, revoke, memberships) are committed with their
     events in one transaction and answer once the events reach identity.events,
     or after at most MEDLEDGER_IDENTITY_PUBLISH_WAIT_S (default 5 s) anyway: the
@@ -115,11 +120,16 @@ class IdentityServiceStub:
 class IdentityServiceServicer:
     """The identity registry and token issuer. Challenge, IssueToken and
     GetTokenVerificationKey are public; every other rpc needs a bearer token
-    ("authorization: Bearer <token>"; UNAUTHENTICATED without a valid one, and
-    for commands also when the token's subject is not a known identity). RegisterIdentity,
-    GrantMembership and FindPatientByMrn accept ORGANIZATION tokens only
-    (PERMISSION_DENIED for any other kind). Every rpc may answer INVALID_ARGUMENT
-    for a missing required id and UNAVAILABLE while PostgreSQL is unreachable.
+    ("authorization: Bearer <token>") whose audience includes "identity".
+    UNAUTHENTICATED without a valid one: malformed, expired, not for "identity",
+    signed with a key this identity has since revoked, or listing an
+    organization whose membership has ended since the token was issued (get a
+    new token); for commands also when the token's subject is not a known
+    identity. PERMISSION_DENIED for any token of an identity revoked since it
+    was issued. RegisterIdentity, GrantMembership and FindPatientByMrn accept
+    ORGANIZATION tokens only (PERMISSION_DENIED for any other kind). Every rpc
+    may answer INVALID_ARGUMENT for a missing required id and UNAVAILABLE while
+    PostgreSQL is unreachable.
     Commands (register, rotate, revoke, memberships) are committed with their
     events in one transaction and answer once the events reach identity.events,
     or after at most MEDLEDGER_IDENTITY_PUBLISH_WAIT_S (default 5 s) anyway: the
@@ -162,8 +172,10 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RotateKey(self, request, context):
-        """Replace the current key. Callable by the identity itself or, for a
-        practitioner, by its registering organization or one it is a member of.
+        """Replace the current key. Callable by the identity itself and, for every
+        kind but PATIENT, by its registering organization or an operator
+        organization; a patient's keys are its own. Being a member of an
+        organization never lets that organization manage the member's keys.
         The new key is in effect from now and the previous one stops being in
         effect. INVALID_ARGUMENT for a malformed public key; ALREADY_EXISTS for a
         key this or any other identity has used; NOT_FOUND for an unknown
@@ -186,11 +198,14 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeIdentity(self, request, context):
-        """Revoke an identity: it gets no new token and its signatures from now on are
-        invalid. Callable by the identity itself, its registering organization or
-        an operator organization. Irreversible. INVALID_ARGUMENT for a reason over
-        200 characters; NOT_FOUND for an unknown identity; FAILED_PRECONDITION if
-        it is already revoked; PERMISSION_DENIED for any other caller.
+        """Revoke an identity: it gets no new token, the tokens it holds stop being
+        accepted (identity at once; other services once they read the event, within
+        MEDLEDGER_TOKEN_REVOCATION_MAX_STALENESS_S) and its signatures from now on
+        are invalid. Callable by the identity itself, its registering organization
+        or an operator organization. Irreversible. INVALID_ARGUMENT for a missing
+        or unknown reason code; NOT_FOUND for an unknown identity;
+        FAILED_PRECONDITION if it is already revoked; PERMISSION_DENIED for any
+        other caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,11 +213,18 @@ class IdentityServiceServicer:
 
     def GrantMembership(self, request, context):
         """Make a practitioner, auditor or service a member of an organization.
-        Callable by that organization or an operator organization.
-        INVALID_ARGUMENT for a malformed role or a member of another kind;
-        NOT_FOUND for an unknown member or organization; FAILED_PRECONDITION if
-        either is revoked; ALREADY_EXISTS if the member already has an active
-        membership there; PERMISSION_DENIED for any other caller.
+        Callable by that organization or an operator organization. An operator, or
+        the organization that registered the member, grants directly; any other
+        organization must present the member's own acceptance (see
+        MembershipAcceptance), so no organization can enrol another's member and
+        act in its name. INVALID_ARGUMENT for a malformed role, a member of
+        another kind or a malformed acceptance; NOT_FOUND for an unknown member
+        or organization; FAILED_PRECONDITION if either is revoked; ALREADY_EXISTS
+        if the member already has an active membership there; PERMISSION_DENIED
+        for any other caller, or when the acceptance is missing, is not signed by
+        the member's current key over exactly this organization, member and role,
+        is older than MEDLEDGER_IDENTITY_ACCEPTANCE_MAX_AGE_S (default 86400 s) or
+        more than 300 s in the future, or was used before.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,7 +234,9 @@ class IdentityServiceServicer:
         """End a membership. Callable by the organization, an operator organization or
         the member itself. NOT_FOUND for an unknown membership; FAILED_PRECONDITION
         if it has already ended; PERMISSION_DENIED for any other caller. Tokens
-        issued before keep listing the organization until they expire.
+        issued before it ended and listing the organization stop being accepted
+        (UNAUTHENTICATED: identity at once, other services within
+        MEDLEDGER_TOKEN_REVOCATION_MAX_STALENESS_S); a new token lists it no more.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,18 +246,23 @@ class IdentityServiceServicer:
         """Public. A single-use nonce the identity signs to obtain a token.
         NOT_FOUND for an unknown identity; PERMISSION_DENIED for a revoked one;
         FAILED_PRECONDITION when it has no usable (unrevoked current) key or
-        key_id is not its current key.
+        key_id is not its current key. RESOURCE_EXHAUSTED beyond the rate limits,
+        per identity id asked for (MEDLEDGER_IDENTITY_CHALLENGE_IDENTITY_BURST,
+        default 10, refilled at MEDLEDGER_IDENTITY_CHALLENGE_IDENTITY_PER_MINUTE,
+        default 20) and per calling address (…_PEER_BURST 200, …_PEER_PER_MINUTE
+        1200), counted by each replica. An unused nonce is deleted once expired.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def IssueToken(self, request, context):
-        """Public. A short-lived bearer token for a signed challenge. UNAUTHENTICATED
-        for an unknown, used or expired nonce or a bad signature; PERMISSION_DENIED
-        for a revoked identity. FAILED_PRECONDITION if the challenged key stopped
-        being the current key since the challenge. The nonce is spent by this
-        call whatever the outcome.
+        """Public. A short-lived bearer token for a signed challenge, for the
+        audience named. UNAUTHENTICATED for an unknown, used or expired nonce or
+        a bad signature; PERMISSION_DENIED for a revoked identity;
+        INVALID_ARGUMENT for a missing, unknown or repeated audience.
+        FAILED_PRECONDITION if the challenged key stopped being the current key
+        since the challenge. The nonce is spent by this call whatever the outcome.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -259,7 +288,8 @@ class IdentityServiceServicer:
         """ORGANIZATION only: the patient this organization registered under a
         medical record number (looked up by keyed hash, never stored in clear).
         INVALID_ARGUMENT for an empty number; NOT_FOUND if this organization
-        registered no patient under it. Demographics are included when recorded
+        registered no patient under it; PERMISSION_DENIED when the calling
+        organization has been revoked. Demographics are included when recorded
         (the caller is the registering organization).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -345,11 +375,16 @@ def add_IdentityServiceServicer_to_server(servicer, server):
 class IdentityService:
     """The identity registry and token issuer. Challenge, IssueToken and
     GetTokenVerificationKey are public; every other rpc needs a bearer token
-    ("authorization: Bearer <token>"; UNAUTHENTICATED without a valid one, and
-    for commands also when the token's subject is not a known identity). RegisterIdentity,
-    GrantMembership and FindPatientByMrn accept ORGANIZATION tokens only
-    (PERMISSION_DENIED for any other kind). Every rpc may answer INVALID_ARGUMENT
-    for a missing required id and UNAVAILABLE while PostgreSQL is unreachable.
+    ("authorization: Bearer <token>") whose audience includes "identity".
+    UNAUTHENTICATED without a valid one: malformed, expired, not for "identity",
+    signed with a key this identity has since revoked, or listing an
+    organization whose membership has ended since the token was issued (get a
+    new token); for commands also when the token's subject is not a known
+    identity. PERMISSION_DENIED for any token of an identity revoked since it
+    was issued. RegisterIdentity, GrantMembership and FindPatientByMrn accept
+    ORGANIZATION tokens only (PERMISSION_DENIED for any other kind). Every rpc
+    may answer INVALID_ARGUMENT for a missing required id and UNAVAILABLE while
+    PostgreSQL is unreachable.
     Commands (register, rotate, revoke, memberships) are committed with their
     events in one transaction and answer once the events reach identity.events,
     or after at most MEDLEDGER_IDENTITY_PUBLISH_WAIT_S (default 5 s) anyway: the

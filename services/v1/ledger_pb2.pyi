@@ -3,7 +3,10 @@
 isort:skip_file
 LedgerService: the read side of MedLedger's tamper-evident log. Checkpoints,
 the verifier key and proofs contain only hashes and need no token; entries
-reveal who did what to whom and need an auditor or service token.
+reveal who did what to whom: network auditors read them all, a service one
+at a time by event id (README, Authorization matrix). Every rpc answers
+UNAVAILABLE while the ledger's database is unreachable or no checkpoint is
+signed yet, and INVALID_ARGUMENT for a request that does not parse.
 """
 
 from collections import abc as _abc
@@ -414,3 +417,112 @@ class WatchCheckpointsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchCheckpointsRequest: _TypeAlias = WatchCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class ListCheckpointsRequest(_message.Message):
+    """A page of stored checkpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    start_size: _builtins.int
+    """Smallest tree size to return; 0 starts with the first checkpoint (the
+    empty log's, of size 0).
+    """
+    page_size: _builtins.int
+    """Checkpoints per page; 0 means 1000, and more than 1000 is served as 1000."""
+    def __init__(
+        self,
+        *,
+        start_size: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "start_size", b"start_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCheckpointsRequest: _TypeAlias = ListCheckpointsRequest  # noqa: Y015
+
+@_typing.final
+class ListCheckpointsResponse(_message.Message):
+    """Stored checkpoints with tree_size >= start_size, ascending."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    NEXT_START_SIZE_FIELD_NUMBER: _builtins.int
+    next_start_size: _builtins.int
+    """The start_size of the next page (the last tree_size returned + 1); unset
+    when this page ends with the newest checkpoint.
+    """
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Checkpoint]:
+        """At most page_size checkpoints, smallest tree size first."""
+
+    def __init__(
+        self,
+        *,
+        checkpoints: _abc.Iterable[Global___Checkpoint] | None = ...,
+        next_start_size: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_next_start_size", b"_next_start_size", "next_start_size", b"next_start_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_next_start_size", b"_next_start_size", "checkpoints", b"checkpoints", "next_start_size", b"next_start_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__next_start_size: _TypeAlias = _typing.Literal["next_start_size"]  # noqa: Y015
+    _WhichOneofArgType__next_start_size: _TypeAlias = _typing.Literal["_next_start_size", b"_next_start_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__next_start_size) -> _WhichOneofReturnType__next_start_size | None: ...
+
+Global___ListCheckpointsResponse: _TypeAlias = ListCheckpointsResponse  # noqa: Y015
+
+@_typing.final
+class ProofBundle(_message.Message):
+    """An offline proof that one event is in the ledger: everything needed to check
+    it with no service and no network, given the ledger's verifier key from
+    elsewhere (pinned, never taken from the bundle). `medledger audit prove`
+    writes it as protobuf JSON and `medledger audit verify-proof` checks it; the
+    records service returns the same message beside a record.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    VERIFIER_KEY_NAME_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.bytes
+    """The signed checkpoint (C2SP signed note) the proof leads to."""
+    verifier_key_name: _builtins.str
+    """"<key name>+<8 hex key hash>" of the key that signed the checkpoint, so a
+    checker knows which of its pinned verifier keys applies.
+    """
+    @_builtins.property
+    def entry(self) -> Global___Entry:
+        """The entry: index, the exact leaf bytes (the signed EventEnvelope), leaf
+        hash, chain hash, sequenced_at and event id.
+        """
+
+    @_builtins.property
+    def inclusion_proof(self) -> Global___InclusionProof:
+        """Inclusion proof of entry.index in the tree the checkpoint signs
+        (leaf_index = entry.index, tree_size = the checkpoint's size).
+        """
+
+    def __init__(
+        self,
+        *,
+        entry: Global___Entry | None = ...,
+        inclusion_proof: Global___InclusionProof | None = ...,
+        checkpoint: _builtins.bytes = ...,
+        verifier_key_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "inclusion_proof", b"inclusion_proof"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entry", b"entry", "inclusion_proof", b"inclusion_proof", "verifier_key_name", b"verifier_key_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProofBundle: _TypeAlias = ProofBundle  # noqa: Y015

@@ -80,6 +80,11 @@ class LedgerServiceStub:
                 request_serializer=medledger_dot_v1_dot_ledger__pb2.WatchCheckpointsRequest.SerializeToString,
                 response_deserializer=medledger_dot_v1_dot_ledger__pb2.Checkpoint.FromString,
                 _registered_method=True)
+        self.ListCheckpoints = channel.unary_unary(
+                '/medledger.v1.LedgerService/ListCheckpoints',
+                request_serializer=medledger_dot_v1_dot_ledger__pb2.ListCheckpointsRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_ledger__pb2.ListCheckpointsResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServiceServicer:
@@ -87,21 +92,24 @@ class LedgerServiceServicer:
     """
 
     def GetCheckpoint(self, request, context):
-        """The newest signed checkpoint.
+        """The newest signed checkpoint. No token. UNAVAILABLE before the first one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetVerifierKey(self, request, context):
-        """The note verifier key that checks every checkpoint's signature.
+        """The note verifier key that checks every checkpoint's signature. No token.
+        Auditors pin a key obtained out of band, never only this answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetEntries(self, request, context):
-        """Entries [start, start+count), in index order. OUT_OF_RANGE if start is beyond the log.
+        """Entries [start, start+count), in index order; count 0 or above 100,000 is
+        served as 100,000. Network auditors only (PERMISSION_DENIED for anyone
+        else, UNAUTHENTICATED without a token). OUT_OF_RANGE if start is beyond the log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,27 +118,34 @@ class LedgerServiceServicer:
     def GetEntryPages(self, request, context):
         """The same entries as GetEntries, many per message: for auditors and followers
         that replay the whole log (one message per entry costs more than the entry).
+        Same callers and statuses as GetEntries.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetEntryByEventId(self, request, context):
-        """One entry by its event id. NOT_FOUND if the ledger never sequenced it.
+        """One entry by its event id: network auditors and services (PERMISSION_DENIED
+        for anyone else, UNAUTHENTICATED without a token). INVALID_ARGUMENT for an
+        empty event_id; NOT_FOUND if the ledger never sequenced it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetInclusionProof(self, request, context):
-        """Audit path for leaf `index` in the tree of `tree_size` entries.
+        """Audit path for leaf `index` in the tree of `tree_size` entries. No token.
+        OUT_OF_RANGE for an index or size beyond the committed tree;
+        INVALID_ARGUMENT for an index not below tree_size.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetInclusionProofByHash(self, request, context):
-        """Audit path for the leaf with this leaf hash. NOT_FOUND if no such leaf.
+        """Audit path for the leaf with this leaf hash. No token. INVALID_ARGUMENT
+        for a hash that is not 32 bytes; OUT_OF_RANGE for a size beyond the
+        committed tree; NOT_FOUND if no such leaf.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,13 +153,30 @@ class LedgerServiceServicer:
 
     def GetConsistencyProof(self, request, context):
         """Proof that the tree of first_size is a prefix of the tree of second_size.
+        No token. INVALID_ARGUMENT for first_size 0 or above second_size;
+        OUT_OF_RANGE for a size beyond the committed tree.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchCheckpoints(self, request, context):
-        """The current checkpoint, then each new one as it is signed.
+        """The current checkpoint, then each new one as it is signed. No token.
+        RESOURCE_EXHAUSTED when this process already serves
+        MEDLEDGER_LEDGER_MAX_WATCHERS streams (default 100): retry later or
+        elsewhere. A watcher more than 1000 checkpoints behind continues with the
+        oldest one kept (ListCheckpoints fills any gap).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCheckpoints(self, request, context):
+        """Every stored checkpoint, oldest first, a page at a time: auditors check
+        each one's signature and its consistency with the one before, so tampering
+        is located to the interval where it happened. No token (hashes only).
+        UNAVAILABLE while the database is unreachable; page_size above 1000 is
+        served as 1000; a start_size beyond every checkpoint is an empty page.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,6 +229,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.WatchCheckpoints,
                     request_deserializer=medledger_dot_v1_dot_ledger__pb2.WatchCheckpointsRequest.FromString,
                     response_serializer=medledger_dot_v1_dot_ledger__pb2.Checkpoint.SerializeToString,
+            ),
+            'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCheckpoints,
+                    request_deserializer=medledger_dot_v1_dot_ledger__pb2.ListCheckpointsRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_ledger__pb2.ListCheckpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +480,33 @@ class LedgerService:
             '/medledger.v1.LedgerService/WatchCheckpoints',
             medledger_dot_v1_dot_ledger__pb2.WatchCheckpointsRequest.SerializeToString,
             medledger_dot_v1_dot_ledger__pb2.Checkpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.LedgerService/ListCheckpoints',
+            medledger_dot_v1_dot_ledger__pb2.ListCheckpointsRequest.SerializeToString,
+            medledger_dot_v1_dot_ledger__pb2.ListCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,10 @@
 isort:skip_file
 LedgerService: the read side of MedLedger's tamper-evident log. Checkpoints,
 the verifier key and proofs contain only hashes and need no token; entries
-reveal who did what to whom and need an auditor or service token.
+reveal who did what to whom: network auditors read them all, a service one
+at a time by event id (README, Authorization matrix). Every rpc answers
+UNAVAILABLE while the ledger's database is unreachable or no checkpoint is
+signed yet, and INVALID_ARGUMENT for a request that does not parse.
 """
 
 from collections import abc as _abc
@@ -37,25 +40,55 @@ class LedgerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LedgerServiceAsyncStub: ...
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetCheckpointRequest, _ledger_pb2.Checkpoint]
-    """The newest signed checkpoint."""
+    """The newest signed checkpoint. No token. UNAVAILABLE before the first one."""
     GetVerifierKey: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetVerifierKeyRequest, _ledger_pb2.VerifierKey]
-    """The note verifier key that checks every checkpoint's signature."""
+    """The note verifier key that checks every checkpoint's signature. No token.
+    Auditors pin a key obtained out of band, never only this answer.
+    """
     GetEntries: _grpc.UnaryStreamMultiCallable[_ledger_pb2.GetEntriesRequest, _ledger_pb2.Entry]
-    """Entries [start, start+count), in index order. OUT_OF_RANGE if start is beyond the log."""
+    """Entries [start, start+count), in index order; count 0 or above 100,000 is
+    served as 100,000. Network auditors only (PERMISSION_DENIED for anyone
+    else, UNAUTHENTICATED without a token). OUT_OF_RANGE if start is beyond the log.
+    """
     GetEntryPages: _grpc.UnaryStreamMultiCallable[_ledger_pb2.GetEntriesRequest, _ledger_pb2.EntryPage]
     """The same entries as GetEntries, many per message: for auditors and followers
     that replay the whole log (one message per entry costs more than the entry).
+    Same callers and statuses as GetEntries.
     """
     GetEntryByEventId: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryByEventIdRequest, _ledger_pb2.Entry]
-    """One entry by its event id. NOT_FOUND if the ledger never sequenced it."""
+    """One entry by its event id: network auditors and services (PERMISSION_DENIED
+    for anyone else, UNAUTHENTICATED without a token). INVALID_ARGUMENT for an
+    empty event_id; NOT_FOUND if the ledger never sequenced it.
+    """
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetInclusionProofRequest, _ledger_pb2.InclusionProof]
-    """Audit path for leaf `index` in the tree of `tree_size` entries."""
+    """Audit path for leaf `index` in the tree of `tree_size` entries. No token.
+    OUT_OF_RANGE for an index or size beyond the committed tree;
+    INVALID_ARGUMENT for an index not below tree_size.
+    """
     GetInclusionProofByHash: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetInclusionProofByHashRequest, _ledger_pb2.InclusionProof]
-    """Audit path for the leaf with this leaf hash. NOT_FOUND if no such leaf."""
+    """Audit path for the leaf with this leaf hash. No token. INVALID_ARGUMENT
+    for a hash that is not 32 bytes; OUT_OF_RANGE for a size beyond the
+    committed tree; NOT_FOUND if no such leaf.
+    """
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetConsistencyProofRequest, _ledger_pb2.ConsistencyProof]
-    """Proof that the tree of first_size is a prefix of the tree of second_size."""
+    """Proof that the tree of first_size is a prefix of the tree of second_size.
+    No token. INVALID_ARGUMENT for first_size 0 or above second_size;
+    OUT_OF_RANGE for a size beyond the committed tree.
+    """
     WatchCheckpoints: _grpc.UnaryStreamMultiCallable[_ledger_pb2.WatchCheckpointsRequest, _ledger_pb2.Checkpoint]
-    """The current checkpoint, then each new one as it is signed."""
+    """The current checkpoint, then each new one as it is signed. No token.
+    RESOURCE_EXHAUSTED when this process already serves
+    MEDLEDGER_LEDGER_MAX_WATCHERS streams (default 100): retry later or
+    elsewhere. A watcher more than 1000 checkpoints behind continues with the
+    oldest one kept (ListCheckpoints fills any gap).
+    """
+    ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListCheckpointsRequest, _ledger_pb2.ListCheckpointsResponse]
+    """Every stored checkpoint, oldest first, a page at a time: auditors check
+    each one's signature and its consistency with the one before, so tampering
+    is located to the interval where it happened. No token (hashes only).
+    UNAVAILABLE while the database is unreachable; page_size above 1000 is
+    served as 1000; a start_size beyond every checkpoint is an empty page.
+    """
 
 @_typing.type_check_only
 class LedgerServiceAsyncStub(LedgerServiceStub):
@@ -63,25 +96,55 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetCheckpointRequest, _ledger_pb2.Checkpoint]  # type: ignore[assignment]
-    """The newest signed checkpoint."""
+    """The newest signed checkpoint. No token. UNAVAILABLE before the first one."""
     GetVerifierKey: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetVerifierKeyRequest, _ledger_pb2.VerifierKey]  # type: ignore[assignment]
-    """The note verifier key that checks every checkpoint's signature."""
+    """The note verifier key that checks every checkpoint's signature. No token.
+    Auditors pin a key obtained out of band, never only this answer.
+    """
     GetEntries: _aio.UnaryStreamMultiCallable[_ledger_pb2.GetEntriesRequest, _ledger_pb2.Entry]  # type: ignore[assignment]
-    """Entries [start, start+count), in index order. OUT_OF_RANGE if start is beyond the log."""
+    """Entries [start, start+count), in index order; count 0 or above 100,000 is
+    served as 100,000. Network auditors only (PERMISSION_DENIED for anyone
+    else, UNAUTHENTICATED without a token). OUT_OF_RANGE if start is beyond the log.
+    """
     GetEntryPages: _aio.UnaryStreamMultiCallable[_ledger_pb2.GetEntriesRequest, _ledger_pb2.EntryPage]  # type: ignore[assignment]
     """The same entries as GetEntries, many per message: for auditors and followers
     that replay the whole log (one message per entry costs more than the entry).
+    Same callers and statuses as GetEntries.
     """
     GetEntryByEventId: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryByEventIdRequest, _ledger_pb2.Entry]  # type: ignore[assignment]
-    """One entry by its event id. NOT_FOUND if the ledger never sequenced it."""
+    """One entry by its event id: network auditors and services (PERMISSION_DENIED
+    for anyone else, UNAUTHENTICATED without a token). INVALID_ARGUMENT for an
+    empty event_id; NOT_FOUND if the ledger never sequenced it.
+    """
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetInclusionProofRequest, _ledger_pb2.InclusionProof]  # type: ignore[assignment]
-    """Audit path for leaf `index` in the tree of `tree_size` entries."""
+    """Audit path for leaf `index` in the tree of `tree_size` entries. No token.
+    OUT_OF_RANGE for an index or size beyond the committed tree;
+    INVALID_ARGUMENT for an index not below tree_size.
+    """
     GetInclusionProofByHash: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetInclusionProofByHashRequest, _ledger_pb2.InclusionProof]  # type: ignore[assignment]
-    """Audit path for the leaf with this leaf hash. NOT_FOUND if no such leaf."""
+    """Audit path for the leaf with this leaf hash. No token. INVALID_ARGUMENT
+    for a hash that is not 32 bytes; OUT_OF_RANGE for a size beyond the
+    committed tree; NOT_FOUND if no such leaf.
+    """
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetConsistencyProofRequest, _ledger_pb2.ConsistencyProof]  # type: ignore[assignment]
-    """Proof that the tree of first_size is a prefix of the tree of second_size."""
+    """Proof that the tree of first_size is a prefix of the tree of second_size.
+    No token. INVALID_ARGUMENT for first_size 0 or above second_size;
+    OUT_OF_RANGE for a size beyond the committed tree.
+    """
     WatchCheckpoints: _aio.UnaryStreamMultiCallable[_ledger_pb2.WatchCheckpointsRequest, _ledger_pb2.Checkpoint]  # type: ignore[assignment]
-    """The current checkpoint, then each new one as it is signed."""
+    """The current checkpoint, then each new one as it is signed. No token.
+    RESOURCE_EXHAUSTED when this process already serves
+    MEDLEDGER_LEDGER_MAX_WATCHERS streams (default 100): retry later or
+    elsewhere. A watcher more than 1000 checkpoints behind continues with the
+    oldest one kept (ListCheckpoints fills any gap).
+    """
+    ListCheckpoints: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListCheckpointsRequest, _ledger_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
+    """Every stored checkpoint, oldest first, a page at a time: auditors check
+    each one's signature and its consistency with the one before, so tampering
+    is located to the interval where it happened. No token (hashes only).
+    UNAVAILABLE while the database is unreachable; page_size above 1000 is
+    served as 1000; a start_size beyond every checkpoint is an empty page.
+    """
 
 class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The ledger's read API for services, hospital systems and auditors."""
@@ -92,7 +155,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetCheckpointRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.Checkpoint, _abc.Awaitable[_ledger_pb2.Checkpoint]]:
-        """The newest signed checkpoint."""
+        """The newest signed checkpoint. No token. UNAVAILABLE before the first one."""
 
     @_abc_1.abstractmethod
     def GetVerifierKey(
@@ -100,7 +163,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetVerifierKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.VerifierKey, _abc.Awaitable[_ledger_pb2.VerifierKey]]:
-        """The note verifier key that checks every checkpoint's signature."""
+        """The note verifier key that checks every checkpoint's signature. No token.
+        Auditors pin a key obtained out of band, never only this answer.
+        """
 
     @_abc_1.abstractmethod
     def GetEntries(
@@ -108,7 +173,10 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetEntriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_ledger_pb2.Entry], _abc.AsyncIterator[_ledger_pb2.Entry]]:
-        """Entries [start, start+count), in index order. OUT_OF_RANGE if start is beyond the log."""
+        """Entries [start, start+count), in index order; count 0 or above 100,000 is
+        served as 100,000. Network auditors only (PERMISSION_DENIED for anyone
+        else, UNAUTHENTICATED without a token). OUT_OF_RANGE if start is beyond the log.
+        """
 
     @_abc_1.abstractmethod
     def GetEntryPages(
@@ -118,6 +186,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_ledger_pb2.EntryPage], _abc.AsyncIterator[_ledger_pb2.EntryPage]]:
         """The same entries as GetEntries, many per message: for auditors and followers
         that replay the whole log (one message per entry costs more than the entry).
+        Same callers and statuses as GetEntries.
         """
 
     @_abc_1.abstractmethod
@@ -126,7 +195,10 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetEntryByEventIdRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.Entry, _abc.Awaitable[_ledger_pb2.Entry]]:
-        """One entry by its event id. NOT_FOUND if the ledger never sequenced it."""
+        """One entry by its event id: network auditors and services (PERMISSION_DENIED
+        for anyone else, UNAUTHENTICATED without a token). INVALID_ARGUMENT for an
+        empty event_id; NOT_FOUND if the ledger never sequenced it.
+        """
 
     @_abc_1.abstractmethod
     def GetInclusionProof(
@@ -134,7 +206,10 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetInclusionProofRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.InclusionProof, _abc.Awaitable[_ledger_pb2.InclusionProof]]:
-        """Audit path for leaf `index` in the tree of `tree_size` entries."""
+        """Audit path for leaf `index` in the tree of `tree_size` entries. No token.
+        OUT_OF_RANGE for an index or size beyond the committed tree;
+        INVALID_ARGUMENT for an index not below tree_size.
+        """
 
     @_abc_1.abstractmethod
     def GetInclusionProofByHash(
@@ -142,7 +217,10 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetInclusionProofByHashRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.InclusionProof, _abc.Awaitable[_ledger_pb2.InclusionProof]]:
-        """Audit path for the leaf with this leaf hash. NOT_FOUND if no such leaf."""
+        """Audit path for the leaf with this leaf hash. No token. INVALID_ARGUMENT
+        for a hash that is not 32 bytes; OUT_OF_RANGE for a size beyond the
+        committed tree; NOT_FOUND if no such leaf.
+        """
 
     @_abc_1.abstractmethod
     def GetConsistencyProof(
@@ -150,7 +228,10 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.GetConsistencyProofRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.ConsistencyProof, _abc.Awaitable[_ledger_pb2.ConsistencyProof]]:
-        """Proof that the tree of first_size is a prefix of the tree of second_size."""
+        """Proof that the tree of first_size is a prefix of the tree of second_size.
+        No token. INVALID_ARGUMENT for first_size 0 or above second_size;
+        OUT_OF_RANGE for a size beyond the committed tree.
+        """
 
     @_abc_1.abstractmethod
     def WatchCheckpoints(
@@ -158,6 +239,24 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ledger_pb2.WatchCheckpointsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_ledger_pb2.Checkpoint], _abc.AsyncIterator[_ledger_pb2.Checkpoint]]:
-        """The current checkpoint, then each new one as it is signed."""
+        """The current checkpoint, then each new one as it is signed. No token.
+        RESOURCE_EXHAUSTED when this process already serves
+        MEDLEDGER_LEDGER_MAX_WATCHERS streams (default 100): retry later or
+        elsewhere. A watcher more than 1000 checkpoints behind continues with the
+        oldest one kept (ListCheckpoints fills any gap).
+        """
+
+    @_abc_1.abstractmethod
+    def ListCheckpoints(
+        self,
+        request: _ledger_pb2.ListCheckpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListCheckpointsResponse, _abc.Awaitable[_ledger_pb2.ListCheckpointsResponse]]:
+        """Every stored checkpoint, oldest first, a page at a time: auditors check
+        each one's signature and its consistency with the one before, so tampering
+        is located to the interval where it happened. No token (hashes only).
+        UNAVAILABLE while the database is unreachable; page_size above 1000 is
+        served as 1000; a start_size beyond every checkpoint is an empty page.
+        """
 
 def add_LedgerServiceServicer_to_server(servicer: LedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

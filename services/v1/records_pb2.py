@@ -22,15 +22,84 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from medledger.v1 import consent_pb2 as medledger_dot_v1_dot_consent__pb2
+from medledger.v1 import ledger_pb2 as medledger_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amedledger/v1/records.proto\x12\x0cmedledger.v12\x10\n\x0eRecordsServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amedledger/v1/records.proto\x12\x0cmedledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amedledger/v1/consent.proto\x1a\x19medledger/v1/ledger.proto\"\x80\x02\n\x11RecordAttestation\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x17\n\x0forganization_id\x18\x04 \x01(\t\x12\x11\n\tauthor_id\x18\x05 \x01(\t\x12\x15\n\rauthor_key_id\x18\x06 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x07 \x01(\t\x12\x12\n\ncommitment\x18\x08 \x01(\x0c\x12\x1b\n\x13previous_commitment\x18\t \x01(\x0c\x12-\n\tsigned_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x01\n\x0e\x45rasureRequest\x12\x12\n\nerasure_id\x18\x01 \x01(\t\x12\x12\n\npatient_id\x18\x02 \x01(\t\x12\x11\n\tsigner_id\x18\x03 \x01(\t\x12\x15\n\rsigner_key_id\x18\x04 \x01(\t\x12-\n\tsigned_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc7\x03\n\x06Record\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x16\n\x0elatest_version\x18\x03 \x01(\r\x12\x12\n\npatient_id\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12!\n\x19\x63ustodian_organization_id\x18\x06 \x01(\t\x12\x11\n\tauthor_id\x18\x07 \x01(\t\x12\x34\n\x0b\x61ttestation\x18\x08 \x01(\x0b\x32\x1f.medledger.v1.RecordAttestation\x12\x18\n\x10\x61uthor_signature\x18\t \x01(\x0c\x12\x12\n\ncommitment\x18\n \x01(\x0c\x12\x15\n\rresource_json\x18\x0b \x01(\t\x12\x0c\n\x04salt\x18\x0c \x01(\x0c\x12/\n\x0brecorded_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x0e \x01(\t\x12-\n\terased_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x0cledger_index\x18\x10 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_ledger_index\"i\n\x13\x43reateRecordRequest\x12\x13\n\x0b\x61ttestation\x18\x01 \x01(\x0c\x12\x15\n\rresource_json\x18\x02 \x01(\t\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\x12\x18\n\x10\x61uthor_signature\x18\x04 \x01(\x0c\"h\n\x12\x41mendRecordRequest\x12\x13\n\x0b\x61ttestation\x18\x01 \x01(\x0c\x12\x15\n\rresource_json\x18\x02 \x01(\t\x12\x0c\n\x04salt\x18\x03 \x01(\x0c\x12\x18\n\x10\x61uthor_signature\x18\x04 \x01(\x0c\"\xb3\x01\n\rRecordReceipt\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x12\n\ncommitment\x18\x03 \x01(\x0c\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12/\n\x0brecorded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05\x62\x61sis\x18\x06 \x01(\x0e\x32\x18.medledger.v1.WriteBasis\"w\n\x10GetRecordRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12&\n\x07purpose\x18\x03 \x01(\x0e\x32\x15.medledger.v1.Purpose\x12\x17\n\x0forganization_id\x18\x04 \x01(\t\"\xb2\x01\n\x11GetRecordResponse\x12$\n\x06record\x18\x01 \x01(\x0b\x32\x14.medledger.v1.Record\x12/\n\x0cproof_status\x18\x02 \x01(\x0e\x32\x19.medledger.v1.ProofStatus\x12(\n\x05proof\x18\x03 \x01(\x0b\x32\x19.medledger.v1.ProofBundle\x12\x1c\n\x14\x64isclosure_event_ids\x18\x04 \x03(\t\"\x90\x02\n\x19ListPatientRecordsRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12&\n\x07purpose\x18\x02 \x01(\x0e\x32\x15.medledger.v1.Purpose\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12\x30\n\x0c\x63reated_from\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcreated_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x12\n\npage_token\x18\x08 \x01(\t\"z\n\x1aListPatientRecordsResponse\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.medledger.v1.Record\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x1c\n\x14\x64isclosure_event_ids\x18\x03 \x03(\t\"\x94\x01\n\x17GetRecordHistoryRequest\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12&\n\x07purpose\x18\x02 \x01(\x0e\x32\x15.medledger.v1.Purpose\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"y\n\x18GetRecordHistoryResponse\x12&\n\x08versions\x18\x01 \x03(\x0b\x32\x14.medledger.v1.Record\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x1c\n\x14\x64isclosure_event_ids\x18\x03 \x03(\t\"r\n\x1b\x45xportPatientRecordsRequest\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12&\n\x07purpose\x18\x02 \x01(\x0e\x32\x15.medledger.v1.Purpose\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\"g\n\x1c\x45xportPatientRecordsResponse\x12\x13\n\x0b\x62undle_json\x18\x01 \x01(\t\x12\x14\n\x0crecord_count\x18\x02 \x01(\r\x12\x1c\n\x14\x64isclosure_event_ids\x18\x03 \x03(\t\"=\n\x17\x45rasePatientDataRequest\x12\x0f\n\x07request\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x9c\x01\n\x18\x45rasePatientDataResponse\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x12\n\nerasure_id\x18\x02 \x01(\t\x12-\n\terased_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x17\n\x0fversions_erased\x18\x05 \x01(\r\"\x8e\x01\n\x1fRegisterResearchArtifactRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\t\x12\x30\n\x04kind\x18\x02 \x01(\x0e\x32\".medledger.v1.ResearchArtifactKind\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x17\n\x0forganization_id\x18\x04 \x01(\t\"\xb5\x02\n\x10ResearchArtifact\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x10\n\x08trial_id\x18\x02 \x01(\t\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".medledger.v1.ResearchArtifactKind\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x17\n\x0forganization_id\x18\x05 \x01(\t\x12\x15\n\rregistered_by\x18\x06 \x01(\t\x12\x31\n\rregistered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x08 \x01(\t\x12\x19\n\x0cledger_index\x18\t \x01(\x04H\x00\x88\x01\x01\x12\x17\n\x0f\x62\x65\x66ore_protocol\x18\n \x01(\x08\x42\x0f\n\r_ledger_index\"/\n\x1dVerifyResearchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\"\xa4\x01\n\x15ResearchArtifactProof\x12\x30\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x1e.medledger.v1.ResearchArtifact\x12/\n\x0cproof_status\x18\x02 \x01(\x0e\x32\x19.medledger.v1.ProofStatus\x12(\n\x05proof\x18\x03 \x01(\x0b\x32\x19.medledger.v1.ProofBundle\"\\\n\x1eVerifyResearchArtifactResponse\x12:\n\rregistrations\x18\x01 \x03(\x0b\x32#.medledger.v1.ResearchArtifactProof\"-\n\x19ListTrialArtifactsRequest\x12\x10\n\x08trial_id\x18\x01 \x01(\t\"p\n\x1aListTrialArtifactsResponse\x12\x31\n\tartifacts\x18\x01 \x03(\x0b\x32\x1e.medledger.v1.ResearchArtifact\x12\x1f\n\x17registered_out_of_order\x18\x02 \x01(\x08\"\xb4\x01\n\rRecordCreated\x12\x34\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x1f.medledger.v1.RecordAttestation\x12\x18\n\x10\x61uthor_signature\x18\x02 \x01(\x0c\x12\'\n\x05\x62\x61sis\x18\x03 \x01(\x0e\x32\x18.medledger.v1.WriteBasis\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\x16\n\x0e\x62reak_glass_id\x18\x05 \x01(\t\"\xb4\x01\n\rRecordAmended\x12\x34\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x1f.medledger.v1.RecordAttestation\x12\x18\n\x10\x61uthor_signature\x18\x02 \x01(\x0c\x12\'\n\x05\x62\x61sis\x18\x03 \x01(\x0e\x32\x18.medledger.v1.WriteBasis\x12\x12\n\nconsent_id\x18\x04 \x01(\t\x12\x16\n\x0e\x62reak_glass_id\x18\x05 \x01(\t\"\x84\x01\n\x11PatientDataErased\x12-\n\x07request\x18\x01 \x01(\x0b\x32\x1c.medledger.v1.ErasureRequest\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x14\n\x0csubmitted_by\x18\x03 \x01(\t\x12\x17\n\x0fversions_erased\x18\x04 \x01(\r\"\xb5\x01\n\x1aResearchArtifactRegistered\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x10\n\x08trial_id\x18\x02 \x01(\t\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".medledger.v1.ResearchArtifactKind\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x17\n\x0forganization_id\x18\x05 \x01(\t\x12\x15\n\rregistered_by\x18\x06 \x01(\t\"[\n\x0f\x44isclosedRecord\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x12\n\ncommitment\x18\x04 \x01(\x0c\"\xd2\x02\n\x10RecordsDisclosed\x12\x15\n\rdisclosure_id\x18\x01 \x01(\t\x12\x14\n\x0crequester_id\x18\x02 \x01(\t\x12\x17\n\x0forganization_id\x18\x03 \x01(\t\x12\x12\n\npatient_id\x18\x04 \x01(\t\x12&\n\x07purpose\x18\x05 \x01(\x0e\x32\x15.medledger.v1.Purpose\x12,\n\x05\x62\x61sis\x18\x06 \x01(\x0e\x32\x1d.medledger.v1.DisclosureBasis\x12\x12\n\nconsent_id\x18\x07 \x01(\t\x12\x16\n\x0e\x62reak_glass_id\x18\x08 \x01(\t\x12\x1f\n\x17\x61\x63\x63\x65ss_decided_event_id\x18\t \x01(\t\x12\x11\n\toperation\x18\n \x01(\t\x12.\n\x07records\x18\x0b \x03(\x0b\x32\x1d.medledger.v1.DisclosedRecord*R\n\x0bProofStatus\x12\x1c\n\x18PROOF_STATUS_UNSPECIFIED\x10\x00\x12\x11\n\rPROOF_PENDING\x10\x01\x12\x12\n\x0ePROOF_INCLUDED\x10\x02*\x89\x01\n\nWriteBasis\x12\x1b\n\x17WRITE_BASIS_UNSPECIFIED\x10\x00\x12(\n$WRITE_BASIS_REGISTERING_ORGANIZATION\x10\x01\x12\x17\n\x13WRITE_BASIS_CONSENT\x10\x02\x12\x1b\n\x17WRITE_BASIS_BREAK_GLASS\x10\x03*\xd6\x01\n\x0f\x44isclosureBasis\x12 \n\x1c\x44ISCLOSURE_BASIS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44ISCLOSURE_BASIS_PATIENT\x10\x01\x12#\n\x1f\x44ISCLOSURE_BASIS_REPRESENTATIVE\x10\x02\x12\x1e\n\x1a\x44ISCLOSURE_BASIS_CUSTODIAN\x10\x03\x12\x1c\n\x18\x44ISCLOSURE_BASIS_CONSENT\x10\x04\x12 \n\x1c\x44ISCLOSURE_BASIS_BREAK_GLASS\x10\x05*\xb5\x01\n\x14ResearchArtifactKind\x12&\n\"RESEARCH_ARTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41RTIFACT_PROTOCOL\x10\x01\x12\x1a\n\x16\x41RTIFACT_ANALYSIS_PLAN\x10\x02\x12\x16\n\x12\x41RTIFACT_AMENDMENT\x10\x03\x12\x14\n\x10\x41RTIFACT_DATASET\x10\x04\x12\x14\n\x10\x41RTIFACT_RESULTS\x10\x05\x32\xe3\x07\n\x0eRecordsService\x12N\n\x0c\x43reateRecord\x12!.medledger.v1.CreateRecordRequest\x1a\x1b.medledger.v1.RecordReceipt\x12L\n\x0b\x41mendRecord\x12 .medledger.v1.AmendRecordRequest\x1a\x1b.medledger.v1.RecordReceipt\x12L\n\tGetRecord\x12\x1e.medledger.v1.GetRecordRequest\x1a\x1f.medledger.v1.GetRecordResponse\x12g\n\x12ListPatientRecords\x12\'.medledger.v1.ListPatientRecordsRequest\x1a(.medledger.v1.ListPatientRecordsResponse\x12\x61\n\x10GetRecordHistory\x12%.medledger.v1.GetRecordHistoryRequest\x1a&.medledger.v1.GetRecordHistoryResponse\x12m\n\x14\x45xportPatientRecords\x12).medledger.v1.ExportPatientRecordsRequest\x1a*.medledger.v1.ExportPatientRecordsResponse\x12\x61\n\x10\x45rasePatientData\x12%.medledger.v1.ErasePatientDataRequest\x1a&.medledger.v1.ErasePatientDataResponse\x12i\n\x18RegisterResearchArtifact\x12-.medledger.v1.RegisterResearchArtifactRequest\x1a\x1e.medledger.v1.ResearchArtifact\x12s\n\x16VerifyResearchArtifact\x12+.medledger.v1.VerifyResearchArtifactRequest\x1a,.medledger.v1.VerifyResearchArtifactResponse\x12g\n\x12ListTrialArtifacts\x12\'.medledger.v1.ListTrialArtifactsRequest\x1a(.medledger.v1.ListTrialArtifactsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'medledger.v1.records_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECORDSSERVICE']._serialized_start=44
-  _globals['_RECORDSSERVICE']._serialized_end=60
+  _globals['_PROOFSTATUS']._serialized_start=4857
+  _globals['_PROOFSTATUS']._serialized_end=4939
+  _globals['_WRITEBASIS']._serialized_start=4942
+  _globals['_WRITEBASIS']._serialized_end=5079
+  _globals['_DISCLOSUREBASIS']._serialized_start=5082
+  _globals['_DISCLOSUREBASIS']._serialized_end=5296
+  _globals['_RESEARCHARTIFACTKIND']._serialized_start=5299
+  _globals['_RESEARCHARTIFACTKIND']._serialized_end=5480
+  _globals['_RECORDATTESTATION']._serialized_start=133
+  _globals['_RECORDATTESTATION']._serialized_end=389
+  _globals['_ERASUREREQUEST']._serialized_start=392
+  _globals['_ERASUREREQUEST']._serialized_end=537
+  _globals['_RECORD']._serialized_start=540
+  _globals['_RECORD']._serialized_end=995
+  _globals['_CREATERECORDREQUEST']._serialized_start=997
+  _globals['_CREATERECORDREQUEST']._serialized_end=1102
+  _globals['_AMENDRECORDREQUEST']._serialized_start=1104
+  _globals['_AMENDRECORDREQUEST']._serialized_end=1208
+  _globals['_RECORDRECEIPT']._serialized_start=1211
+  _globals['_RECORDRECEIPT']._serialized_end=1390
+  _globals['_GETRECORDREQUEST']._serialized_start=1392
+  _globals['_GETRECORDREQUEST']._serialized_end=1511
+  _globals['_GETRECORDRESPONSE']._serialized_start=1514
+  _globals['_GETRECORDRESPONSE']._serialized_end=1692
+  _globals['_LISTPATIENTRECORDSREQUEST']._serialized_start=1695
+  _globals['_LISTPATIENTRECORDSREQUEST']._serialized_end=1967
+  _globals['_LISTPATIENTRECORDSRESPONSE']._serialized_start=1969
+  _globals['_LISTPATIENTRECORDSRESPONSE']._serialized_end=2091
+  _globals['_GETRECORDHISTORYREQUEST']._serialized_start=2094
+  _globals['_GETRECORDHISTORYREQUEST']._serialized_end=2242
+  _globals['_GETRECORDHISTORYRESPONSE']._serialized_start=2244
+  _globals['_GETRECORDHISTORYRESPONSE']._serialized_end=2365
+  _globals['_EXPORTPATIENTRECORDSREQUEST']._serialized_start=2367
+  _globals['_EXPORTPATIENTRECORDSREQUEST']._serialized_end=2481
+  _globals['_EXPORTPATIENTRECORDSRESPONSE']._serialized_start=2483
+  _globals['_EXPORTPATIENTRECORDSRESPONSE']._serialized_end=2586
+  _globals['_ERASEPATIENTDATAREQUEST']._serialized_start=2588
+  _globals['_ERASEPATIENTDATAREQUEST']._serialized_end=2649
+  _globals['_ERASEPATIENTDATARESPONSE']._serialized_start=2652
+  _globals['_ERASEPATIENTDATARESPONSE']._serialized_end=2808
+  _globals['_REGISTERRESEARCHARTIFACTREQUEST']._serialized_start=2811
+  _globals['_REGISTERRESEARCHARTIFACTREQUEST']._serialized_end=2953
+  _globals['_RESEARCHARTIFACT']._serialized_start=2956
+  _globals['_RESEARCHARTIFACT']._serialized_end=3265
+  _globals['_VERIFYRESEARCHARTIFACTREQUEST']._serialized_start=3267
+  _globals['_VERIFYRESEARCHARTIFACTREQUEST']._serialized_end=3314
+  _globals['_RESEARCHARTIFACTPROOF']._serialized_start=3317
+  _globals['_RESEARCHARTIFACTPROOF']._serialized_end=3481
+  _globals['_VERIFYRESEARCHARTIFACTRESPONSE']._serialized_start=3483
+  _globals['_VERIFYRESEARCHARTIFACTRESPONSE']._serialized_end=3575
+  _globals['_LISTTRIALARTIFACTSREQUEST']._serialized_start=3577
+  _globals['_LISTTRIALARTIFACTSREQUEST']._serialized_end=3622
+  _globals['_LISTTRIALARTIFACTSRESPONSE']._serialized_start=3624
+  _globals['_LISTTRIALARTIFACTSRESPONSE']._serialized_end=3736
+  _globals['_RECORDCREATED']._serialized_start=3739
+  _globals['_RECORDCREATED']._serialized_end=3919
+  _globals['_RECORDAMENDED']._serialized_start=3922
+  _globals['_RECORDAMENDED']._serialized_end=4102
+  _globals['_PATIENTDATAERASED']._serialized_start=4105
+  _globals['_PATIENTDATAERASED']._serialized_end=4237
+  _globals['_RESEARCHARTIFACTREGISTERED']._serialized_start=4240
+  _globals['_RESEARCHARTIFACTREGISTERED']._serialized_end=4421
+  _globals['_DISCLOSEDRECORD']._serialized_start=4423
+  _globals['_DISCLOSEDRECORD']._serialized_end=4514
+  _globals['_RECORDSDISCLOSED']._serialized_start=4517
+  _globals['_RECORDSDISCLOSED']._serialized_end=4855
+  _globals['_RECORDSSERVICE']._serialized_start=5483
+  _globals['_RECORDSSERVICE']._serialized_end=6478
 # @@protoc_insertion_point(module_scope)

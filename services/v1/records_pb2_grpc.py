@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from medledger.v1 import records_pb2 as medledger_dot_v1_dot_records__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -25,7 +26,17 @@ if _version_not_supported:
 
 
 class RecordsServiceStub:
-    """FHIR R4 records under consent; RPCs arrive with the records issue.
+    """The records service. Every rpc needs a bearer token (UNAUTHENTICATED
+    without a valid one). Every rpc may answer UNAVAILABLE when PostgreSQL,
+    Kafka, the identity, consent or ledger service is unreachable, or while
+    the service's view of identity.events and consent.events cannot catch up
+    with the topics within MEDLEDGER_RECORDS_SYNC_WAIT_MS (default 2000).
+    INVALID_ARGUMENT for a missing required field. Reads are by PATIENT and
+    PRACTITIONER tokens only (PERMISSION_DENIED for any other kind). A read
+    of a record the caller may not read, or of a record that does not exist,
+    is PERMISSION_DENIED with the same message, so a denial reveals nothing.
+    Every read that serves record content commits a RecordsDisclosed event
+    before it answers. No error message carries record content.
     """
 
     def __init__(self, channel):
@@ -34,15 +45,241 @@ class RecordsServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateRecord = channel.unary_unary(
+                '/medledger.v1.RecordsService/CreateRecord',
+                request_serializer=medledger_dot_v1_dot_records__pb2.CreateRecordRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.RecordReceipt.FromString,
+                _registered_method=True)
+        self.AmendRecord = channel.unary_unary(
+                '/medledger.v1.RecordsService/AmendRecord',
+                request_serializer=medledger_dot_v1_dot_records__pb2.AmendRecordRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.RecordReceipt.FromString,
+                _registered_method=True)
+        self.GetRecord = channel.unary_unary(
+                '/medledger.v1.RecordsService/GetRecord',
+                request_serializer=medledger_dot_v1_dot_records__pb2.GetRecordRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.GetRecordResponse.FromString,
+                _registered_method=True)
+        self.ListPatientRecords = channel.unary_unary(
+                '/medledger.v1.RecordsService/ListPatientRecords',
+                request_serializer=medledger_dot_v1_dot_records__pb2.ListPatientRecordsRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.ListPatientRecordsResponse.FromString,
+                _registered_method=True)
+        self.GetRecordHistory = channel.unary_unary(
+                '/medledger.v1.RecordsService/GetRecordHistory',
+                request_serializer=medledger_dot_v1_dot_records__pb2.GetRecordHistoryRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.GetRecordHistoryResponse.FromString,
+                _registered_method=True)
+        self.ExportPatientRecords = channel.unary_unary(
+                '/medledger.v1.RecordsService/ExportPatientRecords',
+                request_serializer=medledger_dot_v1_dot_records__pb2.ExportPatientRecordsRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.ExportPatientRecordsResponse.FromString,
+                _registered_method=True)
+        self.ErasePatientData = channel.unary_unary(
+                '/medledger.v1.RecordsService/ErasePatientData',
+                request_serializer=medledger_dot_v1_dot_records__pb2.ErasePatientDataRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.ErasePatientDataResponse.FromString,
+                _registered_method=True)
+        self.RegisterResearchArtifact = channel.unary_unary(
+                '/medledger.v1.RecordsService/RegisterResearchArtifact',
+                request_serializer=medledger_dot_v1_dot_records__pb2.RegisterResearchArtifactRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.ResearchArtifact.FromString,
+                _registered_method=True)
+        self.VerifyResearchArtifact = channel.unary_unary(
+                '/medledger.v1.RecordsService/VerifyResearchArtifact',
+                request_serializer=medledger_dot_v1_dot_records__pb2.VerifyResearchArtifactRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.VerifyResearchArtifactResponse.FromString,
+                _registered_method=True)
+        self.ListTrialArtifacts = channel.unary_unary(
+                '/medledger.v1.RecordsService/ListTrialArtifacts',
+                request_serializer=medledger_dot_v1_dot_records__pb2.ListTrialArtifactsRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.ListTrialArtifactsResponse.FromString,
+                _registered_method=True)
 
 
 class RecordsServiceServicer:
-    """FHIR R4 records under consent; RPCs arrive with the records issue.
+    """The records service. Every rpc needs a bearer token (UNAUTHENTICATED
+    without a valid one). Every rpc may answer UNAVAILABLE when PostgreSQL,
+    Kafka, the identity, consent or ledger service is unreachable, or while
+    the service's view of identity.events and consent.events cannot catch up
+    with the topics within MEDLEDGER_RECORDS_SYNC_WAIT_MS (default 2000).
+    INVALID_ARGUMENT for a missing required field. Reads are by PATIENT and
+    PRACTITIONER tokens only (PERMISSION_DENIED for any other kind). A read
+    of a record the caller may not read, or of a record that does not exist,
+    is PERMISSION_DENIED with the same message, so a denial reveals nothing.
+    Every read that serves record content commits a RecordsDisclosed event
+    before it answers. No error message carries record content.
     """
+
+    def CreateRecord(self, request, context):
+        """Store version 1 of a new record; PRACTITIONER tokens only.
+        Allowed when the author is the caller, holds an active membership in the
+        attested organization, and that organization registered the patient,
+        holds a TREATMENT consent from the patient (or the author does), or the
+        author holds an active break-glass made under that organization.
+        RESOURCE_EXHAUSTED for a resource over 4 MiB; INVALID_ARGUMENT for a
+        malformed attestation, invalid FHIR (naming the failing element), a
+        subject that is not the patient, a commitment that does not match, or a
+        signed_at too far from now; NOT_FOUND for an unknown patient;
+        PERMISSION_DENIED for any other caller, a revoked author, or a bad or
+        foreign author signature; FAILED_PRECONDITION when the patient's data was
+        erased; ALREADY_EXISTS for a record id used before. Nothing is stored or
+        published on any error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AmendRecord(self, request, context):
+        """Store the next version of a record; same callers and statuses as
+        CreateRecord, for the record's custodian organization only, plus
+        NOT_FOUND for an unknown record and FAILED_PRECONDITION when the version
+        or previous_commitment is not the latest's + 1 / the latest's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecord(self, request, context):
+        """One version of a record with its ledger proof. Readers: the patient,
+        their active representatives, active members of the custodian
+        organization (not for purpose RESEARCH), and anyone the consent service
+        ALLOWs for (requester, patient, purpose, category, record id), asked with
+        the caller's own token. PERMISSION_DENIED otherwise (or for an unknown
+        record); INVALID_ARGUMENT for a missing purpose; OUT_OF_RANGE for a
+        version beyond the latest. After erasure: the record without content,
+        with erased_at.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPatientRecords(self, request, context):
+        """The latest version of each of a patient's records the caller may read,
+        filtered and paged; never anything about the others (no counts, no ids).
+        INVALID_ARGUMENT for a missing purpose, more than 20 categories or a
+        malformed page token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecordHistory(self, request, context):
+        """Every version of one record, oldest first, paged; same readers and
+        statuses as GetRecord.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportPatientRecords(self, request, context):
+        """Everything the caller may read about the patient as one FHIR Bundle
+        (collection): for the patient and their representatives, every record.
+        INVALID_ARGUMENT for a missing purpose; RESOURCE_EXHAUSTED when the
+        bundle would exceed MEDLEDGER_RECORDS_MAX_EXPORT_BYTES.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ErasePatientData(self, request, context):
+        """Destroy the patient's data key: every payload and salt becomes
+        unrecoverable, commitments and the ledger still verify, new writes for
+        the patient are refused. Any authenticated caller may submit the signed
+        request; the signature is the authority. The identity service deletes
+        the patient's demographics on the PatientDataErased event. Repeating an
+        erasure returns the first one. INVALID_ARGUMENT for a malformed request
+        or signature or a signed_at out of bounds; NOT_FOUND for an unknown
+        patient; PERMISSION_DENIED when the signer is neither the patient nor an
+        active representative, or the key or signature does not check out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterResearchArtifact(self, request, context):
+        """Register the SHA-256 of a trial document for a RESEARCH organization:
+        its ORGANIZATION token or an active member's PRACTITIONER token.
+        INVALID_ARGUMENT for a malformed trial id, kind or hash;
+        PERMISSION_DENIED for any other caller or a non-RESEARCH organization;
+        RESOURCE_EXHAUSTED when the trial already holds 1000 registrations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyResearchArtifact(self, request, context):
+        """Every registration of a document hash with its time, ledger index and
+        proof; any authenticated caller. INVALID_ARGUMENT for a hash that is not
+        32 bytes. An unknown hash is an empty answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTrialArtifacts(self, request, context):
+        """A trial's registrations in order, flagging results or analysis plans
+        registered before the protocol; any authenticated caller.
+        INVALID_ARGUMENT for a malformed trial id. An unknown trial is an empty
+        timeline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_RecordsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRecord,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.CreateRecordRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.RecordReceipt.SerializeToString,
+            ),
+            'AmendRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.AmendRecord,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.AmendRecordRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.RecordReceipt.SerializeToString,
+            ),
+            'GetRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecord,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.GetRecordRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.GetRecordResponse.SerializeToString,
+            ),
+            'ListPatientRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPatientRecords,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.ListPatientRecordsRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.ListPatientRecordsResponse.SerializeToString,
+            ),
+            'GetRecordHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecordHistory,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.GetRecordHistoryRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.GetRecordHistoryResponse.SerializeToString,
+            ),
+            'ExportPatientRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportPatientRecords,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.ExportPatientRecordsRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.ExportPatientRecordsResponse.SerializeToString,
+            ),
+            'ErasePatientData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ErasePatientData,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.ErasePatientDataRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.ErasePatientDataResponse.SerializeToString,
+            ),
+            'RegisterResearchArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterResearchArtifact,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.RegisterResearchArtifactRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.ResearchArtifact.SerializeToString,
+            ),
+            'VerifyResearchArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyResearchArtifact,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.VerifyResearchArtifactRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.VerifyResearchArtifactResponse.SerializeToString,
+            ),
+            'ListTrialArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrialArtifacts,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.ListTrialArtifactsRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.ListTrialArtifactsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'medledger.v1.RecordsService', rpc_method_handlers)
@@ -52,5 +289,285 @@ def add_RecordsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RecordsService:
-    """FHIR R4 records under consent; RPCs arrive with the records issue.
+    """The records service. Every rpc needs a bearer token (UNAUTHENTICATED
+    without a valid one). Every rpc may answer UNAVAILABLE when PostgreSQL,
+    Kafka, the identity, consent or ledger service is unreachable, or while
+    the service's view of identity.events and consent.events cannot catch up
+    with the topics within MEDLEDGER_RECORDS_SYNC_WAIT_MS (default 2000).
+    INVALID_ARGUMENT for a missing required field. Reads are by PATIENT and
+    PRACTITIONER tokens only (PERMISSION_DENIED for any other kind). A read
+    of a record the caller may not read, or of a record that does not exist,
+    is PERMISSION_DENIED with the same message, so a denial reveals nothing.
+    Every read that serves record content commits a RecordsDisclosed event
+    before it answers. No error message carries record content.
     """
+
+    @staticmethod
+    def CreateRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/CreateRecord',
+            medledger_dot_v1_dot_records__pb2.CreateRecordRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.RecordReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AmendRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/AmendRecord',
+            medledger_dot_v1_dot_records__pb2.AmendRecordRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.RecordReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/GetRecord',
+            medledger_dot_v1_dot_records__pb2.GetRecordRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.GetRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPatientRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/ListPatientRecords',
+            medledger_dot_v1_dot_records__pb2.ListPatientRecordsRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.ListPatientRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecordHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/GetRecordHistory',
+            medledger_dot_v1_dot_records__pb2.GetRecordHistoryRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.GetRecordHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportPatientRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/ExportPatientRecords',
+            medledger_dot_v1_dot_records__pb2.ExportPatientRecordsRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.ExportPatientRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ErasePatientData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/ErasePatientData',
+            medledger_dot_v1_dot_records__pb2.ErasePatientDataRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.ErasePatientDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterResearchArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/RegisterResearchArtifact',
+            medledger_dot_v1_dot_records__pb2.RegisterResearchArtifactRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.ResearchArtifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyResearchArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/VerifyResearchArtifact',
+            medledger_dot_v1_dot_records__pb2.VerifyResearchArtifactRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.VerifyResearchArtifactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrialArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/ListTrialArtifacts',
+            medledger_dot_v1_dot_records__pb2.ListTrialArtifactsRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.ListTrialArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

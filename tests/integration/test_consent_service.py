@@ -1,12 +1,17 @@
 """The consent service as operators run it — a real process with its own
 database and topics — against the real broker, PostgreSQL and a spawned
 identity service: bad input, grant → ALLOW → revoke → DENY, expiry,
-organization grants ending with the membership, break-glass, views, FHIR
-export, access decisions on access.events, and revocation across replicas."""
+organization grants ending with the membership, break-glass (reason codes,
+daily limit, reviews, sealed justifications), representatives (signed by the
+patient, or appointed by the organization with legal basis and reviewed),
+decisions only for the token's subject, consent keys current at submission,
+views, FHIR export, access decisions on access.events, and revocation across
+replicas."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -22,18 +27,22 @@ from fhir.resources.R4B.consent import Consent as FhirConsent
 
 from google.protobuf.message import Message
 
-from medledger.consent.signing import canonical_terms
+from medledger.consent.signing import APPOINTMENT_CONTEXT, canonical_terms, sign_appointment
 from medledger.runtime.envelope import envelope
+from medledger.runtime.secret_files import new_data_key
 from medledger.runtime.settings import Topics
 from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import consent_pb2_grpc, identity_pb2
-from medledger.testing.consent import consent_env, events_when, grant_request, payloads, read_topic, terms
-from medledger.testing.identity import IdentityHarness, Party
+from medledger.testing.consent import consent_env, events_when, grant_request, payloads, read_topic, terms, ts
+from medledger.testing.identity import IdentityHarness, Party, generate_key, raw_public
 from medledger.testing.ledger import produce_raw
 from medledger.testing.stack import PRODUCERS, ServiceProcess, free_port, wait_until
 
 TREAT, EMERGENCY = pb.PURPOSE_TREATMENT, pb.PURPOSE_EMERGENCY
 ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
+LIFE_THREATENING = pb.BREAK_GLASS_REASON_LIFE_THREATENING
+APPROVED, INAPPROPRIATE, PENDING = pb.REVIEW_STATUS_APPROVED, pb.REVIEW_STATUS_INAPPROPRIATE, pb.REVIEW_STATUS_PENDING
+JUSTIFICATION = "unconscious in ER, allergies unknown"
 
 
 @dataclass
@@ -51,15 +60,38 @@ class World:
         return self.stub.GrantConsent(request, metadata=(by or self.patient).metadata, timeout=15)
 
     def terms(self, grantee: Party | None = None, **kw: object) -> pb.ConsentTerms:
-        return terms(self.patient.identity_id, (grantee or self.doc).identity_id, signer_key_id=self.patient.key_id, **kw)  # type: ignore[arg-type]
+        return terms(self.patient.identity_id, (grantee or self.doc).identity_id, signer_key_id=self.patient.key_id, **kw)
 
     def check(self, requester: Party | None = None, purpose: int = TREAT, category: str = "Observation",
-              stub: consent_pb2_grpc.ConsentServiceStub | None = None) -> pb.AccessDecision:
+              stub: consent_pb2_grpc.ConsentServiceStub | None = None, patient: Party | None = None) -> pb.AccessDecision:
+        """CheckAccess as the records service asks it: forwarding the reader's own token."""
         request = pb.CheckAccessRequest(
-            requester_id=(requester or self.doc).identity_id, patient_id=self.patient.identity_id,
-            purpose=purpose, category=category,
+            patient_id=(patient or self.patient).identity_id, purpose=purpose, category=category,
         )
-        return (stub or self.stub).CheckAccess(request, metadata=self.service.metadata, timeout=5)
+        return (stub or self.stub).CheckAccess(request, metadata=(requester or self.doc).metadata, timeout=5)
+
+    def invoke(self, doc: Party | None = None, patient: Party | None = None,
+               reason: int = LIFE_THREATENING) -> pb.BreakGlass:
+        request = pb.InvokeBreakGlassRequest(
+            patient_id=(patient or self.patient).identity_id, justification=JUSTIFICATION, reason=reason,
+        )
+        return self.stub.InvokeBreakGlass(request, metadata=(doc or self.doc).metadata, timeout=15)
+
+    def listed(self, by: Party | None = None) -> pb.ListConsentsResponse:
+        request = pb.ListConsentsRequest(patient_id=self.patient.identity_id)
+        return self.stub.ListConsents(request, metadata=(by or self.patient).metadata, timeout=5)
+
+    def pending(self, by: Party, organization: str = "") -> pb.ListPendingReviewsResponse:
+        request = pb.ListPendingReviewsRequest(organization_id=organization)
+        return self.stub.ListPendingReviews(request, metadata=by.metadata, timeout=5)
+
+    def appoint(self, representative: Party, by: Party | None = None, basis: int = pb.LEGAL_BASIS_COURT_ORDER,
+                evidence: bytes = hashlib.sha256(b"court order 2024/117").digest()) -> pb.Representation:
+        request = pb.RegisterRepresentativeRequest(
+            patient_id=self.patient.identity_id, representative_id=representative.identity_id,
+            legal_basis=basis, evidence_sha256=evidence,
+        )
+        return self.stub.RegisterRepresentative(request, metadata=(by or self.org).metadata, timeout=15)
 
 
 def start_consent(spawn: Callable[..., ServiceProcess], env: dict[str, str]) -> tuple[ServiceProcess, consent_pb2_grpc.ConsentServiceStub]:
@@ -124,7 +156,7 @@ async def test_bad_input_gets_its_status_and_records_nothing(world: World, topic
                                                                       category="Observation"),
                                                 metadata=w.patient.metadata, timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
     assert status_of(lambda: w.stub.CheckAccess(pb.CheckAccessRequest(patient_id=w.patient.identity_id, purpose=TREAT),
-                                                metadata=w.service.metadata, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+                                                metadata=w.doc.metadata, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
     # Only the one good grant was recorded, by anyone.
     recorded = await read_topic(topics.consent_events)
     assert [g.terms.consent_id for g in payloads(recorded, pb.ConsentGranted)] == [good.consent_id]
@@ -141,9 +173,9 @@ async def test_grant_allow_revoke_deny_and_every_decision_on_access_events(world
     assert granted.terms == t and granted.granted_event_id
     allowed = w.check()
     assert (allowed.decision, allowed.reason, allowed.consent_id) == (ALLOW, pb.REASON_CONSENT, t.consent_id)
-    own = w.stub.CheckAccess(pb.CheckAccessRequest(patient_id=w.patient.identity_id, purpose=TREAT, category="Observation"),
-                             metadata=w.doc.metadata, timeout=5)
-    assert own.decision == ALLOW
+    own = w.stub.CheckAccess(pb.CheckAccessRequest(requester_id=w.doc.identity_id, patient_id=w.patient.identity_id,
+                                                   purpose=TREAT, category="Observation"), metadata=w.doc.metadata, timeout=5)
+    assert own.decision == ALLOW  # naming itself is the same as leaving requester_id empty
     assert w.check(category="Condition").reason == pb.REASON_OUT_OF_SCOPE
     revoked = w.stub.RevokeConsent(pb.RevokeConsentRequest(consent_id=t.consent_id), metadata=w.patient.metadata, timeout=15)
     assert revoked.status == pb.CONSENT_STATUS_REVOKED and revoked.revoked_by == w.patient.identity_id
@@ -155,7 +187,8 @@ async def test_grant_allow_revoke_deny_and_every_decision_on_access_events(world
     first = by_id[allowed.decision_event_id]
     assert first.aggregate_id == w.patient.identity_id and first.producer == "consent" and first.actor == w.doc.identity_id
     (decided,) = payloads([first], pb.AccessDecided)
-    assert (decided.decision, decided.consent_id, decided.asked_by) == (ALLOW, t.consent_id, w.service.identity_id)
+    assert (decided.decision, decided.consent_id, decided.requester_id, decided.asked_by) == (
+        ALLOW, t.consent_id, w.doc.identity_id, w.doc.identity_id)
     assert len(payloads(events, pb.AccessDecided)) == 5  # DENY, ALLOW, ALLOW, OUT_OF_SCOPE, DENY
 
 
@@ -230,6 +263,7 @@ def test_organization_grant_ends_with_the_membership(world: World) -> None:
     ).memberships if m.active)
     w.identity.stub.EndMembership(identity_pb2.EndMembershipRequest(membership_id=membership.membership_id),
                                   metadata=w.org.metadata, timeout=15)
+    w.identity.login(nurse)  # a token issued after the membership ended
     wait_until(lambda: w.check(nurse).reason == pb.REASON_MEMBERSHIP_INACTIVE, 5, 0.1, "membership end to deny")
     assert w.check().decision == ALLOW  # the doctor's membership is untouched
 
@@ -237,14 +271,17 @@ def test_organization_grant_ends_with_the_membership(world: World) -> None:
 async def test_break_glass_rules(world: World, topics: Topics) -> None:
     w = world
     loner = w.identity.register("PRACTITIONER", w.org, "IAL2")  # no membership
-    request = pb.InvokeBreakGlassRequest(patient_id=w.patient.identity_id, justification="unconscious in ER, allergies unknown")
+    request = pb.InvokeBreakGlassRequest(patient_id=w.patient.identity_id, justification=JUSTIFICATION, reason=LIFE_THREATENING)
     assert status_of(lambda: w.stub.InvokeBreakGlass(request, metadata=loner.metadata, timeout=15)) == grpc.StatusCode.PERMISSION_DENIED
     assert status_of(lambda: w.stub.InvokeBreakGlass(request, metadata=w.patient.metadata, timeout=15)) == grpc.StatusCode.PERMISSION_DENIED
-    no_reason = pb.InvokeBreakGlassRequest(patient_id=w.patient.identity_id)
-    assert status_of(lambda: w.stub.InvokeBreakGlass(no_reason, metadata=w.doc.metadata, timeout=15)) == grpc.StatusCode.INVALID_ARGUMENT
+    no_justification = pb.InvokeBreakGlassRequest(patient_id=w.patient.identity_id, reason=LIFE_THREATENING)
+    no_code = pb.InvokeBreakGlassRequest(patient_id=w.patient.identity_id, justification=JUSTIFICATION)
+    for incomplete in (no_justification, no_code):
+        assert status_of(lambda: w.stub.InvokeBreakGlass(incomplete, metadata=w.doc.metadata, timeout=15)) == grpc.StatusCode.INVALID_ARGUMENT
     assert w.check(purpose=EMERGENCY).reason == pb.REASON_BREAK_GLASS_REQUIRED
     record = w.stub.InvokeBreakGlass(request, metadata=w.doc.metadata, timeout=15)
     assert record.review_required and record.organization_id == w.org.identity_id
+    assert (record.reason, record.review_status) == (LIFE_THREATENING, PENDING)
     allowed = w.check(purpose=EMERGENCY)
     assert (allowed.decision, allowed.reason, allowed.break_glass_id) == (ALLOW, pb.REASON_BREAK_GLASS, record.break_glass_id)
     assert w.check(purpose=TREAT).decision == DENY
@@ -273,8 +310,7 @@ def test_views_are_for_the_patient_representatives_and_auditors(world: World) ->
     guardian = w.identity.patient(w.org)
     assert status_of(lambda: w.stub.ListConsents(pb.ListConsentsRequest(patient_id=patient_id), metadata=guardian.metadata,
                                                  timeout=5)) == grpc.StatusCode.PERMISSION_DENIED
-    w.stub.RegisterRepresentative(pb.RegisterRepresentativeRequest(patient_id=patient_id, representative_id=guardian.identity_id),
-                                  metadata=w.org.metadata, timeout=15)
+    w.appoint(guardian)
     assert w.stub.ListConsents(pb.ListConsentsRequest(patient_id=patient_id), metadata=guardian.metadata, timeout=5).consents
     by_guardian = terms(patient_id, w.doc.identity_id, signer_id=guardian.identity_id, signer_key_id=guardian.key_id)
     assert w.grant(by_guardian, key=guardian.private_key, by=guardian).signer_role == pb.SIGNER_ROLE_REPRESENTATIVE
@@ -366,3 +402,212 @@ async def test_forged_consent_events_grant_nothing(world: World, topics: Topics)
     # the control: the same event, signed by the consent service's key
     await produce_raw(topics.consent_events, [PRODUCERS.seal(genuine)], key=w.patient.identity_id)
     wait_until(lambda: w.check(requester=attacker).decision == ALLOW, 10, what="the genuine grant to apply")
+
+
+async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def test_check_access_decides_only_for_the_tokens_subject(world: World, topics: Topics) -> None:
+    """A service (or anyone) cannot get a decision — or a ledger entry — in
+    another identity's name: only the reader's own, forwarded token counts."""
+    w = world
+    w.grant(w.terms())
+    attacker = w.identity.practitioner(w.org)
+    patient_id = w.patient.identity_id
+
+    def ask(by: Party, **fields: object) -> grpc.StatusCode:
+        request = pb.CheckAccessRequest(patient_id=patient_id, purpose=TREAT, category="Observation")
+        for name, value in fields.items():
+            setattr(request, name, value)
+        return status_of(lambda: w.stub.CheckAccess(request, metadata=by.metadata, timeout=5))
+
+    assert ask(w.service, requester_id=w.doc.identity_id) == grpc.StatusCode.PERMISSION_DENIED
+    assert ask(w.service) == grpc.StatusCode.PERMISSION_DENIED  # a SERVICE token decides for no one
+    assert ask(attacker, requester_id=w.doc.identity_id) == grpc.StatusCode.PERMISSION_DENIED
+    for bad in ({"category": "Coding"}, {"category": "observation"}, {"category": "X" * 100_000},
+                {"category": "", "record_id": "a b"}, {"category": "", "record_id": "r" * 129},
+                {"patient_id": "pat\x00ient"}, {"patient_id": "p" * 129}):
+        assert ask(w.doc, **bad) == grpc.StatusCode.INVALID_ARGUMENT, bad
+    assert w.check(attacker).decision == DENY  # the attacker's own decision: no consent names it
+    forwarded = w.check()  # the records service forwarding the doctor's own token
+    assert forwarded.decision == ALLOW
+    events = await events_when(topics.access_events, lambda found: forwarded.decision_event_id in {e.event_id for e in found})
+    decided = payloads(events, pb.AccessDecided)
+    # the refused calls recorded nothing (same patient, same partition: they would precede the ALLOW)
+    assert [(d.requester_id, d.asked_by, d.decision) for d in decided] == [
+        (attacker.identity_id, attacker.identity_id, DENY), (w.doc.identity_id, w.doc.identity_id, ALLOW),
+    ]
+    assert max(len(e.SerializeToString()) for e in events) < 2048
+
+
+async def test_break_glass_is_reviewed_once_by_the_organization_or_an_auditor(world: World, topics: Topics) -> None:
+    w = world
+    other_org = w.identity.organization()
+    auditor = w.identity.auditor()
+    record = w.invoke()
+    assert [b.break_glass_id for b in w.pending(w.org).break_glass] == [record.break_glass_id]
+    shown = w.pending(auditor).break_glass
+    assert [(b.break_glass_id, b.justification) for b in shown] == [(record.break_glass_id, JUSTIFICATION)]
+    assert list(w.pending(auditor, other_org.identity_id).break_glass) == []
+    assert list(w.pending(other_org).break_glass) == []
+    assert status_of(lambda: w.pending(other_org, w.org.identity_id)) == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(lambda: w.pending(w.doc)) == grpc.StatusCode.PERMISSION_DENIED
+
+    def review(by: Party, outcome: int = APPROVED, note: str = "confirmed with the ER log") -> pb.BreakGlass:
+        request = pb.ReviewBreakGlassRequest(break_glass_id=record.break_glass_id, outcome=outcome, note=note)
+        return w.stub.ReviewBreakGlass(request, metadata=by.metadata, timeout=15)
+
+    for outsider in (other_org, w.doc, w.patient, w.service):
+        assert status_of(lambda: review(outsider)) == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(lambda: review(w.org, pb.REVIEW_STATUS_PENDING)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(lambda: review(w.org, note=" ")) == grpc.StatusCode.INVALID_ARGUMENT
+    reviewed = review(w.org)
+    assert (reviewed.review_status, reviewed.reviewed_by, reviewed.review_note) == (
+        APPROVED, w.org.identity_id, "confirmed with the ER log")
+    assert status_of(lambda: review(auditor, INAPPROPRIATE)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert list(w.pending(w.org).break_glass) == []
+    (seen,) = w.listed().break_glass  # the patient sees the access and its review
+    assert (seen.reason, seen.review_status, seen.reviewed_by, seen.review_note, seen.justification) == (
+        LIFE_THREATENING, APPROVED, w.org.identity_id, "confirmed with the ER log", JUSTIFICATION)
+    assert seen.HasField("reviewed_at")
+    # on the log: the review with the note's hash, never its text
+    found = await events_when(topics.consent_events, lambda found: bool(payloads(found, pb.BreakGlassReviewed)))
+    (event,) = payloads(found, pb.BreakGlassReviewed)
+    assert (event.outcome, event.reviewer_id) == (APPROVED, w.org.identity_id)
+    assert event.note_sha256 == hashlib.sha256(b"confirmed with the ER log").digest()
+    assert not [e for e in found if b"ER log" in e.SerializeToString() or b"allergies" in e.SerializeToString()]
+    # at rest: sealed, no plaintext; the review status is where operators' metrics count it
+    url = w.consent.env["MEDLEDGER_CONSENT_DATABASE_URL"]
+    (row,) = await fetch(url, "SELECT * FROM break_glass")
+    assert row["justification"] is None and b"allergies" not in bytes(row["justification_sealed"])
+    assert (row["review_status"], row["reason"]) == ("APPROVED", "BREAK_GLASS_REASON_LIFE_THREATENING")
+    (note,) = await fetch(url, "SELECT * FROM review_notes")
+    assert b"ER log" not in bytes(note["note_sealed"]) and note["reviewer_id"] == w.org.identity_id
+
+
+def test_break_glass_has_a_daily_limit_and_an_inappropriate_review_ends_it(world: World) -> None:
+    w = world
+    patients = [w.patient, w.identity.patient(w.org), w.identity.patient(w.org)]
+    records = [w.invoke(patient=p) for p in patients]
+    assert status_of(lambda: w.invoke(patient=w.identity.patient(w.org))) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    colleague = w.identity.practitioner(w.org)
+    assert w.invoke(doc=colleague).review_status == PENDING  # the limit is per practitioner
+    for p in patients:
+        assert w.check(purpose=EMERGENCY, patient=p).reason == pb.REASON_BREAK_GLASS
+    auditor = w.identity.auditor()
+    w.stub.ReviewBreakGlass(pb.ReviewBreakGlassRequest(
+        break_glass_id=records[0].break_glass_id, outcome=INAPPROPRIATE, note="no emergency on record"),
+        metadata=auditor.metadata, timeout=15)
+    assert w.check(purpose=EMERGENCY, patient=patients[0]).reason == pb.REASON_BREAK_GLASS_REQUIRED
+    assert w.check(purpose=EMERGENCY, patient=patients[1]).reason == pb.REASON_BREAK_GLASS
+
+
+async def test_representatives_need_the_patients_signature_or_a_reviewed_legal_basis(world: World, topics: Topics) -> None:
+    w = world
+    patient_id = w.patient.identity_id
+    guardian, chosen = w.identity.patient(w.org), w.identity.patient(w.org)
+    other_org = w.identity.organization()
+    bare = pb.RegisterRepresentativeRequest(patient_id=patient_id, representative_id=guardian.identity_id)
+    assert status_of(lambda: w.stub.RegisterRepresentative(bare, metadata=w.org.metadata, timeout=15)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(lambda: w.appoint(guardian, basis=pb.LEGAL_BASIS_UNSPECIFIED)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(lambda: w.appoint(guardian, evidence=b"short")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(lambda: w.appoint(guardian, by=other_org)) == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(lambda: w.appoint(guardian, by=w.patient)) == grpc.StatusCode.PERMISSION_DENIED  # unsigned
+
+    # The registering organization, with legal basis and evidence: flagged, listed, reviewable.
+    appointed = w.appoint(guardian)
+    assert (appointed.active, appointed.review_status, appointed.legal_basis, appointed.appointed_by) == (
+        True, PENDING, pb.LEGAL_BASIS_COURT_ORDER, w.org.identity_id)
+    assert [r.representation_id for r in w.listed().representations] == [appointed.representation_id]
+    auditor = w.identity.auditor()
+    assert [r.representation_id for r in w.pending(auditor).representations] == [appointed.representation_id]
+    by_guardian = terms(patient_id, w.doc.identity_id, signer_id=guardian.identity_id, signer_key_id=guardian.key_id)
+    assert w.grant(by_guardian, key=guardian.private_key, by=guardian).signer_role == pb.SIGNER_ROLE_REPRESENTATIVE
+    review = pb.ReviewRepresentationRequest(representation_id=appointed.representation_id, outcome=INAPPROPRIATE,
+                                            note="evidence does not name this person")
+    assert status_of(lambda: w.stub.ReviewRepresentation(review, metadata=w.org.metadata, timeout=15)) == grpc.StatusCode.PERMISSION_DENIED
+    ended = w.stub.ReviewRepresentation(review, metadata=auditor.metadata, timeout=15)
+    assert (ended.active, ended.review_status, ended.ended_by) == (False, INAPPROPRIATE, auditor.identity_id)
+    again = terms(patient_id, w.doc.identity_id, signer_id=guardian.identity_id, signer_key_id=guardian.key_id)
+    assert status_of(lambda: w.grant(again, key=guardian.private_key, by=guardian)) == grpc.StatusCode.PERMISSION_DENIED
+
+    # The patient's own signed appointment: no review needed, verifiable from the log.
+    appointment = pb.RepresentativeAppointment(
+        appointment_id="appt-1", patient_id=patient_id, representative_id=chosen.identity_id,
+        signer_key_id=w.patient.key_id, signed_at=ts(datetime.now(timezone.utc)),
+    )
+    encoded, signature = sign_appointment(w.patient.private_key, appointment)
+    _, forged = sign_appointment(chosen.private_key, appointment)  # the would-be representative signs for the patient
+    signed = pb.RegisterRepresentativeRequest(
+        patient_id=patient_id, representative_id=chosen.identity_id, appointment=encoded, signature=forged)
+    assert status_of(lambda: w.stub.RegisterRepresentative(signed, metadata=chosen.metadata, timeout=15)) == grpc.StatusCode.PERMISSION_DENIED
+    signed.signature = signature
+    mine = w.stub.RegisterRepresentative(signed, metadata=w.patient.metadata, timeout=15)
+    assert (mine.representation_id, mine.legal_basis, mine.review_status, mine.appointed_by) == (
+        "appt-1", pb.LEGAL_BASIS_PATIENT_SIGNED, pb.REVIEW_STATUS_NOT_REQUIRED, patient_id)
+    assert status_of(lambda: w.stub.RegisterRepresentative(signed, metadata=w.patient.metadata, timeout=15)) == grpc.StatusCode.ALREADY_EXISTS
+    stop = pb.EndRepresentationRequest(patient_id=patient_id, representative_id=chosen.identity_id)
+    assert status_of(lambda: w.stub.EndRepresentation(stop, metadata=other_org.metadata, timeout=15)) == grpc.StatusCode.PERMISSION_DENIED
+    stopped = w.stub.EndRepresentation(stop, metadata=w.patient.metadata, timeout=15)
+    assert (stopped.active, stopped.ended_by) == (False, patient_id)
+
+    found = await events_when(topics.consent_events, lambda found: len(payloads(found, pb.RepresentationEnded)) == 2)
+    registered = {e.representation_id: e for e in payloads(found, pb.RepresentativeRegistered)}
+    by_patient = registered["appt-1"]
+    w.patient.private_key.public_key().verify(by_patient.signature, APPOINTMENT_CONTEXT + by_patient.appointment)
+    assert registered[appointed.representation_id].evidence_sha256 == hashlib.sha256(b"court order 2024/117").digest()
+    assert [r.outcome for r in payloads(found, pb.RepresentationReviewed)] == [INAPPROPRIATE]
+
+
+def test_consents_are_signed_with_the_key_current_at_submission(world: World) -> None:
+    """A key rotated out (never revoked) cannot sign backdated terms, and old
+    signatures are not accepted however they are dated."""
+    w = world
+    stale = w.terms(signed_at=datetime.now(timezone.utc) - timedelta(hours=25))
+    assert status_of(lambda: w.grant(stale)) == grpc.StatusCode.INVALID_ARGUMENT
+    before_rotation = datetime.now(timezone.utc)  # the old key was in effect then
+    old_key = w.patient.private_key
+    new_key = generate_key()
+    w.identity.stub.RotateKey(identity_pb2.RotateKeyRequest(identity_id=w.patient.identity_id, public_key=raw_public(new_key)),
+                              metadata=w.patient.metadata, timeout=15)
+    backdated = terms(w.patient.identity_id, w.doc.identity_id, signer_key_id=w.patient.key_id, signed_at=before_rotation)
+    assert status_of(lambda: w.grant(backdated, key=old_key)) == grpc.StatusCode.PERMISSION_DENIED
+    w.patient.private_key = new_key
+    current = terms(w.patient.identity_id, w.doc.identity_id, signer_key_id=w.patient.key_id)
+    assert w.grant(current).status == pb.CONSENT_STATUS_ACTIVE
+
+
+async def test_justifications_are_sealed_under_the_data_key_the_database_knows(
+    world: World, spawn: Callable[..., ServiceProcess], tmp_path: Path
+) -> None:
+    """A justification stored in plaintext (before sealing existed) is sealed
+    at the next start; a service given another data key refuses to start
+    rather than fail to open what it holds."""
+    w = world
+    record = w.invoke()
+    url = w.consent.env["MEDLEDGER_CONSENT_DATABASE_URL"]
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "UPDATE break_glass SET justification = $2, justification_sealed = NULL, kek_id = NULL, wrapped_key = NULL"
+            " WHERE break_glass_id = $1", record.break_glass_id, JUSTIFICATION,
+        )
+    finally:
+        await conn.close()
+    w.consent.stop()
+    other_key = tmp_path / "another-consent-data.key"
+    other_key.write_bytes(new_data_key())
+    wrong = spawn("consent", MEDLEDGER_CONSENT_PORT=str(free_port()), MEDLEDGER_CONSENT_DATA_KEY_FILE=str(other_key),
+                  **consent_env(w.identity, tmp_path))
+    with pytest.raises(AssertionError, match="MEDLEDGER_CONSENT_DATA_KEY_FILE to the original key"):
+        wrong.wait_serving(30)
+    _, stub = start_consent(spawn, consent_env(w.identity, tmp_path))
+    (row,) = await fetch(url, "SELECT * FROM break_glass")
+    assert row["justification"] is None and b"allergies" not in bytes(row["justification_sealed"])
+    listed = stub.ListConsents(pb.ListConsentsRequest(patient_id=w.patient.identity_id), metadata=w.patient.metadata, timeout=5)
+    assert [b.justification for b in listed.break_glass] == [JUSTIFICATION]

@@ -9,7 +9,8 @@ from typing import Callable
 
 import pytest
 
-from medledger.runtime.identity_client import make_verifier
+from medledger.runtime.auth import TokenVerifier
+from medledger.runtime.identity_client import PINNED_KEYS_SETTING, make_verifier, token_verifier
 from medledger.testing.stack import MEDLEDGER, ServiceProcess
 
 pytestmark = pytest.mark.timeout(180)
@@ -43,9 +44,22 @@ async def test_operator_bootstraps_and_registers_a_service_from_the_shell(
         "register", "--as-id", operator_id, "--as-key", str(tmp_path / "operator.key"),
         "--kind", "SERVICE", "--public-key-file", str(tmp_path / "consent.key.pub"), env=env,
     ).strip()
-    token = medledger("token", "--id", service_id, "--key", str(tmp_path / "consent.key"), env=env).strip()
-    caller = await make_verifier(identity.address).verify(token)
-    assert (caller.subject, caller.kind) == (service_id, "SERVICE")
+    no_audience = subprocess.run(
+        [MEDLEDGER, "identity", "token", "--id", service_id, "--key", str(tmp_path / "consent.key")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert no_audience.returncode != 0 and "--audience" in no_audience.stderr  # never a token for everything by default
+    token = medledger(
+        "token", "--id", service_id, "--key", str(tmp_path / "consent.key"), "--audience", "ledger", env=env
+    ).strip()
+    caller = await make_verifier(identity.address).verify(token, "ledger")
+    assert (caller.subject, caller.kind, caller.audience) == (service_id, "SERVICE", ("ledger",))
+    # the operator pins the token keys for services that reach identity off loopback without TLS
+    key_file = service_env.get("MEDLEDGER_IDENTITY_TOKEN_KEY_FILE") or str(tmp_path / "keys" / "identity-token.key")
+    pinned = tmp_path / "token-keys.pub"
+    pinned.write_text(medledger("token-keys", "--key-file", key_file))
+    offline = token_verifier("identity.example:50051", TokenVerifier, {PINNED_KEYS_SETTING: str(pinned)})
+    assert (await offline.verify(token, "ledger")).subject == service_id
     refused = subprocess.run(
         [MEDLEDGER, "identity", "keygen", "--out", str(tmp_path / "consent.key")], capture_output=True, text=True
     )

@@ -56,13 +56,15 @@ def populate(ids: IdentityHarness) -> list[Party]:
     patient = ids.patient(org, demographics=PHI, medical_record_number=MRN)
     doc = ids.practitioner(org)
     auditor = ids.auditor(org)
+    ids.grant_membership(ids.organization("CLINIC"), doc, "nurse", accepted=True)  # on doc's signed acceptance
     stub = ids.stub
     stub.RotateKey(identity_pb2.RotateKeyRequest(identity_id=doc.identity_id, public_key=raw_public(generate_key())),
                    metadata=org.metadata)
     stub.RevokeKey(identity_pb2.RevokeKeyRequest(identity_id=doc.identity_id, key_id=doc.key_id), metadata=org.metadata)
     membership = stub.GetIdentity(identity_pb2.GetIdentityRequest(identity_id=doc.identity_id), metadata=org.metadata).memberships[0]
     stub.EndMembership(identity_pb2.EndMembershipRequest(membership_id=membership.membership_id), metadata=org.metadata)
-    stub.RevokeIdentity(identity_pb2.RevokeIdentityRequest(identity_id=auditor.identity_id, reason="contract ended"),
+    stub.RevokeIdentity(identity_pb2.RevokeIdentityRequest(identity_id=auditor.identity_id,
+                                                           reason=identity_pb2.AFFILIATION_CHANGED),
                         metadata=ids.operator.metadata)
     return [ids.operator, org, patient, doc, auditor]
 

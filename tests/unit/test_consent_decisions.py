@@ -118,7 +118,7 @@ def test_revoked_or_unknown_requesters_are_denied(view: Projection) -> None:
 
     apply(view, granted(terms("pat", "doc")))
     assert ask(view, "ghost")[:2] == (DENY, pb.REASON_REQUESTER_NOT_ACTIVE)
-    apply(view, event(ipb.IdentityRevoked(identity_id="doc", reason="left"), "doc"))
+    apply(view, event(ipb.IdentityRevoked(identity_id="doc", reason=ipb.AFFILIATION_CHANGED), "doc"))
     assert ask(view, "doc")[:2] == (DENY, pb.REASON_REQUESTER_NOT_ACTIVE)
 
 

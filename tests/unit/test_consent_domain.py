@@ -23,14 +23,14 @@ def _fresh_now() -> None:
     clock, and a long suite runs these tests minutes after import."""
     global NOW
     NOW = datetime.now(timezone.utc)
-SKEW = timedelta(minutes=5)
+WINDOW = validation.SigningWindow(skew=timedelta(minutes=5), max_age=timedelta(hours=24))
 DOC = IdentityFacts("doc", "PRACTITIONER", True, frozenset({"org"}))
 ORG = IdentityFacts("org", "ORGANIZATION", True)
 PATIENT = IdentityFacts("pat", "PATIENT", True, registered_by="org")
 
 
 def validate(t: pb.ConsentTerms) -> None:
-    validation.validate_terms(t, NOW, SKEW, is_resource_type)
+    validation.validate_terms(t, NOW, WINDOW, is_resource_type)
 
 
 def fold(state: PatientState, *events: object, at: datetime | None = None) -> PatientState:
@@ -65,6 +65,7 @@ def test_valid_terms_pass() -> None:
     (lambda t: t.valid_until.CopyFrom(t.valid_from), "before it starts"),
     (lambda t: t.ClearField("valid_until"), "valid_until is required"),
     (lambda t: t.signed_at.CopyFrom(ts(NOW + timedelta(hours=1))), "future"),
+    (lambda t: t.signed_at.CopyFrom(ts(NOW - timedelta(hours=25))), "sign again"),
     (lambda t: setattr(t, "consent_id", ""), "consent_id is required"),
     (lambda t: setattr(t, "consent_id", "bad id with spaces"), "consent_id must be"),
     (lambda t: setattr(t, "grantee_id", "pat"), "own consent"),
@@ -185,32 +186,15 @@ def test_break_glass_needs_a_justification() -> None:
             validation.validate_justification(text)
 
 
-def test_break_glass_is_recorded_flagged_for_review() -> None:
-    command = domain.InvokeBreakGlass("bg-1", DOC, "", b"h" * 32, NOW + timedelta(hours=4))
+def test_break_glass_is_recorded_flagged_for_review_with_its_reason() -> None:
+    reason = pb.BREAK_GLASS_REASON_PATIENT_UNABLE_TO_CONSENT
+    command = domain.InvokeBreakGlass("bg-1", DOC, "", b"h" * 32, NOW + timedelta(hours=4), reason)
     (event,) = domain.decide(PatientState("pat"), command)
     assert isinstance(event, pb.BreakGlassInvoked)
     assert event.review_required and event.organization_id == "org" and event.justification_sha256 == b"h" * 32
-    state = fold(PatientState("pat"), event)
-    assert state.break_glass["bg-1"].practitioner_id == "doc"
-
-
-def test_representatives_are_registered_by_the_patient_or_their_organization() -> None:
-    mum = IdentityFacts("mum", "PATIENT", True)
-    state = PatientState("pat")
-    for by in ("pat", "org"):
-        (event,) = domain.decide(state, domain.RegisterRepresentative(mum, PATIENT, by))
-        assert isinstance(event, pb.RepresentativeRegistered) and event.representative_id == "mum"
-    with pytest.raises(PermissionDenied):
-        domain.decide(state, domain.RegisterRepresentative(mum, PATIENT, "stranger"))
-    with pytest.raises(InvalidArgument, match="person"):
-        domain.decide(state, domain.RegisterRepresentative(ORG, PATIENT, "pat"))
-    after = fold(state, event)
-    assert after.representatives == {"mum"}
-    assert domain.decide(after, domain.RegisterRepresentative(mum, PATIENT, "pat")) == []
-    (ended,) = domain.decide(after, domain.EndRepresentation("mum", PATIENT, "mum"))
-    assert fold(after, ended).representatives == frozenset()
-    with pytest.raises(NotFound):
-        domain.decide(state, domain.EndRepresentation("mum", PATIENT, "pat"))
+    assert event.reason == reason
+    record = fold(PatientState("pat"), event).break_glass["bg-1"]
+    assert record.practitioner_id == "doc" and record.reason == reason and record.review.pending
 
 
 def test_views_are_for_the_patient_representatives_and_auditors() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import copy
 import functools
+import json
 import os
 import re
 import shutil
@@ -28,13 +29,15 @@ import yaml
 from medledger.ledger.settings import load_signer  # noqa: E402
 from medledger.runtime.envelope import PRODUCER_POLICY  # noqa: E402
 from medledger.runtime.kafka import topic_specs  # noqa: E402
-from medledger.runtime.settings import DEFAULT_PORTS, Topics  # noqa: E402
+from medledger.runtime.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, PROCESS_PORTS, Topics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 DOCKER = ROOT / "deploy" / "docker"
 SOURCES = ROOT / "services"
-SERVICES = tuple(DEFAULT_PORTS)  # identity, consent, records, ledger
+SERVICES = tuple(DEFAULT_PORTS)  # identity, consent, records, ledger: each with its own database
+# Every Deployment: the services and the access monitor (no database, no API; faust state on Kafka).
+PROCESSES = tuple(PROCESS_PORTS)
 TARGETS = ("base", "overlays/dev", "overlays/production")
 KAFKA_CLUSTER = "medledger"
 KAFKA_BOOTSTRAP = "medledger-kafka-bootstrap:9092"  # the component's plain listener: base and dev
@@ -47,6 +50,7 @@ BOOTSTRAP_BY_SOURCE = {
     "overlays/production": KAFKA_TLS_BOOTSTRAP,
 }
 UID = 10001
+METRICS_SCRAPER_LABEL = "medledger.io/metrics-scraper"
 K8S_SCHEMA_VERSION = "1.32.0"
 CORE_KINDS = {"Namespace", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "NetworkPolicy", "Job"}
 
@@ -142,6 +146,10 @@ def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in c.get("env", [])}
 
 
+def container_ports(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["name"]: p for p in container(deployment)["ports"]}
+
+
 def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
@@ -152,7 +160,7 @@ def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def _owner(path: Path) -> str | None:
     """The service a source file belongs to, or None for shared code."""
     parts = path.relative_to(SOURCES).parts
-    return parts[0] if len(parts) > 1 and parts[0] in SERVICES else None
+    return parts[0] if len(parts) > 1 and parts[0] in PROCESSES else None
 
 
 @functools.cache
@@ -160,7 +168,8 @@ def _parsed() -> tuple[tuple[Path, ast.Module], ...]:
     return tuple(
         (path, ast.parse(path.read_text(), str(path)))
         for path in sorted(SOURCES.rglob("*.py"))
-        if path.relative_to(SOURCES).parts[0] != "v1"  # generated protobuf code
+        # generated protobuf code; the test and benchmark harness, which never runs in a service
+        if path.relative_to(SOURCES).parts[0] not in ("v1", "testing")
     )
 
 
@@ -258,6 +267,9 @@ def required(service: str) -> set[str]:
     if service == "ledger":
         explicit.add("MEDLEDGER_LEDGER_SIGNING_KEY_FILE")
     code = required_by_code(service) | loopback_defaults(service)
+    if service not in SERVICES:  # the shared CommonSettings names a database the monitor never asks for
+        explicit.discard(f"MEDLEDGER_{upper}_DATABASE_URL")
+        code = code - {f"MEDLEDGER_{upper}_DATABASE_URL"}
     return (explicit | set(code) | set(DEPLOYED_REQUIRED.get(service, ()))) - ONLY_WHEN_ENABLED
 
 
@@ -327,7 +339,7 @@ def test_targets_render_into_one_namespace(target: str) -> None:
         seen.add(key)
         if doc["kind"] != "Namespace":
             assert doc["metadata"].get("namespace") == "medledger", f"{target}: {key} outside medledger"
-    assert {name for kind, name in seen if kind == "Deployment"} == set(SERVICES)
+    assert {name for kind, name in seen if kind == "Deployment"} == set(PROCESSES)
 
 
 # ---- the services' workloads -----------------------------------------------------------------
@@ -366,17 +378,19 @@ def test_deployments_are_hardened(source: str) -> None:
 @pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
 def test_each_service_runs_itself_with_grpc_probes_on_its_port(source: str) -> None:
     for name, deployment in by_name(documents(source), "Deployment").items():
-        port = DEFAULT_PORTS[name]
+        port = PROCESS_PORTS[name]
         c = container(deployment)
         where = f"{source}: {name}"
         assert c["args"] == ["serve", name], where
         assert c["image"].split("/")[-1].split(":")[0].split("@")[0] == "medledger", where
-        assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("grpc", port)], where
+        metrics = DEFAULT_METRICS_PORTS[name]
+        assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("grpc", port), ("metrics", metrics)], where
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"]["port"] == port, f"{where}: {probe}"
             assert set(c[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, f"{where}: {probe}"
         env = env_of(c)
         assert env[f"MEDLEDGER_{name.upper()}_HOST"]["value"] == "0.0.0.0", where
+        assert env[f"MEDLEDGER_{name.upper()}_METRICS_PORT"]["value"] == str(metrics), where
         assert env[f"MEDLEDGER_{name.upper()}_PORT"]["value"] == str(port), where
 
 
@@ -385,7 +399,8 @@ def test_replicas(source: str) -> None:
     replicas = {n: d["spec"]["replicas"] for n, d in by_name(documents(source), "Deployment").items()}
     if source in ("files", "base"):
         # The ledger: one sequencer and one standby waiting on the advisory lock.
-        assert replicas == {"identity": 2, "consent": 2, "records": 2, "ledger": 2}
+        # The monitor: two faust workers sharing its partitions, one takes over if the other dies.
+        assert replicas == {"identity": 2, "consent": 2, "records": 2, "ledger": 2, "monitor": 2}
     elif source == "overlays/dev":
         assert set(replicas.values()) == {1}
     else:
@@ -415,7 +430,7 @@ def test_every_service_has_its_service_account_service_and_disruption_budget(sou
         assert service.get("type", "ClusterIP") == "ClusterIP"
         assert labels_match(service["selector"], pod_labels), f"{source}: Service {name} selects no pod"
         (port,) = service["ports"]
-        (container_port,) = container(deployment)["ports"]
+        container_port = container_ports(deployment)["grpc"]
         assert port["name"] == "grpc" and port["port"] == container_port["containerPort"], name
         assert port["targetPort"] in (container_port["name"], container_port["containerPort"]), name
         budget = budgets[name]["spec"]
@@ -448,6 +463,9 @@ def test_each_service_gets_its_own_database_from_cloudnativepg(source: str) -> N
     clusters = {d["metadata"]["name"]: d for d in load_yaml(K8S / "components" / "cloudnativepg" / "clusters.yaml")}
     used = set()
     for name, deployment in by_name(documents(source), "Deployment").items():
+        if name not in SERVICES:
+            assert f"MEDLEDGER_{name.upper()}_DATABASE_URL" not in env_of(container(deployment)), name
+            continue
         ref = env_of(container(deployment))[f"MEDLEDGER_{name.upper()}_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
         assert ref["key"] == "uri"
         assert ref["name"].endswith("-app"), ref
@@ -501,8 +519,16 @@ def test_network_policies_allow_only_what_each_service_needs(source: str) -> Non
     for name, deployment in by_name(docs, "Deployment").items():
         policies = _policies_for(docs, deployment["spec"]["template"]["metadata"]["labels"])
         assert any(set(p["policyTypes"]) == {"Ingress", "Egress"} and not p.get("ingress") and not p.get("egress") for p in policies), f"{name}: no default deny"
-        ingress_ports = {port["port"] for p in policies for rule in p.get("ingress", []) for port in rule.get("ports", [])}
-        assert ingress_ports == {DEFAULT_PORTS[name]}, f"{source}: {name} accepts {ingress_ports}"
+        named = {n: p["containerPort"] for n, p in container_ports(deployment).items()}
+        metrics_port = DEFAULT_METRICS_PORTS[name]
+        ingress_ports = set()
+        for rule in (rule for p in policies for rule in p.get("ingress", [])):
+            ports = {named.get(port["port"], port["port"]) for port in rule.get("ports", [])}
+            ingress_ports |= ports
+            if metrics_port in ports:  # /metrics: only for Prometheus's namespace, and nothing else with it
+                assert ports == {metrics_port}, f"{source}: {name} opens {ports} together with metrics"
+                assert rule["from"] == [{"namespaceSelector": {"matchLabels": {METRICS_SCRAPER_LABEL: "true"}}}], name
+        assert ingress_ports == {PROCESS_PORTS[name], metrics_port}, f"{source}: {name} accepts {ingress_ports}"
         databases = set()
         kafka_ports = set()
         for p in policies:
@@ -517,7 +543,8 @@ def test_network_policies_allow_only_what_each_service_needs(source: str) -> Non
                         assert ports == {5432}
                     if labels.get("strimzi.io/cluster") == KAFKA_CLUSTER:
                         kafka_ports |= ports
-        assert databases == {f"medledger-{name}-db"}, f"{source}: {name} reaches databases {databases}"
+        own = {f"medledger-{name}-db"} if name in SERVICES else set()
+        assert databases == own, f"{source}: {name} reaches databases {databases}"
         bootstrap_port = int(BOOTSTRAP_BY_SOURCE[source].rpartition(":")[2])
         assert bootstrap_port in kafka_ports, f"{source}: {name} cannot reach Kafka on {bootstrap_port}"
 
@@ -566,8 +593,10 @@ def test_kafka_topics_match_topic_specs(source: str) -> None:
     docs = strimzi_docs() if source == "component" else documents(source)
     expected = {s.name: (s.partitions, dict(s.config)) for s in topic_specs(Topics())}
     assert _topics(docs) == expected
+    transient = set(Topics().monitor_internal)  # faust's repartition topic and table changelogs
+    assert transient and transient <= set(expected)
     for name, (_, config) in _topics(docs).items():
-        assert config["retention.ms"] == "-1", name
+        assert (config["retention.ms"] == "-1") == (name not in transient), name
 
 
 @pytest.mark.parametrize("target", ["overlays/dev", "overlays/production"])
@@ -640,7 +669,7 @@ def file_source(deployment: dict[str, Any], path: str) -> tuple[str, str]:
 
 def test_event_signers_are_the_producing_services() -> None:
     """Guards the set the next test uses: if the policy named nobody, it would pass vacuously."""
-    assert EVENT_SIGNERS == {"identity", "consent", "records"}
+    assert EVENT_SIGNERS == {"identity", "consent", "records", "monitor"}
 
 
 @pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
@@ -679,23 +708,29 @@ PRODUCES = {
     "consent": {_T.consent_events, _T.access_events},
     "records": {_T.records_events, _T.access_events},
     "ledger": {_T.ledger_entries, _T.ledger_checkpoints, _T.ledger_rejected},
+    "monitor": {_T.access_alerts, *_T.monitor_internal},
 }
 CONSUMES = {
-    "identity": {_T.identity_events},
+    "identity": {_T.identity_events, _T.records_events},  # records.events: erasures (identity/erasure.py)
     "consent": {_T.identity_events, _T.consent_events, _T.ledger_entries},
     "records": {_T.identity_events, _T.consent_events, _T.records_events, _T.access_events},
     "ledger": {*_T.event_topics, _T.ledger_entries, _T.ledger_checkpoints, _T.ledger_rejected},
+    "monitor": {_T.access_events, _T.consent_events, *_T.monitor_internal},
 }
-KAFKA_USERS = {service: f"medledger-{service}" for service in SERVICES}
+KAFKA_USERS = {service: f"medledger-{service}" for service in PROCESSES}
+# The one consumer group: the monitor's faust app (its app id), which its replicas join.
+GROUP_ACLS = {"medledger-monitor": {_T.monitor_app_id: ["Read"]}}
 ACL_OPERATIONS = {"Read", "Write", "Describe"}  # everything else (All, Alter, Create, Delete, ...) is refused
 CLUSTER_CA_SECRET = f"{KAFKA_CLUSTER}-cluster-ca-cert"
 PROTOCOL_FOR = {"scram-sha-512": "SASL_SSL", "tls": "SSL"}
 
 
-def kafka_acls(user: dict[str, Any]) -> dict[str, set[str]]:
-    """operation -> topic names a KafkaUser's ACLs allow it on."""
+def kafka_acls(user: dict[str, Any], kind: str = "topic") -> dict[str, set[str]]:
+    """operation -> names of the resources of this kind a KafkaUser's ACLs allow it on."""
     allowed: dict[str, set[str]] = {}
     for acl in user["spec"]["authorization"].get("acls", []):
+        if acl["resource"]["type"] != kind:
+            continue
         for operation in acl.get("operations", []) + ([acl["operation"]] if "operation" in acl else []):
             allowed.setdefault(operation, set()).add(acl["resource"].get("name", ""))
     return allowed
@@ -705,12 +740,13 @@ def test_the_acl_table_agrees_with_the_code() -> None:
     """The writers are the producer policy's (consumers refuse an event from anyone else, so a
     wider Write ACL would only let a service fill a topic with events everyone drops); every
     topic has a writer and a reader; and the consumers need no Group or TransactionalId ACL."""
-    writers: dict[str, set[str]] = {s: set() for s in SERVICES}
+    writers: dict[str, set[str]] = {s: set() for s in PROCESSES}
     for topic, types in PRODUCER_POLICY.items():
         for allowed in types.values():
             for service in allowed:
                 writers[service].add(topic)
     writers["ledger"] |= {_T.ledger_entries, _T.ledger_checkpoints, _T.ledger_rejected}
+    writers["monitor"] |= set(_T.monitor_internal)  # faust's, written by nobody else
     assert writers == PRODUCES
     every_topic = {s.name for s in topic_specs(Topics())}
     assert set().union(*PRODUCES.values()) == every_topic
@@ -745,6 +781,11 @@ def test_every_service_has_a_kafka_user_with_exactly_its_acls() -> None:
         assert acls.get("Write", set()) == PRODUCES[service], f"{user_name} writes {acls.get('Write')}"
         assert acls.get("Read", set()) == CONSUMES[service], f"{user_name} reads {acls.get('Read')}"
         assert acls.get("Describe", set()) == PRODUCES[service] | CONSUMES[service], f"{user_name} describes"
+        groups = {name: operations for name, operations in (
+            (acl["resource"]["name"], acl["operations"]) for acl in user["spec"]["authorization"]["acls"]
+            if acl["resource"]["type"] == "group"
+        )}
+        assert groups == GROUP_ACLS.get(user_name, {}), f"{user_name} groups {groups}"
 
 
 def test_no_kafka_user_gets_more_than_read_write_describe_on_named_topics() -> None:
@@ -754,7 +795,10 @@ def test_no_kafka_user_gets_more_than_read_write_describe_on_named_topics() -> N
         name = user["metadata"]["name"]
         for acl in user["spec"]["authorization"]["acls"]:
             resource = acl["resource"]
-            assert resource["type"] == "topic", f"{name}: an ACL on a {resource['type']}"
+            if resource["type"] == "group":  # only the monitor's own consumer group, checked above
+                assert resource.get("name") in GROUP_ACLS.get(name, {}), f"{name}: a Group ACL on {resource}"
+            else:
+                assert resource["type"] == "topic", f"{name}: an ACL on a {resource['type']}"
             assert resource.get("patternType") == "literal", f"{name}: {resource} is a prefix pattern"
             assert resource.get("name") and "*" not in resource["name"], f"{name}: {resource} is a wildcard"
             assert "operation" not in acl, f"{name}: the v1 API has only 'operations'"
@@ -1001,13 +1045,127 @@ def test_compose_key_step_makes_keys_the_services_accept(tmp_path: Path) -> None
     bootstrap = identity_settings.load_bootstrap_key(identity_env)
     assert operator_id == identity_settings.bootstrap_identity_id(bootstrap)
     register = (DOCKER / "register-services.sh").read_text()
-    for needed in ("operator/operator.id", "operator/operator.key", "consent/identity.key.pub", "consent/identity-id"):
+    for needed in ("operator/operator.id", "operator/operator.key", "$svc/identity.key.pub", "$svc/identity-id"):
         assert needed in register, needed
-        if not needed.endswith("identity-id"):
-            assert needed in keys, f"register-services.sh needs {needed}, which init-keys.sh does not make"
+    assert "for svc in consent records" in register  # the SERVICE identities it registers
+    for needed in ("operator/operator.id", "operator/operator.key", "consent/identity.key.pub", "records/identity.key.pub"):
+        assert needed in keys, f"register-services.sh needs {needed}, which init-keys.sh does not make"
 
     again = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == keys, (
         "a second run replaced a key"
     )
+
+
+# ---- monitoring (Prometheus Operator, Grafana) ----------------------------------------------------
+
+MONITORING = K8S / "components" / "monitoring"
+# The alerts issue 14 asks for, each kept by name: what it watches is in README.md, Operations.
+REQUIRED_ALERTS = {
+    "MedLedgerCheckpointStale",  # checkpoint older than 10 s while events wait
+    "MedLedgerConsumerLagGrowing",  # consumer lag growing for 5 min
+    "MedLedgerConsentStale",  # consent staleness over its bound
+    "MedLedgerNoSequencer",  # ledger without a leader
+    "MedLedgerUnavailable",  # UNAVAILABLE rate
+    "MedLedgerInternalErrors",  # INTERNAL rate
+    "MedLedgerBreakGlassUnreviewed",  # break-glass unreviewed after 24 h
+    "MedLedgerRejects",  # rejects appearing
+}
+MONITORING_KINDS = {"PodMonitor", "PrometheusRule", "ServiceMonitor"}
+
+
+@functools.cache
+def defined_metrics() -> frozenset[str]:
+    """Every series name the services' code can export (the registry's names after importing
+    every metrics module; a scrape of running services is compared in
+    tests/integration/test_metrics.py)."""
+    import importlib
+
+    from prometheus_client import REGISTRY
+
+    for module in ("medledger.runtime.metrics", "medledger.ledger.metrics", "medledger.consent.metrics",
+                   "medledger.records.metrics"):
+        importlib.import_module(module)
+    return frozenset(REGISTRY._names_to_collectors)  # the registry's own index of names
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    (rule,) = of_kind(documents("overlays/production"), "PrometheusRule")
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads((MONITORING / "grafana-dashboard.json").read_text())
+
+
+def test_only_production_needs_the_prometheus_operator() -> None:
+    for source in ("files", "base", "overlays/dev"):
+        assert not [d for d in documents(source) if d["kind"] in MONITORING_KINDS], source
+
+
+def test_production_scrapes_every_workload_with_its_own_pod_monitor() -> None:
+    docs = documents("overlays/production")
+    deployments = by_name(docs, "Deployment")
+    monitors = of_kind(docs, "PodMonitor")
+    assert len(monitors) == len(deployments)
+    scraped = set()
+    for monitor in monitors:
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        selected = [n for n, d in deployments.items() if labels_match(selector, d["spec"]["template"]["metadata"]["labels"])]
+        assert len(selected) == 1, f"PodMonitor {monitor['metadata']['name']} selects {selected}"
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+        assert "metrics" in container_ports(deployments[selected[0]])
+        scraped.add(selected[0])
+    assert scraped == set(PROCESSES)
+
+
+def test_alert_rules_are_complete_well_formed_and_explained() -> None:
+    from medledger.testing.metrics import promql_names
+
+    rules = alert_rules()
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names)), "an alert name twice"
+    assert REQUIRED_ALERTS <= set(names), f"missing {REQUIRED_ALERTS - set(names)}"
+    readme = (ROOT / "README.md").read_text()
+    headings = {m.group(1).strip().lower() for m in re.finditer(r"^#+ (.+)$", readme, re.M)}
+    for rule in rules:
+        where = rule["alert"]
+        assert promql_names(rule["expr"]), f"{where}: the expression names no metric"
+        assert rule["labels"]["severity"] in ("warning", "critical"), where
+        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), where
+        page, _, anchor = rule["annotations"]["runbook"].partition("#")
+        assert page == "README.md" and anchor == where.lower() and anchor in headings, f"{where}: no README section {anchor}"
+
+
+def test_alerts_and_the_dashboard_ask_only_for_metrics_the_code_defines() -> None:
+    from medledger.testing.metrics import PROMETHEUS_SERIES, promql_names
+
+    defined = defined_metrics() | PROMETHEUS_SERIES
+    assert {"grpc_server_handled_total", "medledger_ledger_checkpoint_age_seconds"} <= defined  # the scan works
+    for rule in alert_rules():
+        unknown = promql_names(rule["expr"]) - defined
+        assert not unknown, f"{rule['alert']} asks for {unknown}"
+    for panel in dashboard()["panels"]:
+        for target in panel["targets"]:
+            unknown = promql_names(target["expr"]) - defined
+            assert not unknown, f"panel {panel['title']!r} asks for {unknown}"
+
+
+def test_the_dashboard_is_one_screen_over_every_part() -> None:
+    board = dashboard()
+    assert board["uid"] == "medledger-network"
+    panels = board["panels"]
+    titles = " ".join(p["title"].lower() for p in panels)
+    for part in ("throughput", "latency", "lag", "checkpoint", "decisions", "break-glass", "errors", "staleness",
+                 "records"):
+        assert part in titles, f"no panel about {part}"
+    for p in panels:
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        assert p["gridPos"]["x"] + p["gridPos"]["w"] <= 24, p["title"]
+        assert all('namespace=~"$namespace"' in t["expr"] for t in p["targets"]), p["title"]
+    (configmap,) = [d for d in of_kind(documents("overlays/production"), "ConfigMap") if "medledger.json" in d.get("data", {})]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"]["medledger.json"]) == board

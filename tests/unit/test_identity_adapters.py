@@ -22,8 +22,9 @@ EVENTS: list[domain.Event] = [
     domain.IdentityRegistered("i", domain.Kind.PRACTITIONER, "k1", KEY, "IAL2", "org", "", T),
     domain.KeyRotated("i", "k2", KEY, "k1", T),
     domain.KeyRevoked("i", "k1", T),
-    domain.IdentityRevoked("i", "left", T),
+    domain.IdentityRevoked("i", "AFFILIATION_CHANGED", T),
     domain.MembershipGranted("m", "i", "org", "physician", T),
+    domain.MembershipGranted("m", "i", "org", "physician", T, domain.Acceptance("k1", T, b"n" * 16, b"s" * 64)),
     domain.MembershipEnded("m", "i", "org", T),
 ]
 
@@ -35,6 +36,18 @@ def test_events_round_trip_through_envelopes(event: domain.Event) -> None:
     assert wire.event_type == f"medledger.v1.{type(event).__name__}"
     assert wire.aggregate_id == "i" and wire.producer == "identity" and wire.actor == "org"
     assert codec.from_envelope(wire) == event
+
+
+def test_revocation_reasons_on_events_are_codes_never_text() -> None:
+    """Free text can carry PHI; the event field is an enum, and a reason the
+    codec does not know is sent as UNSPECIFIED rather than as text."""
+    field = identity_pb2.IdentityRevoked.DESCRIPTOR.fields_by_name["reason"]
+    assert field.enum_type is not None and field.enum_type.name == "RevocationReason"
+    env = codec.to_envelope(domain.IdentityRevoked("i", "Mrs Smith died of cancer", T), actor="org")
+    assert b"Smith" not in env.SerializeToString()
+    assert codec.reason_from_proto(identity_pb2.KEY_COMPROMISE) == "KEY_COMPROMISE"
+    assert codec.reason_from_proto(99) == codec.reason_from_proto(0) == ""
+    assert set(identity_pb2.RevocationReason.keys()) - {"REVOCATION_REASON_UNSPECIFIED"} == domain.REVOCATION_REASONS
 
 
 def test_unknown_event_types_are_skipped() -> None:
@@ -83,6 +96,19 @@ def test_keys_are_generated_only_where_not_configured(tmp_path: Path) -> None:
     missing = dict(env, MEDLEDGER_IDENTITY_DATA_KEY_FILE=str(tmp_path / "absent.key"))
     with pytest.raises(SettingsError, match="MEDLEDGER_IDENTITY_DATA_KEY_FILE"):
         IdentitySettings.from_env(missing)
+
+
+def test_challenge_limits_have_defaults_and_refuse_nonsense(tmp_path: Path) -> None:
+    env = {**_producers(tmp_path), "MEDLEDGER_RUN_DIR": str(tmp_path)}
+    limits = IdentitySettings.from_env(env).challenge_limits
+    assert (limits.identity_burst, limits.identity_per_minute, limits.peer_burst, limits.peer_per_minute) == (10, 20, 200, 1200)
+    tuned = IdentitySettings.from_env(dict(env, MEDLEDGER_IDENTITY_CHALLENGE_PEER_BURST="5"))
+    assert tuned.challenge_limits.peer_burst == 5
+    for name, value in [("IDENTITY_BURST", "0"), ("PEER_PER_MINUTE", "0"), ("SWEEP_INTERVAL_S", "-1")]:
+        with pytest.raises(SettingsError, match=name):
+            IdentitySettings.from_env(dict(env, **{f"MEDLEDGER_IDENTITY_CHALLENGE_{name}": value}))
+    with pytest.raises(SettingsError, match="ACCEPTANCE_MAX_AGE"):
+        IdentitySettings.from_env(dict(env, MEDLEDGER_IDENTITY_ACCEPTANCE_MAX_AGE_S="0"))
 
 
 def test_token_ttl_is_capped_at_fifteen_minutes(tmp_path: Path) -> None:

@@ -72,12 +72,24 @@ def test_organizations_register_patients_and_practitioners(hospital: Identity) -
     assert patient.assurance_level == "IAL2"
 
 
-@pytest.mark.parametrize("kind", [Kind.ORGANIZATION, Kind.AUDITOR, Kind.SERVICE])
-def test_only_operators_register_organizations_auditors_and_services(hospital: Identity, operator: Identity, kind: Kind) -> None:
+@pytest.mark.parametrize("kind", [Kind.ORGANIZATION, Kind.SERVICE])
+def test_only_operators_register_organizations_and_services(hospital: Identity, operator: Identity, kind: Kind) -> None:
     org_type = "CLINIC" if kind is Kind.ORGANIZATION else ""
     with pytest.raises(PermissionDenied):
         register("x", kind, hospital, org_type=org_type)
     assert register("x", kind, operator, org_type=org_type).kind is kind
+
+
+def test_an_auditors_scope_follows_who_registered_it(hospital: Identity, operator: Identity) -> None:
+    network = register("n", Kind.AUDITOR, operator)
+    organization = register("o", Kind.AUDITOR, hospital)
+    assert domain.audit_scope(network, operator) == "network"
+    assert domain.audit_scope(organization, hospital) == "organization"
+    assert domain.audit_scope(organization, None) == "organization"  # registrar unknown: the narrower remit
+    assert domain.audit_scope(register("p", Kind.PATIENT, hospital), hospital) == ""
+    patient = register("q", Kind.PATIENT, hospital)
+    with pytest.raises(PermissionDenied):
+        register("x", Kind.AUDITOR, patient)
 
 
 def test_a_patient_cannot_register_anyone(hospital: Identity) -> None:
@@ -87,7 +99,7 @@ def test_a_patient_cannot_register_anyone(hospital: Identity) -> None:
 
 
 def test_a_revoked_organization_registers_no_one(hospital: Identity) -> None:
-    revoked = apply(hospital, domain.RevokeIdentity("closed", hospital, at(1)))
+    revoked = apply(hospital, domain.RevokeIdentity("CESSATION_OF_OPERATION", hospital, at(1)))
     with pytest.raises(PermissionDenied, match="revoked"):
         register("p", Kind.PATIENT, revoked, when=2)
 
@@ -157,18 +169,50 @@ def test_reusing_an_own_key_is_refused(hospital: Identity) -> None:
         domain.decide(patient, domain.RotateKey(patient.keys[0].public_key, patient, at(1)))
 
 
-def test_only_the_identity_or_its_organization_for_practitioners_rotates_keys(hospital: Identity, operator: Identity) -> None:
+def test_keys_are_managed_by_the_identity_its_registrar_or_an_operator(hospital: Identity, operator: Identity) -> None:
     patient = register("p", Kind.PATIENT, hospital)
     doc = register("d", Kind.PRACTITIONER, hospital)
+    auditor = register("a", Kind.AUDITOR, operator)
     other = register("other", Kind.ORGANIZATION, operator, assurance="", org_type="CLINIC")
-    with pytest.raises(PermissionDenied):
-        domain.decide(patient, domain.RotateKey(pub(), hospital, at(1)))
-    with pytest.raises(PermissionDenied):
-        domain.decide(doc, domain.RotateKey(pub(), other, at(1)))
+    for target in (doc, auditor, hospital):
+        with pytest.raises(PermissionDenied):
+            domain.decide(target, domain.RotateKey(pub(), other, at(1)))
+        with pytest.raises(PermissionDenied):
+            domain.decide(target, domain.RevokeKey(target.keys[0].key_id, other, at(1)))
     assert len(apply(doc, domain.RotateKey(pub(), hospital, at(1))).keys) == 2
+    assert len(apply(doc, domain.RotateKey(pub(), operator, at(1))).keys) == 2
+    assert len(apply(auditor, domain.RotateKey(pub(), operator, at(1))).keys) == 2
+    assert len(apply(hospital, domain.RotateKey(pub(), hospital, at(1))).keys) == 2
+    assert apply(doc, domain.RevokeKey(doc.keys[0].key_id, hospital, at(1))).current_key is None
+
+
+def test_a_patients_keys_are_its_own(hospital: Identity, operator: Identity) -> None:
+    """A patient's key signs its consents: neither the hospital that registered
+    it nor an operator may replace or revoke it."""
+    patient = register("p", Kind.PATIENT, hospital)
+    for actor in (hospital, operator):
+        with pytest.raises(PermissionDenied):
+            domain.decide(patient, domain.RotateKey(pub(), actor, at(1)))
+        with pytest.raises(PermissionDenied):
+            domain.decide(patient, domain.RevokeKey(patient.keys[0].key_id, actor, at(1)))
     assert len(apply(patient, domain.RotateKey(pub(), patient, at(1))).keys) == 2
-    member = apply(doc, domain.GrantMembership("m", other, "other", "physician", other, at(2)))
-    assert len(apply(member, domain.RotateKey(pub(), other, at(3))).keys) == 2
+
+
+def test_cross_hospital_takeover_is_refused(hospital: Identity, operator: Identity) -> None:
+    """Issue 9, item 1: hospital B enrolled hospital A's practitioner and then
+    rotated its key. Both steps are refused; even a membership the member did
+    accept gives B no power over the member's keys."""
+    doc = register("d", Kind.PRACTITIONER, hospital)
+    rival = register("b", Kind.ORGANIZATION, operator, assurance="", org_type="HOSPITAL")
+    with pytest.raises(PermissionDenied, match="acceptance"):
+        domain.decide(doc, domain.GrantMembership("m", rival, "b", "physician", rival, at(1)))
+    with pytest.raises(PermissionDenied):
+        domain.decide(doc, domain.RotateKey(pub(), rival, at(1)))
+    with pytest.raises(PermissionDenied):
+        domain.decide(doc, domain.RevokeKey(doc.keys[0].key_id, rival, at(1)))
+    # The organization that registered the practitioner, and an operator, grant directly.
+    assert apply(doc, domain.GrantMembership("m", hospital, "hosp", "physician", hospital, at(1))).active_organizations
+    assert apply(doc, domain.GrantMembership("m", rival, "b", "physician", operator, at(1))).active_organizations
 
 
 def test_unknown_identity_is_not_found(hospital: Identity) -> None:
@@ -183,17 +227,71 @@ def test_revocation_rules(hospital: Identity, operator: Identity) -> None:
     patient = register("p", Kind.PATIENT, hospital)
     stranger = register("s", Kind.PATIENT, hospital)
     with pytest.raises(PermissionDenied):
-        domain.decide(patient, domain.RevokeIdentity("x", stranger, at(1)))
+        domain.decide(patient, domain.RevokeIdentity("SUBJECT_REQUEST", stranger, at(1)))
     for actor in (patient, hospital, operator):
-        assert not apply(patient, domain.RevokeIdentity("left", actor, at(1))).active
-    revoked = apply(patient, domain.RevokeIdentity("left", patient, at(1)))
-    assert revoked.revocation_reason == "left" and revoked.revoked_at == at(1)
+        assert not apply(patient, domain.RevokeIdentity("SUBJECT_REQUEST", actor, at(1))).active
+    revoked = apply(patient, domain.RevokeIdentity("SUPERSEDED", patient, at(1)))
+    assert revoked.revocation_reason == "SUPERSEDED" and revoked.revoked_at == at(1)
     with pytest.raises(FailedPrecondition):
-        domain.decide(revoked, domain.RevokeIdentity("again", hospital, at(2)))
+        domain.decide(revoked, domain.RevokeIdentity("SUPERSEDED", hospital, at(2)))
     with pytest.raises(PermissionDenied, match="revoked"):
         domain.authentication_key(revoked)
-    with pytest.raises(InvalidArgument):
-        domain.decide(patient, domain.RevokeIdentity("x" * 500, patient, at(1)))
+
+
+@pytest.mark.parametrize("reason", ["", "left the hospital after a diagnosis", "superseded", "REVOCATION_REASON_UNSPECIFIED"])
+def test_a_revocation_reason_is_a_known_code_never_free_text(hospital: Identity, reason: str) -> None:
+    patient = register("p", Kind.PATIENT, hospital)
+    with pytest.raises(InvalidArgument, match="reason"):
+        domain.decide(patient, domain.RevokeIdentity(reason, hospital, at(1)))
+
+
+def _accept(key: Ed25519PrivateKey, member: Identity, org_id: str, role: str, when: datetime, nonce: bytes = b"n" * 16) -> domain.Acceptance:
+    message = domain.acceptance_message(org_id, member.identity_id, role, when, nonce)
+    return domain.Acceptance(member.keys[-1].key_id, when, nonce, key.sign(message))
+
+
+def _grant(member: Identity, org: Identity, role: str, when: datetime, acceptance: domain.Acceptance | None) -> domain.GrantMembership:
+    return domain.GrantMembership("m-" + str(when.timestamp()), org, org.identity_id, role, org, when, acceptance)
+
+
+def test_another_organization_needs_the_members_signed_acceptance(hospital: Identity, operator: Identity) -> None:
+    key = Ed25519PrivateKey.generate()
+    doc = domain.fold(domain.decide(None, domain.Register("d", Kind.PRACTITIONER, raw_public_key(key), "IAL2", "", hospital, at(0))))
+    assert doc is not None
+    clinic = register("c", Kind.ORGANIZATION, operator, assurance="", org_type="CLINIC")
+    accepted = _accept(key, doc, "c", "physician", at(1))
+    member = apply(doc, _grant(doc, clinic, "physician", at(2), accepted))
+    assert member.active_organizations == ("c",) and member.memberships[0].acceptance == accepted
+    ended = apply(member, domain.EndMembership(member.memberships[0].membership_id, member, at(3)))
+    refused = {
+        "replayed after the membership ended": _grant(ended, clinic, "physician", at(4), accepted),
+        "another role than accepted": _grant(doc, clinic, "director", at(2), accepted),
+        "signed by another key": _grant(doc, clinic, "physician", at(2), _accept(Ed25519PrivateKey.generate(), doc, "c", "physician", at(1))),
+        "older than the maximum age": _grant(doc, clinic, "physician", at(1) + timedelta(days=1, minutes=1), accepted),
+        "dated in the future": _grant(doc, clinic, "physician", at(1) - timedelta(minutes=6), accepted),
+    }
+    for why, command in refused.items():
+        target = ended if why.startswith("replayed") else doc
+        with pytest.raises(PermissionDenied):
+            domain.decide(target, command)
+    rotated = apply(doc, domain.RotateKey(pub(), doc, at(1)))
+    with pytest.raises(PermissionDenied, match="current key"):  # made with a key rotated out since
+        domain.decide(rotated, _grant(rotated, clinic, "physician", at(2), accepted))
+    with pytest.raises(InvalidArgument, match="nonce"):
+        domain.decide(doc, _grant(doc, clinic, "physician", at(2), _accept(key, doc, "c", "physician", at(1), b"short")))
+    # A fresh acceptance after the end works again.
+    again = _accept(key, ended, "c", "physician", at(4), b"m" * 16)
+    assert apply(ended, _grant(ended, clinic, "physician", at(5), again)).active_organizations == ("c",)
+
+
+def test_the_acceptance_message_is_domain_separated_and_unambiguous() -> None:
+    one = domain.acceptance_message("org", "member", "physician", T0, b"n" * 16)
+    assert one.startswith(domain.ACCEPTANCE_CONTEXT + b"\x00")
+    assert not one.startswith(domain.CHALLENGE_CONTEXT)
+    assert one != domain.acceptance_message("org", "member", "physicia", T0, b"nn" * 8)
+    assert one != domain.acceptance_message("org", "member", "physician", T0 + timedelta(seconds=1), b"n" * 16)
+    with pytest.raises(InvalidArgument, match="NUL"):
+        domain.acceptance_message("org\x00member", "x", "physician", T0, b"n" * 16)
 
 
 def test_memberships_are_granted_and_ended_by_the_organization(hospital: Identity, operator: Identity) -> None:
@@ -259,7 +357,7 @@ def test_a_challenge_names_the_current_key_and_expires_after_its_ttl(hospital: I
     assert domain.issue_challenge(patient, "", T0, 60) == domain.PendingChallenge("p", key_id, T0 + timedelta(seconds=60))
     with pytest.raises(FailedPrecondition):
         domain.issue_challenge(patient, "another-key", T0, 60)
-    revoked = apply(patient, domain.RevokeIdentity("gone", hospital, at(1)))
+    revoked = apply(patient, domain.RevokeIdentity("SUBJECT_REQUEST", hospital, at(1)))
     with pytest.raises(PermissionDenied):
         domain.issue_challenge(revoked, "", at(2), 60)
 
@@ -289,6 +387,17 @@ def test_demographics_fields_are_bounded_and_birth_dates_real() -> None:
     ]:
         with pytest.raises(InvalidArgument):
             domain.check_demographics(fields)
+
+
+def test_only_an_active_organization_looks_up_medical_record_numbers(hospital: Identity) -> None:
+    assert domain.check_mrn_lookup(hospital) is hospital
+    closed = apply(hospital, domain.RevokeIdentity("CESSATION_OF_OPERATION", hospital, at(1)))
+    with pytest.raises(PermissionDenied, match="revoked"):
+        domain.check_mrn_lookup(closed)
+    with pytest.raises(PermissionDenied):
+        domain.check_mrn_lookup(register("p", Kind.PATIENT, hospital))
+    with pytest.raises(Unauthenticated):
+        domain.check_mrn_lookup(None)
 
 
 def test_medical_record_numbers_are_for_patients_registered_by_organizations(hospital: Identity) -> None:

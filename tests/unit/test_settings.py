@@ -33,5 +33,9 @@ def test_settings_read_from_environment() -> None:
 
 def test_topics_prefix_applies_to_every_topic() -> None:
     names = Topics("x.").all
-    assert len(names) == 7 and all(n.startswith("x.") for n in names)
-    assert Topics().event_topics == ("identity.events", "consent.events", "records.events", "access.events")
+    # five sequenced topics, the ledger's three, the monitor's repartition topic and four changelogs
+    assert len(names) == 13 == len(set(names)) and all(n.startswith("x.") for n in names)
+    assert Topics().event_topics == (
+        "identity.events", "consent.events", "records.events", "access.events", "access.alerts",
+    )
+    assert Topics("x.").monitor_changelog("breadth") == "x.medledger-monitor-breadth-changelog"

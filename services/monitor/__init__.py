@@ -1,0 +1,1 @@
+"""The access monitor: faust-streaming rules over the access stream (README.md)."""

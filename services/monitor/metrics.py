@@ -1,0 +1,30 @@
+"""The access monitor's metrics (runtime/metrics.py has the shared ones and the
+/metrics endpoint). Labels come from fixed sets: rule names and outcomes, never
+an identity or event id.
+
+``medledger_monitor_alerts_total{rule}`` counts alerts this process published;
+after a crash a replayed alert (the same event, skipped by the ledger) may be
+counted again, so the ledger (``medledger audit alerts``) is the record and
+this is the signal to page on.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client import Counter
+
+ALERTS = Counter("medledger_monitor_alerts", "Access alerts published on access.alerts, by rule.", ["rule"])
+EVENTS = Counter(
+    "medledger_monitor_events",
+    "Events the counter read from the repartition topic: counted by a rule, or refused "
+    "because no allowed producer signed them.",
+    ["outcome"],
+)
+COUNTED, UNAUTHENTICATED = EVENTS.labels("counted"), EVENTS.labels("unauthenticated")
+
+
+def declare(rules: Iterable[str]) -> None:
+    """Create each rule's series at zero, so increase() sees the first alert."""
+    for rule in rules:
+        ALERTS.labels(rule)

@@ -1,0 +1,259 @@
+"""Carrying out the records service's commands: gather the facts (projection,
+database, identity keys), let the domain decide, then store the change and
+its signed event in one transaction (the outbox, docs/architecture.md,
+Outbox). Every check runs before the transaction, so a refused command
+stores and publishes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+import asyncpg
+
+from medledger.records import crypto, domain, resource, store
+from medledger.records.domain import RecordHead, WriteGrant
+from medledger.records.peers import KeyDirectory
+from medledger.records.projection import RecordsProjection
+from medledger.records.settings import RecordsSettings
+from medledger.runtime.auth import Caller
+from medledger.runtime.envelope import envelope, new_event_id
+from medledger.runtime.errors import (
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
+)
+from medledger.runtime.outbox import Conn, Outbox, OutboxRelay
+from medledger.runtime.signed import parse_canonical, require_signature_shape, verify_statement
+from medledger.v1 import records_pb2 as pb
+
+log = logging.getLogger(__name__)
+SERVICE = "records"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Ports:
+    """The live dependencies, reachable once the host connected them."""
+
+    pool: Callable[[], asyncpg.Pool]
+    keys: Callable[[], KeyDirectory]
+    outbox: Outbox
+    relay: Callable[[], OutboxRelay]
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A write as submitted, checked on its own (no state yet)."""
+
+    encoded: bytes
+    attestation: pb.RecordAttestation
+    signed_at: datetime
+    signature: bytes
+    resource: resource.Resource
+    salt: bytes
+
+
+def check_submission(
+    encoded: bytes, resource_json: str, salt: bytes, signature: bytes, caller: Caller, now: datetime,
+    skew: timedelta, creating: bool,
+) -> Submission:
+    """Size first (RESOURCE_EXHAUSTED), then the attestation, the caller, the
+    FHIR resource, its subject and the commitment (INVALID_ARGUMENT,
+    PERMISSION_DENIED)."""
+    if len(resource_json) > resource.MAX_RESOURCE_BYTES:
+        raise ResourceExhausted(f"resource_json exceeds {resource.MAX_RESOURCE_BYTES} bytes (4 MiB)")
+    require_signature_shape(signature, "author_signature")
+    att = parse_canonical(pb.RecordAttestation, encoded, "attestation")
+    signed_at = domain.validate_attestation(att, now, skew, creating)
+    if len(salt) != resource.SALT_BYTES:
+        raise InvalidArgument(f"salt must be {resource.SALT_BYTES} random bytes")
+    if att.author_id != caller.subject:
+        raise PermissionDenied("the attestation's author must be the caller")
+    parsed = resource.parse(resource_json)
+    resource.require_identity(parsed, att.record_id, att.patient_id, att.category)
+    if resource.commitment(salt, parsed.canonical) != att.commitment:
+        raise InvalidArgument("attestation.commitment is not SHA-256(salt || RFC 8785 canonical resource)")
+    return Submission(encoded, att, signed_at, signature, parsed, salt)
+
+
+class RecordsCommands:
+    def __init__(
+        self, settings: RecordsSettings, projection: RecordsProjection, ports: Ports,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.projection = projection
+        self.ports = ports
+        self.clock = clock
+        self.skew = timedelta(seconds=settings.signing_skew_s)
+
+    # ---- writes ----
+
+    async def create(self, caller: Caller, request: pb.CreateRecordRequest) -> pb.RecordReceipt:
+        sub = check_submission(request.attestation, request.resource_json, request.salt, request.author_signature,
+                               caller, self.clock(), self.skew, creating=True)
+        return await self._write(sub, None)
+
+    async def amend(self, caller: Caller, request: pb.AmendRecordRequest) -> pb.RecordReceipt:
+        sub = check_submission(request.attestation, request.resource_json, request.salt, request.author_signature,
+                               caller, self.clock(), self.skew, creating=False)
+        async with self.ports.pool().acquire() as conn:
+            head = await store.head(conn, sub.attestation.record_id)
+        if head is None:
+            raise NotFound(f"record {sub.attestation.record_id} does not exist")
+        return await self._write(sub, head)
+
+    async def _authorize(self, sub: Submission, head: RecordHead | None) -> WriteGrant:
+        att = sub.attestation
+        await self.projection.sync(self.settings.sync_wait_s)
+        async with self.ports.pool().acquire() as conn:
+            facts = await store.patient_facts(conn, att.patient_id)
+            author = await store.party(conn, att.author_id)
+            taken = head is None and await store.head(conn, att.record_id) is not None
+        grant = domain.authorize_write(author, att.organization_id, att.patient_id, facts, self.clock())
+        if head is not None:
+            domain.check_amendment(att, head)
+        if taken:
+            raise AlreadyExists(f"record {att.record_id} already exists")
+        await self._verify_author(sub)
+        return grant
+
+    async def _verify_author(self, sub: Submission) -> None:
+        att = sub.attestation
+        try:
+            key = await self.ports.keys().signing_key(att.author_id, att.author_key_id, sub.signed_at)
+        except NotFound:
+            raise PermissionDenied(f"key {att.author_key_id} is not a key of author {att.author_id}") from None
+        verify_statement(key, sub.signed_at, domain.ATTESTATION_PREFIX + sub.encoded, sub.signature, "author signature")
+
+    async def _write(self, sub: Submission, head: RecordHead | None) -> pb.RecordReceipt:
+        grant = await self._authorize(sub, head)
+        att = sub.attestation
+        now = self.clock()
+        event_cls = pb.RecordCreated if head is None else pb.RecordAmended
+        event = event_cls(attestation=att, author_signature=sub.signature, basis=grant.basis,
+                          consent_id=grant.consent_id, break_glass_id=grant.break_glass_id)
+        env = envelope(event, aggregate_id=att.patient_id, producer=SERVICE, actor=att.author_id, occurred_at=now)
+        pool = self.ports.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            data_key = await self._data_key(conn, att.patient_id)
+            if head is None:
+                created = RecordHead(att.record_id, att.patient_id, att.category, att.organization_id, 1,
+                                     att.commitment, now)
+                if not await store.insert_record(conn, created):
+                    raise AlreadyExists(f"record {att.record_id} already exists")
+            else:
+                current = await store.head(conn, att.record_id, lock=True)
+                assert current is not None
+                domain.check_amendment(att, current)
+            sealed = crypto.seal_payload(data_key, att.patient_id, att.record_id, att.version,
+                                         crypto.Payload(sub.salt, sub.resource.canonical))
+            await store.insert_version(conn, store.StoredVersion(
+                att.record_id, att.version, att.author_id, sub.encoded, sub.signature, att.commitment, sealed, now,
+                env.event_id, None,
+            ))
+            await self.ports.outbox.enqueue(conn, env)
+        await self.ports.relay().wait_published([env.event_id], pool, self.settings.publish_wait_s)
+        log.info("record version stored", extra={"record_id": att.record_id, "version": att.version, "event_id": env.event_id})
+        return pb.RecordReceipt(record_id=att.record_id, version=att.version, commitment=att.commitment,
+                                event_id=env.event_id, recorded_at=domain.timestamp(now), basis=grant.basis)
+
+    async def _data_key(self, conn: Conn, patient_id: str) -> bytes:
+        """The patient's data key, created on their first record; the row is
+        locked until the transaction ends, so an erasure cannot interleave."""
+        wrapper = self.settings.key_wrapper
+        context = crypto.data_key_context(patient_id)
+        key = await store.patient_key(conn, patient_id, lock=True)
+        if key is None:
+            await store.add_patient_key(conn, patient_id, wrapper.key_id, wrapper.wrap(crypto.new_data_key(), context))
+            key = await store.patient_key(conn, patient_id, lock=True)
+            assert key is not None
+        if key.erased_at is not None or key.wrapped_key is None:
+            raise FailedPrecondition(f"patient {patient_id} erased their data at {key.erased_at}")
+        if key.kek_id != wrapper.key_id:
+            raise FailedPrecondition(f"the patient's data key is wrapped by {key.kek_id}, this service holds {wrapper.key_id}")
+        return wrapper.unwrap(key.wrapped_key, context)
+
+    # ---- erasure ----
+
+    async def erase(self, caller: Caller, encoded: bytes, signature: bytes) -> pb.ErasePatientDataResponse:
+        require_signature_shape(signature, "signature")
+        request = parse_canonical(pb.ErasureRequest, encoded, "request")
+        signed_at = domain.validate_erasure(request, self.clock(), self.skew)
+        await self.projection.sync(self.settings.sync_wait_s)
+        async with self.ports.pool().acquire() as conn:
+            facts = await store.patient_facts(conn, request.patient_id)
+            signer = await store.party(conn, request.signer_id)
+        domain.require_patient(facts, request.patient_id)
+        if request.signer_id != request.patient_id and request.signer_id not in facts.representatives:
+            raise PermissionDenied("only the patient or an active representative signs an erasure")
+        if signer is None or not signer.active:
+            raise PermissionDenied(f"signer {request.signer_id} is not an active identity")
+        try:
+            key = await self.ports.keys().signing_key(request.signer_id, request.signer_key_id, signed_at)
+        except NotFound:
+            raise PermissionDenied(f"key {request.signer_key_id} is not a key of signer {request.signer_id}") from None
+        verify_statement(key, signed_at, domain.ERASURE_PREFIX + encoded, signature, "erasure signature")
+        return await self._erase(caller, request, signature)
+
+    async def _erase(self, caller: Caller, request: pb.ErasureRequest, signature: bytes) -> pb.ErasePatientDataResponse:
+        patient_id = request.patient_id
+        now = self.clock()
+        pool = self.ports.pool()
+        async with pool.acquire() as conn, conn.transaction():
+            await store.add_patient_key(conn, patient_id, self.settings.key_wrapper.key_id, None)
+            key = await store.patient_key(conn, patient_id, lock=True)
+            assert key is not None
+            if key.erased_at is not None:
+                return _erasure_answer(patient_id, key.erasure_id or "", key.erased_at, key.erasure_event_id or "",
+                                       key.versions_erased or 0)
+            event_id = new_event_id()
+            erased = await store.erase_patient(conn, patient_id, request.erasure_id, event_id, now)
+            event = pb.PatientDataErased(request=request, signature=signature, submitted_by=caller.subject,
+                                         versions_erased=erased)
+            env = envelope(event, aggregate_id=patient_id, producer=SERVICE, actor=caller.subject, event_id=event_id,
+                           occurred_at=now)
+            await self.ports.outbox.enqueue(conn, env)
+        await self.ports.relay().wait_published([event_id], pool, self.settings.publish_wait_s)
+        log.info("patient data erased", extra={"patient_id": patient_id, "event_id": event_id, "versions": erased})
+        return _erasure_answer(patient_id, request.erasure_id, now, event_id, erased)
+
+    # ---- research artifacts ----
+
+    async def register_artifact(self, caller: Caller, request: pb.RegisterResearchArtifactRequest) -> store.StoredArtifact:
+        domain.validate_artifact(request.trial_id, request.kind, request.sha256)
+        await self.projection.sync(self.settings.sync_wait_s)
+        pool = self.ports.pool()
+        async with pool.acquire() as conn:
+            requested = request.organization_id or (caller.subject if caller.kind == "ORGANIZATION" else "")
+            organization = await store.party(conn, requested) if requested else None
+            member_of = await store.organizations(conn, caller.subject)
+        organization_id = domain.research_organization(
+            caller.subject, caller.kind, request.organization_id, organization, member_of
+        )
+        now = self.clock()
+        artifact_id = new_event_id()
+        event = pb.ResearchArtifactRegistered(
+            artifact_id=artifact_id, trial_id=request.trial_id, kind=request.kind, sha256=request.sha256,
+            organization_id=organization_id, registered_by=caller.subject,
+        )
+        env = envelope(event, aggregate_id=request.trial_id, producer=SERVICE, actor=caller.subject, occurred_at=now)
+        stored = store.StoredArtifact(artifact_id, request.trial_id, request.kind, request.sha256, organization_id,
+                                      caller.subject, now, env.event_id)
+        async with pool.acquire() as conn, conn.transaction():
+            if await store.lock_trial(conn, request.trial_id) >= domain.MAX_TRIAL_ARTIFACTS:
+                raise ResourceExhausted(f"trial {request.trial_id} holds {domain.MAX_TRIAL_ARTIFACTS} registrations already")
+            await store.insert_artifact(conn, stored)
+            await self.ports.outbox.enqueue(conn, env)
+        await self.ports.relay().wait_published([env.event_id], pool, self.settings.publish_wait_s)
+        return stored
+
+
+def _erasure_answer(patient_id: str, erasure_id: str, at: datetime, event_id: str, versions: int) -> pb.ErasePatientDataResponse:
+    return pb.ErasePatientDataResponse(patient_id=patient_id, erasure_id=erasure_id, erased_at=domain.timestamp(at),
+                                       event_id=event_id, versions_erased=versions)

@@ -1,0 +1,162 @@
+"""What the records service asks other services, behind small ports so the
+commands and reads can be tested without them.
+
+* Consent: CheckAccess, asked with the reading user's own bearer token (the
+  ``authorization`` metadata of the incoming call, copied as is;
+  requester_id left empty), so consent decides for exactly the user who
+  presented the token and the records service can never ask on anyone's
+  behalf.
+* Identity: the signer's key as of the signing time (ResolveKey), as the
+  records SERVICE identity.
+* Ledger: the entry of an event, its inclusion proof and the checkpoint it
+  leads to (the ledger's ProofBundle), as the records SERVICE identity (entries
+  need a SERVICE or AUDITOR token; proofs and checkpoints are public).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Awaitable, Callable, Protocol, TypeVar
+
+import grpc
+
+from medledger.audit.prove import bundle
+from medledger.runtime.errors import DependencyUnavailable, NotFound
+from medledger.runtime.grpc_status import error_for
+from medledger.runtime.identity_client import IdentityClient, ServiceCredentials
+from medledger.runtime.signed import SigningKey
+from medledger.runtime.transport import GrpcTls
+from medledger.v1 import consent_pb2, consent_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+
+T = TypeVar("T")
+CALL_TIMEOUT_S = 5.0
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def _call(peer: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except grpc.aio.AioRpcError as exc:
+        raise error_for(exc.code())(f"{peer} service, {what}: {exc.details()}") from None
+
+
+def forwarded_authorization(metadata: object) -> Metadata:
+    """Only the caller's own bearer token, nothing else from the incoming call."""
+    return tuple((k, str(v)) for k, v in (metadata or ()) if k == "authorization")  # type: ignore[attr-defined]
+
+
+class AccessGate(Protocol):
+    async def check(
+        self, authorization: Metadata, patient_id: str, purpose: int, category: str, record_id: str
+    ) -> consent_pb2.AccessDecision: ...
+
+
+class ConsentGate:
+    """CheckAccess on the consent service, as the reading user."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel: grpc.aio.Channel | None = None
+
+    def _stub(self) -> consent_pb2_grpc.ConsentServiceStub:
+        if self._channel is None:
+            self._channel = GrpcTls.from_env().aio_channel(self.address)
+        return consent_pb2_grpc.ConsentServiceStub(self._channel)
+
+    async def check(
+        self, authorization: Metadata, patient_id: str, purpose: int, category: str, record_id: str
+    ) -> consent_pb2.AccessDecision:
+        request = consent_pb2.CheckAccessRequest(
+            patient_id=patient_id, purpose=purpose, category=category, record_id=record_id
+        )
+        stub = self._stub()
+        return await _call("consent", "CheckAccess",
+                           lambda: stub.CheckAccess(request, metadata=authorization, timeout=CALL_TIMEOUT_S))
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
+class KeyDirectory(Protocol):
+    async def signing_key(self, identity_id: str, key_id: str, at: datetime) -> SigningKey:
+        """NotFound if identity_id never had the key."""
+
+
+class IdentityKeys:
+    def __init__(self, client: IdentityClient) -> None:
+        self.client = client
+
+    async def signing_key(self, identity_id: str, key_id: str, at: datetime) -> SigningKey:
+        key = await self.client.resolve_key(identity_id, at, key_id)
+        return SigningKey(
+            key_id=key.key_id,
+            public_key=key.public_key,
+            valid_from=key.valid_from.ToDatetime(tzinfo=timezone.utc),
+            valid_until=key.valid_until.ToDatetime(tzinfo=timezone.utc) if key.HasField("valid_until") else None,
+            revoked_at=(key.revoked_at.ToDatetime(tzinfo=timezone.utc) if key.HasField("revoked_at")
+                        else (at if key.revoked else None)),
+        )
+
+
+class Prover(Protocol):
+    async def prove(self, event_id: str) -> ledger_pb2.ProofBundle | None:
+        """The event's proof bundle, or None while the ledger has not sequenced
+        it under a checkpoint yet."""
+
+
+class LedgerProver:
+    def __init__(self, address: str, credentials: ServiceCredentials) -> None:
+        self.address = address
+        self.credentials = credentials
+        self._channel: grpc.aio.Channel | None = None
+        self._verifier_key = ""
+
+    def _stub(self) -> ledger_pb2_grpc.LedgerServiceStub:
+        if self._channel is None:
+            self._channel = GrpcTls.from_env().aio_channel(self.address)
+        return ledger_pb2_grpc.LedgerServiceStub(self._channel)
+
+    async def _key(self, stub: ledger_pb2_grpc.LedgerServiceStub) -> str:
+        if not self._verifier_key:
+            reply = await _call("ledger", "GetVerifierKey",
+                                lambda: stub.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest(), timeout=CALL_TIMEOUT_S))
+            self._verifier_key = reply.verifier_key
+        return self._verifier_key
+
+    async def prove(self, event_id: str) -> ledger_pb2.ProofBundle | None:
+        stub = self._stub()
+        metadata = await self.credentials.metadata()
+        request = ledger_pb2.GetEntryByEventIdRequest(event_id=event_id)
+        checkpoint_call = _call("ledger", "GetCheckpoint",
+                                lambda: stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=CALL_TIMEOUT_S))
+        entry_call = _call("ledger", "GetEntryByEventId",
+                           lambda: stub.GetEntryByEventId(request, metadata=metadata, timeout=CALL_TIMEOUT_S))
+        results = await asyncio.gather(checkpoint_call, entry_call, self._key(stub), return_exceptions=True)
+        for result in results:
+            if isinstance(result, NotFound):
+                return None
+            if isinstance(result, BaseException):
+                raise result
+        checkpoint, entry, key = results
+        assert isinstance(checkpoint, ledger_pb2.Checkpoint) and isinstance(entry, ledger_pb2.Entry)
+        if entry.index >= checkpoint.tree_size:
+            return None
+        proof_request = ledger_pb2.GetInclusionProofRequest(index=entry.index, tree_size=checkpoint.tree_size)
+        proof = await _call("ledger", "GetInclusionProof",
+                            lambda: stub.GetInclusionProof(proof_request, timeout=CALL_TIMEOUT_S))
+        return bundle(entry, proof, checkpoint.checkpoint, str(key))
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
+def missing_credentials() -> DependencyUnavailable:
+    return DependencyUnavailable(
+        "the records service has no identity credentials: set MEDLEDGER_RECORDS_IDENTITY_ID and "
+        "MEDLEDGER_RECORDS_KEY_FILE"
+    )

@@ -1,0 +1,233 @@
+"""The records service's projection of identity.events and consent.events,
+kept in its own database (docs/architecture.md, Consumers and positions).
+
+One PositionedConsumer reads both topics; only envelopes that pass event
+signing are applied. Each batch's effects, a tracking row per applied event
+(``applied_events``) and the next offsets (``projection_positions``) commit
+in one transaction, so a restart resumes exactly where it stopped and a
+redelivered event is recognised and skipped.
+
+Commands call ``sync()`` before deciding: it waits until the projection has
+applied everything the topics held when the command arrived, so a patient
+registered or a consent granted a moment ago is seen (read-your-log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable, Sequence, TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from google.protobuf.message import Message
+
+from medledger.records import domain
+from medledger.runtime.consumer import Opened, PositionedConsumer
+from medledger.runtime.envelope import EnvelopeVerifier
+from medledger.runtime.errors import DependencyUnavailable
+from medledger.runtime.kafka import make_consumer
+from medledger.runtime.outbox import Conn
+from medledger.runtime.settings import Topics
+from medledger.v1 import consent_pb2, events_pb2, identity_pb2
+
+log = logging.getLogger(__name__)
+
+Apply = Callable[[Conn, events_pb2.EventEnvelope], Awaitable[None]]
+
+
+M = TypeVar("M", bound=Message)
+
+
+def _unpack(env: events_pb2.EventEnvelope, cls: type[M]) -> M:
+    message = cls()
+    env.payload.Unpack(message)
+    return message
+
+
+async def _registered(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, identity_pb2.IdentityRegistered)
+    await conn.execute(
+        "INSERT INTO identities (identity_id, kind, active, registered_by, organization_type)"
+        " VALUES ($1, $2, true, $3, $4) ON CONFLICT (identity_id) DO NOTHING",
+        e.identity_id, identity_pb2.IdentityKind.Name(e.kind), e.registered_by, e.organization_type,
+    )
+
+
+async def _identity_revoked(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, identity_pb2.IdentityRevoked)
+    await conn.execute("UPDATE identities SET active = false WHERE identity_id = $1", e.identity_id)
+
+
+async def _membership_granted(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, identity_pb2.MembershipGranted)
+    await conn.execute(
+        "INSERT INTO memberships (membership_id, member_id, organization_id, active) VALUES ($1, $2, $3, true)"
+        " ON CONFLICT (membership_id) DO NOTHING",
+        e.membership_id, e.member_id, e.organization_id,
+    )
+
+
+async def _membership_ended(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, identity_pb2.MembershipEnded)
+    await conn.execute(
+        "INSERT INTO memberships (membership_id, member_id, organization_id, active) VALUES ($1, $2, $3, false)"
+        " ON CONFLICT (membership_id) DO UPDATE SET active = false",
+        e.membership_id, e.member_id, e.organization_id,
+    )
+
+
+async def _consent_granted(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, consent_pb2.ConsentGranted)
+    t = e.terms
+    await conn.execute(
+        "INSERT INTO consents (consent_id, patient_id, grantee_id, purposes, record_ids, valid_from, valid_until)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (consent_id) DO NOTHING",
+        t.consent_id, t.patient_id, t.grantee_id, list(t.purposes), list(t.scope.record_ids),
+        domain.utc(t.valid_from), domain.utc(t.valid_until),
+    )
+
+
+async def _consent_revoked(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, consent_pb2.ConsentRevoked)
+    await conn.execute("UPDATE consents SET revoked = true WHERE consent_id = $1", e.consent_id)
+
+
+async def _break_glass(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, consent_pb2.BreakGlassInvoked)
+    await conn.execute(
+        "INSERT INTO break_glass (break_glass_id, patient_id, practitioner_id, organization_id, valid_until)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (break_glass_id) DO NOTHING",
+        e.break_glass_id, e.patient_id, e.practitioner_id, e.organization_id, domain.utc(e.valid_until),
+    )
+
+
+async def _representative(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, consent_pb2.RepresentativeRegistered)
+    await _representation(conn, e.patient_id, e.representative_id, True)
+
+
+async def _representation_ended(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, consent_pb2.RepresentationEnded)
+    await _representation(conn, e.patient_id, e.representative_id, False)
+
+
+async def _representation(conn: Conn, patient_id: str, representative_id: str, active: bool) -> None:
+    await conn.execute(
+        "INSERT INTO representatives (patient_id, representative_id, active) VALUES ($1, $2, $3)"
+        " ON CONFLICT (patient_id, representative_id) DO UPDATE SET active = $3",
+        patient_id, representative_id, active,
+    )
+
+
+APPLY: dict[str, Apply] = {
+    "medledger.v1.IdentityRegistered": _registered,
+    "medledger.v1.IdentityRevoked": _identity_revoked,
+    "medledger.v1.MembershipGranted": _membership_granted,
+    "medledger.v1.MembershipEnded": _membership_ended,
+    "medledger.v1.ConsentGranted": _consent_granted,
+    "medledger.v1.ConsentRevoked": _consent_revoked,
+    "medledger.v1.BreakGlassInvoked": _break_glass,
+    "medledger.v1.RepresentativeRegistered": _representative,
+    "medledger.v1.RepresentationEnded": _representation_ended,
+}
+
+
+async def apply_batch(conn: Conn, opened: Sequence[Opened], positions: dict[tuple[str, int], int]) -> int:
+    """Apply verified envelopes and store the positions, in the caller's
+    transaction; returns how many were new."""
+    applied = 0
+    for item in opened:
+        env, where = item.envelope, item.delivery
+        apply = APPLY.get(env.event_type)
+        if apply is None:
+            continue  # key rotations and the like: nothing records keeps
+        fresh = await conn.fetchval(
+            'INSERT INTO applied_events (event_id, topic, partition, "offset") VALUES ($1, $2, $3, $4)'
+            " ON CONFLICT (event_id) DO NOTHING RETURNING true",
+            env.event_id, where.topic, where.partition, where.offset,
+        )
+        if fresh:
+            await apply(conn, env)
+            applied += 1
+    await conn.executemany(
+        "INSERT INTO projection_positions (topic, partition, next_offset) VALUES ($1, $2, $3)"
+        " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = $3",
+        [(topic, partition, offset) for (topic, partition), offset in positions.items()],
+    )
+    return applied
+
+
+async def stored_positions(conn: Conn, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    rows = await conn.fetch(
+        "SELECT topic, partition, next_offset FROM projection_positions WHERE topic = ANY($1::text[])", list(topics)
+    )
+    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
+class RecordsProjection:
+    """Runs the consumer (restarted by the caller on failure) and answers sync()."""
+
+    def __init__(self, bootstrap: str, topics: Topics, verifier: EnvelopeVerifier, pool: Callable[[], asyncpg.Pool]) -> None:
+        self.bootstrap = bootstrap
+        self.watched = (topics.identity_events, topics.consent_events)
+        self.verifier = verifier
+        self.pool = pool
+        self.caught_up = asyncio.Event()
+        self._positions: dict[tuple[str, int], int] = {}
+        self._partitions: list[TopicPartition] = []
+        self._offsets: AIOKafkaConsumer | None = None
+        self._advanced = asyncio.Event()
+
+    async def run(self) -> None:
+        async with self.pool().acquire() as conn:
+            self._positions = await stored_positions(conn, self.watched)
+        consumer = PositionedConsumer(self.bootstrap, self.watched, fetch_max_wait_ms=100, reader="records projection")
+        offsets = make_consumer(self.bootstrap, group_id=None)  # asks log ends beside the long-polling fetch
+        await offsets.start()
+        try:
+            await consumer.start(self._positions)
+            self._offsets = offsets
+            while True:
+                self._partitions = sorted(consumer.partitions)
+                deliveries = await consumer.fetch(timeout_ms=200, max_records=2000)
+                positions = await consumer.positions()
+                opened = consumer.envelopes(deliveries, self.verifier)
+                if deliveries or positions != self._positions:
+                    async with self.pool().acquire() as conn, conn.transaction():
+                        await apply_batch(conn, opened, positions)
+                self._positions = positions
+                self._advance()
+                if not self.caught_up.is_set() and not await consumer.behind(await consumer.end_offsets()):
+                    log.info("records projection caught up")
+                    self.caught_up.set()
+        finally:
+            self._offsets = None
+            await consumer.stop()
+            await offsets.stop()
+
+    def _advance(self) -> None:
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()
+
+    async def sync(self, timeout: float) -> None:
+        """Wait until every record on the watched topics now is applied;
+        DependencyUnavailable if that takes longer than timeout."""
+        offsets = self._offsets
+        if offsets is None or not self._partitions:
+            raise DependencyUnavailable("the records projection is not running yet")
+        try:
+            ends = await asyncio.wait_for(offsets.end_offsets(self._partitions), timeout)
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            raise DependencyUnavailable(f"Kafka unavailable: {exc!r}") from None
+        deadline = time.monotonic() + timeout
+        while any(self._positions.get((tp.topic, tp.partition), 0) < end for tp, end in ends.items()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DependencyUnavailable("the records projection did not catch up with identity and consent events in time")
+            try:
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass

@@ -1,0 +1,279 @@
+"""The records database (asyncpg): facts from the projection, data keys,
+records and their versions, erasures and research artifacts. Queries only;
+the rules are in domain.py and the orchestration in commands.py / reads.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Sequence
+
+import asyncpg
+
+from medledger.records import domain
+from medledger.records.domain import BreakGlassFact, ConsentFact, Party, PatientFacts, RecordHead
+from medledger.runtime.outbox import Conn
+
+# ---- facts (projection) -------------------------------------------------------------
+
+
+async def party(conn: Conn, identity_id: str) -> Party | None:
+    row = await conn.fetchrow(
+        "SELECT identity_id, kind, active, registered_by, organization_type FROM identities WHERE identity_id = $1",
+        identity_id,
+    )
+    if row is None:
+        return None
+    return Party(row["identity_id"], row["kind"], row["active"], row["registered_by"], row["organization_type"],
+                 await organizations(conn, identity_id))
+
+
+async def organizations(conn: Conn, member_id: str) -> frozenset[str]:
+    """Organizations where member_id has an active membership."""
+    rows = await conn.fetch("SELECT organization_id FROM memberships WHERE member_id = $1 AND active", member_id)
+    return frozenset(r["organization_id"] for r in rows)
+
+
+async def representatives(conn: Conn, patient_id: str) -> frozenset[str]:
+    rows = await conn.fetch(
+        "SELECT representative_id FROM representatives WHERE patient_id = $1 AND active", patient_id
+    )
+    return frozenset(r["representative_id"] for r in rows)
+
+
+async def consents(conn: Conn, patient_id: str) -> tuple[ConsentFact, ...]:
+    rows = await conn.fetch(
+        "SELECT consent_id, grantee_id, purposes, record_ids, valid_from, valid_until, revoked"
+        " FROM consents WHERE patient_id = $1",
+        patient_id,
+    )
+    return tuple(
+        ConsentFact(r["consent_id"], r["grantee_id"], frozenset(r["purposes"]), r["valid_from"], r["valid_until"],
+                    r["revoked"], frozenset(r["record_ids"]))
+        for r in rows
+    )
+
+
+async def patient_facts(conn: Conn, patient_id: str) -> PatientFacts:
+    bg = await conn.fetch(
+        "SELECT break_glass_id, practitioner_id, organization_id, valid_until FROM break_glass WHERE patient_id = $1",
+        patient_id,
+    )
+    erased = await conn.fetchval("SELECT erased_at FROM patient_keys WHERE patient_id = $1", patient_id)
+    return PatientFacts(
+        patient=await party(conn, patient_id),
+        representatives=await representatives(conn, patient_id),
+        consents=await consents(conn, patient_id),
+        break_glass=tuple(BreakGlassFact(r["break_glass_id"], r["practitioner_id"], r["organization_id"], r["valid_until"]) for r in bg),
+        erased_at=erased,
+    )
+
+
+# ---- data keys -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatientKey:
+    kek_id: str
+    wrapped_key: bytes | None
+    erased_at: datetime | None
+    erasure_id: str | None
+    erasure_event_id: str | None
+    versions_erased: int | None
+
+
+async def patient_key(conn: Conn, patient_id: str, lock: bool = False) -> PatientKey | None:
+    row = await conn.fetchrow(
+        "SELECT kek_id, wrapped_key, erased_at, erasure_id, erasure_event_id, versions_erased FROM patient_keys"
+        " WHERE patient_id = $1" + (" FOR UPDATE" if lock else ""),
+        patient_id,
+    )
+    if row is None:
+        return None
+    return PatientKey(row["kek_id"], row["wrapped_key"], row["erased_at"], row["erasure_id"], row["erasure_event_id"],
+                      row["versions_erased"])
+
+
+async def add_patient_key(conn: Conn, patient_id: str, kek_id: str, wrapped_key: bytes | None) -> None:
+    """Insert unless the patient has a key row already (a concurrent first write won)."""
+    await conn.execute(
+        "INSERT INTO patient_keys (patient_id, kek_id, wrapped_key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        patient_id, kek_id, wrapped_key,
+    )
+
+
+async def erase_patient(conn: Conn, patient_id: str, erasure_id: str, event_id: str, at: datetime) -> int:
+    """Destroy the wrapped data key and the ciphertexts; how many versions were erased."""
+    erased = await conn.fetchval(
+        "WITH gone AS (UPDATE record_versions v SET sealed = NULL FROM records r"
+        " WHERE r.record_id = v.record_id AND r.patient_id = $1 RETURNING 1) SELECT count(*) FROM gone",
+        patient_id,
+    )
+    await conn.execute(
+        "UPDATE patient_keys SET wrapped_key = NULL, erased_at = $2, erasure_id = $3, erasure_event_id = $4,"
+        " versions_erased = $5 WHERE patient_id = $1",
+        patient_id, at, erasure_id, event_id, erased,
+    )
+    return int(erased)
+
+
+# ---- records ---------------------------------------------------------------------------
+
+
+def _head(row: asyncpg.Record) -> RecordHead:
+    return RecordHead(row["record_id"], row["patient_id"], row["category"], row["custodian_id"],
+                      row["latest_version"], row["commitment"], row["created_at"])
+
+
+_HEAD = (
+    "SELECT r.record_id, r.patient_id, r.category, r.custodian_id, r.latest_version, r.created_at, v.commitment"
+    " FROM records r JOIN record_versions v ON v.record_id = r.record_id AND v.version = r.latest_version"
+)
+
+
+async def head(conn: Conn, record_id: str, lock: bool = False) -> RecordHead | None:
+    row = await conn.fetchrow(_HEAD + " WHERE r.record_id = $1" + (" FOR UPDATE OF r" if lock else ""), record_id)
+    return _head(row) if row else None
+
+
+async def heads(
+    conn: Conn, patient_id: str, categories: Sequence[str], created_from: datetime | None,
+    created_until: datetime | None, after: domain.ListCursor | None,
+) -> list[RecordHead]:
+    """The patient's records matching the filters, newest first, after the cursor."""
+    sql = _HEAD + " WHERE r.patient_id = $1"
+    args: list[object] = [patient_id]
+    if categories:
+        args.append(list(categories))
+        sql += f" AND r.category = ANY(${len(args)}::text[])"
+    if created_from is not None:
+        args.append(created_from)
+        sql += f" AND r.created_at >= ${len(args)}"
+    if created_until is not None:
+        args.append(created_until)
+        sql += f" AND r.created_at < ${len(args)}"
+    if after is not None:
+        args += [after.created_at, after.record_id]
+        sql += f" AND (r.created_at, r.record_id) < (${len(args) - 1}, ${len(args)})"
+    rows = await conn.fetch(sql + " ORDER BY r.created_at DESC, r.record_id DESC", *args)
+    return [_head(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    record_id: str
+    version: int
+    author_id: str
+    attestation: bytes
+    author_signature: bytes
+    commitment: bytes
+    sealed: bytes | None
+    recorded_at: datetime
+    event_id: str
+    ledger_index: int | None
+
+
+_VERSION_COLUMNS = (
+    "record_id", "version", "author_id", "attestation", "author_signature", "commitment", "sealed", "recorded_at",
+    "event_id", "ledger_index",
+)
+_VERSION = f"SELECT {', '.join(_VERSION_COLUMNS)} FROM record_versions"
+
+
+def _version(row: asyncpg.Record) -> StoredVersion:
+    return StoredVersion(**dict(row))
+
+
+async def version(conn: Conn, record_id: str, number: int) -> StoredVersion | None:
+    row = await conn.fetchrow(_VERSION + " WHERE record_id = $1 AND version = $2", record_id, number)
+    return _version(row) if row else None
+
+
+async def versions(conn: Conn, record_id: str, first: int, limit: int) -> list[StoredVersion]:
+    rows = await conn.fetch(
+        _VERSION + " WHERE record_id = $1 AND version >= $2 ORDER BY version LIMIT $3", record_id, first, limit
+    )
+    return [_version(r) for r in rows]
+
+
+async def latest_versions(conn: Conn, record_ids: Sequence[str]) -> dict[str, StoredVersion]:
+    columns = ", ".join(f"v.{c}" for c in _VERSION_COLUMNS)
+    rows = await conn.fetch(
+        f"SELECT {columns} FROM record_versions v JOIN records r"
+        " ON r.record_id = v.record_id AND v.version = r.latest_version WHERE v.record_id = ANY($1::text[])",
+        list(record_ids),
+    )
+    return {r["record_id"]: _version(r) for r in rows}
+
+
+async def insert_record(conn: Conn, head: RecordHead) -> bool:
+    """False when the record id is taken."""
+    inserted = await conn.fetchval(
+        "INSERT INTO records (record_id, patient_id, category, custodian_id, latest_version, created_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (record_id) DO NOTHING RETURNING true",
+        head.record_id, head.patient_id, head.category, head.custodian_id, head.latest_version, head.created_at,
+    )
+    return bool(inserted)
+
+
+async def insert_version(conn: Conn, v: StoredVersion) -> None:
+    await conn.execute(
+        "INSERT INTO record_versions (record_id, version, author_id, attestation, author_signature, commitment, sealed,"
+        " recorded_at, event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        v.record_id, v.version, v.author_id, v.attestation, v.author_signature, v.commitment, v.sealed,
+        v.recorded_at, v.event_id,
+    )
+    await conn.execute("UPDATE records SET latest_version = $2 WHERE record_id = $1 AND latest_version < $2",
+                       v.record_id, v.version)
+
+
+async def remember_ledger_index(conn: Conn, event_id: str, index: int) -> None:
+    await conn.execute(
+        "UPDATE record_versions SET ledger_index = $2 WHERE event_id = $1 AND ledger_index IS NULL", event_id, index
+    )
+
+
+# ---- research artifacts -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    artifact_id: str
+    trial_id: str
+    kind: int
+    sha256: bytes
+    organization_id: str
+    registered_by: str
+    registered_at: datetime
+    event_id: str
+
+
+_ARTIFACT = (
+    "SELECT artifact_id, trial_id, kind, sha256, organization_id, registered_by, registered_at, event_id"
+    " FROM research_artifacts"
+)
+
+
+async def insert_artifact(conn: Conn, a: StoredArtifact) -> None:
+    await conn.execute(
+        "INSERT INTO research_artifacts (artifact_id, trial_id, kind, sha256, organization_id, registered_by,"
+        " registered_at, event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        a.artifact_id, a.trial_id, a.kind, a.sha256, a.organization_id, a.registered_by, a.registered_at, a.event_id,
+    )
+
+
+async def trial_artifacts(conn: Conn, trial_id: str) -> list[StoredArtifact]:
+    rows = await conn.fetch(_ARTIFACT + " WHERE trial_id = $1 ORDER BY registered_at, artifact_id", trial_id)
+    return [StoredArtifact(**dict(r)) for r in rows]
+
+
+async def artifacts_by_hash(conn: Conn, sha256: bytes, limit: int) -> list[StoredArtifact]:
+    rows = await conn.fetch(_ARTIFACT + " WHERE sha256 = $1 ORDER BY registered_at, artifact_id LIMIT $2", sha256, limit)
+    return [StoredArtifact(**dict(r)) for r in rows]
+
+
+async def lock_trial(conn: Conn, trial_id: str) -> int:
+    """Serialise registrations of one trial (the 1000 cap); how many it holds."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('medledger.records.trial:' || $1))", trial_id)
+    return int(await conn.fetchval("SELECT count(*) FROM research_artifacts WHERE trial_id = $1", trial_id))
