@@ -35,6 +35,7 @@ STATE = "remembered checkpoint"
 ENVELOPE = "envelope"
 PRODUCER_SIGNATURE = "producer signature"
 CONSENT_SIGNATURE = "consent signature"
+APPOINTMENT_SIGNATURE = "appointment signature"
 RECORD_SIGNATURE = "record signature"
 ERASURE_SIGNATURE = "erasure signature"
 
@@ -152,7 +153,8 @@ class TreeReplay:
     def add(self, entries: Iterable[EntryLike], findings: Findings) -> None:
         """Append entries (hot path: one call per page)."""
         hasher = sha256
-        append = self.tree.append
+        leaves: list[bytes] = []
+        append = leaves.append
         chain, stored_chain, expected = self.chain, self._stored_chain, self.expected_index
         for entry in entries:
             index, event, leaf, stored = entry.index, entry.event, entry.leaf_hash, entry.chain_hash
@@ -171,6 +173,7 @@ class TreeReplay:
             stored_chain = stored
             chain = hasher(chain + computed).digest()
             append(computed)
+        self.tree.extend(leaves)
         self.chain, self._stored_chain, self.expected_index = chain, stored_chain, expected
 
 

@@ -3,9 +3,9 @@ signature against the pinned producer keys (the shared EnvelopeVerifier and
 PRODUCER_POLICY, as every consumer checks them), and the facts later checks
 need, pulled out while each envelope is parsed anyway: identity keys (from
 IdentityRegistered, KeyRotated, KeyRevoked, IdentityRevoked), the statements
-people signed (consent terms, record attestations, erasure requests, with
-each service's own domain prefix), and the events of the per-patient
-disclosure index.
+people signed (consent terms, representative appointments, record
+attestations, erasure requests, each with its service's own domain prefix),
+and the events of the per-patient disclosure index.
 
 ``check_envelopes`` runs on worker threads: libsodium releases the GIL, so
 signature checks spread over every core while the main thread hashes.
@@ -20,9 +20,10 @@ from typing import Mapping, Sequence
 from google.protobuf.message import DecodeError
 
 from medledger.audit.checks import (
-    CONSENT_SIGNATURE, ENVELOPE, ERASURE_SIGNATURE, PRODUCER_SIGNATURE, RECORD_SIGNATURE, Finding,
+    APPOINTMENT_SIGNATURE, CONSENT_SIGNATURE, ENVELOPE, ERASURE_SIGNATURE, PRODUCER_SIGNATURE, RECORD_SIGNATURE,
+    Finding,
 )
-from medledger.consent.signing import signing_message
+from medledger.consent.signing import APPOINTMENT_CONTEXT, signing_message
 from medledger.records.domain import ATTESTATION_PREFIX, ERASURE_PREFIX
 from medledger.runtime.envelope import PRODUCER_POLICY, EnvelopeVerifier, ProducerKey, UnauthenticatedEvent
 from medledger.runtime.signed import canonical
@@ -49,6 +50,7 @@ _GRANTED = consent_pb2.ConsentGranted.DESCRIPTOR.full_name
 _CREATED = records_pb2.RecordCreated.DESCRIPTOR.full_name
 _AMENDED = records_pb2.RecordAmended.DESCRIPTOR.full_name
 _ERASED = records_pb2.PatientDataErased.DESCRIPTOR.full_name
+_REPRESENTATIVE = consent_pb2.RepresentativeRegistered.DESCRIPTOR.full_name
 
 
 def pinned_verifier(keys: Mapping[str, ProducerKey]) -> EnvelopeVerifier:
@@ -74,7 +76,7 @@ class SignedStatement:
     attestation, an erasure request) and what it must be checked against."""
 
     index: int
-    check: str  # CONSENT_SIGNATURE, RECORD_SIGNATURE or ERASURE_SIGNATURE
+    check: str  # CONSENT_, APPOINTMENT_, RECORD_ or ERASURE_SIGNATURE
     subject: str  # "consent <id>", "record <id> v<n>", "erasure <id>"
     signer_id: str
     signer_key_id: str
@@ -178,6 +180,14 @@ def _statement(index: int, env: events_pb2.EventEnvelope) -> SignedStatement | N
         return SignedStatement(index, RECORD_SIGNATURE, f"record {a.record_id} v{a.version}", a.author_id,
                                a.author_key_id, _utc(a.signed_at), at, ATTESTATION_PREFIX + canonical(a),
                                written.author_signature)
+    if kind == _REPRESENTATIVE:
+        appointed = consent_pb2.RepresentativeRegistered.FromString(env.payload.value)
+        if not appointed.appointment:
+            return None  # appointed by an organization on a legal basis: no patient signature
+        a = consent_pb2.RepresentativeAppointment.FromString(appointed.appointment)
+        return SignedStatement(index, APPOINTMENT_SIGNATURE, f"appointment {a.appointment_id}", a.patient_id,
+                               a.signer_key_id, _utc(a.signed_at), at, APPOINTMENT_CONTEXT + appointed.appointment,
+                               appointed.signature)
     if kind == _ERASED:
         erased = records_pb2.PatientDataErased.FromString(env.payload.value)
         r = erased.request

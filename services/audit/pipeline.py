@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Protocol, Sequence
@@ -129,7 +130,8 @@ def run(source: LedgerSource, options: Options, progress: Progress | None = None
     sampled = _Samples(options.inclusion_samples if source.serves_proofs and options.served_proofs else 0, target)
     keys: list[KeyEvent] = []
     statements: list[SignedStatement] = []
-    with ThreadPoolExecutor(options.threads, thread_name_prefix="audit") as pool:
+    proofs = _ServedProofs(source, options.served_proofs)
+    with proofs_closed(proofs), ThreadPoolExecutor(options.threads, thread_name_prefix="audit") as pool:
         pending: deque[Future[EnvelopeResults]] = deque()
 
         def merge(results: EnvelopeResults) -> None:
@@ -150,6 +152,7 @@ def run(source: LedgerSource, options: Options, progress: Progress | None = None
                     while len(pending) > IN_FLIGHT_PAGES:
                         merge(pending.popleft().result())
                 log.add(page)
+                proofs.follow(log.verified)
                 sampled.take(page)
                 stats.entries += len(page)
                 progress.advance(len(page))
@@ -166,8 +169,7 @@ def run(source: LedgerSource, options: Options, progress: Progress | None = None
                     stats.signed_statements[statement.check] = stats.signed_statements.get(statement.check, 0) + 1
                 progress.advance(len(chunk))
     stats.checkpoints_verified = len(log.verified)
-    if options.served_proofs:
-        _served_proofs(source, log, sampled.leaves, stats, progress)
+    proofs.check(log, sampled.leaves, stats, progress)
     if options.state is not None:
         _check_state(source, log, options.state, notes)
     if options.producers is None:
@@ -175,6 +177,16 @@ def run(source: LedgerSource, options: Options, progress: Progress | None = None
     stats.seconds = time.perf_counter() - started
     progress.done()
     return Outcome(_located(log), stats, log.latest, notes)
+
+
+@contextmanager
+def proofs_closed(proofs: _ServedProofs) -> Iterator[None]:
+    """Whatever stops a run, the proof requests in flight are dropped."""
+    try:
+        yield
+    except BaseException:
+        proofs.close()
+        raise
 
 
 class _Samples:
@@ -192,35 +204,58 @@ class _Samples:
                     self.leaves[entry.index] = merkle.leaf_hash(entry.event)
 
 
-def _served_proofs(
-    source: LedgerSource, log: LogVerification, leaves: dict[int, bytes], stats: Stats, progress: Progress
-) -> None:
+class _ServedProofs:
     """Proofs the ledger serves (built from its stored tree nodes, which the
-    replay never reads) against the checkpoints just verified: each stored
-    checkpoint's consistency with the one before, and inclusion proofs of
-    random entries in the newest."""
-    if not source.serves_proofs:
-        return
-    verified = log.verified
-    pairs = [(a, b) for a, b in zip(verified, verified[1:]) if 0 < a.size < b.size]
-    latest = log.latest
-    samples = sorted(i for i in leaves if latest is not None and i < latest.size)
-    progress.stage("served proofs", len(pairs) + len(samples))
-    with ThreadPoolExecutor(8, thread_name_prefix="proofs") as pool:
-        consistency = [(a, b, pool.submit(source.consistency_proof, a.size, b.size)) for a, b in pairs]
-        inclusion = [(i, pool.submit(source.inclusion_proof, i, latest.size)) for i in samples if latest is not None]
-        for first, second, call in consistency:
-            progress.advance(1)
-            proof = _served(call, log.findings, CONSISTENCY_PROOF, second.size)
-            if proof is not None:
-                stats.served_proofs += 1
-                log.findings.add_if(check_consistency_proof(first, second, proof))
-        for index, call in inclusion:
-            progress.advance(1)
-            proof = _served(call, log.findings, INCLUSION_PROOF, latest.size if latest else None)
-            if proof is not None and latest is not None and index in leaves:
-                stats.served_proofs += 1
-                log.findings.add_if(check_inclusion_proof(index, leaves[index], latest, proof))
+    replay never reads) against the checkpoints the replay verified: each
+    stored checkpoint's consistency with the one before, and inclusion proofs
+    of random entries in the newest. They are requested while the replay goes
+    on (they wait on the network, the replay on the CPU) and checked at the end."""
+
+    def __init__(self, source: LedgerSource, enabled: bool) -> None:
+        self.source = source
+        self.pool = ThreadPoolExecutor(4, thread_name_prefix="proofs") if enabled and source.serves_proofs else None
+        self.consistency: list[tuple[VerifiedCheckpoint, VerifiedCheckpoint, Future[list[bytes] | None]]] = []
+        self._followed = 0
+
+    def follow(self, verified: Sequence[VerifiedCheckpoint]) -> None:
+        """Ask for the proofs between checkpoints verified since the last call."""
+        if self.pool is None:
+            return
+        for position in range(max(1, self._followed), len(verified)):
+            first, second = verified[position - 1], verified[position]
+            if 0 < first.size < second.size:
+                call = self.pool.submit(self.source.consistency_proof, first.size, second.size)
+                self.consistency.append((first, second, call))
+        self._followed = len(verified)
+
+    def check(self, log: LogVerification, leaves: dict[int, bytes], stats: Stats, progress: Progress) -> None:
+        if self.pool is None:
+            return
+        self.follow(log.verified)
+        latest = log.latest
+        samples = sorted(i for i in leaves if latest is not None and i < latest.size)
+        inclusion = [(i, self.pool.submit(self.source.inclusion_proof, i, latest.size)) for i in samples if latest]
+        progress.stage("served proofs", len(self.consistency) + len(inclusion))
+        try:
+            for first, second, call in self.consistency:
+                progress.advance(1)
+                proof = _served(call, log.findings, CONSISTENCY_PROOF, second.size)
+                if proof is not None:
+                    stats.served_proofs += 1
+                    log.findings.add_if(check_consistency_proof(first, second, proof))
+            for index, call in inclusion:
+                progress.advance(1)
+                proof = _served(call, log.findings, INCLUSION_PROOF, latest.size if latest else None)
+                if proof is not None and latest is not None:
+                    stats.served_proofs += 1
+                    log.findings.add_if(check_inclusion_proof(index, leaves[index], latest, proof))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
 
 def _served(call: Future[list[bytes] | None], findings: Findings, check: str, size: int | None) -> list[bytes] | None:

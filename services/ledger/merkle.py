@@ -173,6 +173,20 @@ class CompactRange:
         self.size += 1
         return completed
 
+    def extend(self, leaves: Sequence[Hash]) -> None:
+        """Append many leaf hashes, keeping only the frontier: ``append``
+        without the completed nodes, for replays that store none (auditors).
+        Precondition: every leaf is HASH_SIZE bytes."""
+        hashes, size = self.hashes, self.size
+        for leaf in leaves:
+            node, index = leaf, size
+            while index & 1:
+                node = sha256(b"\x01" + hashes.pop() + node).digest()
+                index >>= 1
+            hashes.append(node)
+            size += 1
+        self.size = size
+
     def root(self) -> Hash:
         """Root of the tree of ``size`` leaves; EMPTY_ROOT for size 0."""
         return root_from(self.hashes)

@@ -3,6 +3,7 @@ processes started exactly as operators start them (``medledger serve``)."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -69,6 +70,11 @@ def service_environment(
     key_file.write_text(NoteSigner.generate(ledger_origin).signer_key + "\n")
     env["MEDLEDGER_LEDGER_SIGNING_KEY_FILE"] = str(key_file)
     env["MEDLEDGER_LEDGER_ORIGIN"] = ledger_origin
+    kek_file = run_dir / "records-kek.key"  # every service can start, records included
+    if not kek_file.exists():
+        kek_file.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        kek_file.chmod(0o600)
+    env["MEDLEDGER_RECORDS_KEK_FILE"] = str(kek_file)
     for name in DEFAULT_PORTS:
         env[f"MEDLEDGER_{name.upper()}_DATABASE_URL"] = database_for(name)
         env[f"MEDLEDGER_{name.upper()}_PORT"] = str(free_port())

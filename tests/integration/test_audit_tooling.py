@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import asyncpg
 import pytest
@@ -29,7 +29,7 @@ from medledger.runtime.kafka import delete_topics, ensure_topics, topic_specs
 from medledger.runtime.postgres import connect, drop_database
 from medledger.runtime.settings import Topics
 from medledger.testing.audit import (
-    AuditedStack, History, audit, build_history, event_topic_envelopes, execute, ledger_copy, serve_ledger,
+    AuditedStack, AuditRun, History, audit, build_history, event_topic_envelopes, execute, ledger_copy, serve_ledger,
     wait_mirrored, wait_sequenced,
 )
 from medledger.testing.consent import consent_env
@@ -57,7 +57,7 @@ async def audited(stack: None, producer_env: dict[str, str], tmp_path_factory: p
     env = service_environment(topics, database_for, run_dir, producer_env, ORIGIN)
     operator_key = generate_key()
     env.update(identity_env(run_dir, operator_key))
-    s = AuditedStack(env, topics, None, run_dir, History())  # type: ignore[arg-type]
+    s = AuditedStack(env, topics, None, run_dir, History())
     try:
         identity = s.spawn("identity").wait_serving()
         s.identity = IdentityHarness(identity.address, operator_key, identity, env)
@@ -88,6 +88,16 @@ def verify_args(s: AuditedStack, address: str, *extra: str, key: Path | None = N
             "--no-progress", *extra]
 
 
+def verify_served(s: AuditedStack, url: str, *extra: str) -> AuditRun:
+    """``audit verify`` (pinned keys, a token, --json) against a ledger
+    process serving the database at url, stopped afterwards."""
+    ledger = serve_ledger(s, url)
+    try:
+        return audit(*verify_args(s, ledger.address, *extra))
+    finally:
+        ledger.stop()
+
+
 async def rows(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
     conn = await connect(url)
     try:
@@ -106,28 +116,26 @@ def interval(sizes: list[int], index: int) -> list[int]:
     return [after, min(s for s in sizes if s > index) - 1]
 
 
-def findings(run_report: dict[str, object], check: str) -> list[dict[str, object]]:
-    return [f for f in run_report["findings"] if f["check"] == check]  # type: ignore[union-attr, index]
+def findings(run_report: dict[str, Any], check: str) -> list[dict[str, Any]]:
+    return [f for f in run_report["findings"] if f["check"] == check]
 
 
 async def test_the_history_verifies_over_grpc_and_from_kafka(audited: AuditedStack, tmp_path: Path) -> None:
     s = audited
     async with ledger_copy(s) as url:
-        ledger = serve_ledger(s, url)
-        run = audit(*verify_args(s, ledger.address, "--state", str(tmp_path / "state.json")))
-        ledger.stop()
+        run = verify_served(s, url, "--state", str(tmp_path / "state.json"))
     assert run.code == 0, run.stdout + run.stderr
     stats = run.report["stats"]
-    assert stats["entries"] == s.size and stats["producer_signatures"] == s.size  # type: ignore[index]
-    assert stats["signed_statements"] == {  # type: ignore[index]
+    assert stats["entries"] == s.size and stats["producer_signatures"] == s.size
+    assert stats["signed_statements"] == {
         "consent signature": 2, "record signature": 2, "erasure signature": 1}
-    assert stats["served_proofs"] >= 1 and run.report["findings"] == []  # type: ignore[index, operator]
+    assert stats["served_proofs"] >= 1 and run.report["findings"] == []
     assert json.loads((tmp_path / "state.json").read_text())["tree_size"] == s.size
     kafka = audit("verify", "--from-kafka", "--bootstrap", BOOTSTRAP, "--topic-prefix", s.topics.prefix,
                   "--verifier-key-file", str(s.verifier_key_file), "--producer-keys-file", s.producer_keys_file,
                   "--json", "--no-progress")
     assert kafka.code == 0, kafka.stdout + kafka.stderr
-    assert kafka.report["stats"]["entries"] == s.size  # type: ignore[index]
+    assert kafka.report["stats"]["entries"] == s.size
 
 
 def _flip(value: bytes, marker: bytes) -> bytes:
@@ -172,9 +180,7 @@ async def test_each_tampering_is_caught_and_located(audited: AuditedStack, tampe
                 (swap, (entry["event"], entry["leaf_hash"], entry["chain_hash"], entry["event_id"], k + 2)),
                 (swap, (other["event"], other["leaf_hash"], other["chain_hash"], other["event_id"], k)),
             ])
-        ledger = serve_ledger(s, url)
-        run = audit(*verify_args(s, ledger.address))
-        ledger.stop()
+        run = verify_served(s, url)
     assert run.code == 1, run.stdout + run.stderr
     report = run.report
     assert report["ok"] is False
@@ -247,9 +253,7 @@ async def test_a_rewritten_history_re_signed_with_another_key_is_caught_through_
     s = audited
     state = tmp_path / "state.json"
     async with ledger_copy(s) as url:
-        ledger = serve_ledger(s, url)
-        first = audit(*verify_args(s, ledger.address, "--state", str(state)))
-        ledger.stop()
+        first = verify_served(s, url, "--state", str(state))
         assert first.code == 0, first.stdout + first.stderr
         # the operator erases a disclosure from history, re-signs everything
         # with a new key and tells auditors the key was rotated; genuine
@@ -274,8 +278,8 @@ async def test_a_rewritten_history_re_signed_with_another_key_is_caught_through_
     assert remembered.code == 1, remembered.stdout
     caught = findings(remembered.report, "remembered checkpoint")
     assert caught and any("rewritten" in str(f.get("detail")) for f in caught)
-    assert {f["check"] for f in remembered.report["findings"]} == {"remembered checkpoint"}  # type: ignore[union-attr]
-    assert any("verifier key differs" in n for n in remembered.report["notes"])  # type: ignore[union-attr]
+    assert {f["check"] for f in remembered.report["findings"]} == {"remembered checkpoint"}
+    assert any("verifier key differs" in n for n in remembered.report["notes"])
     assert json.loads(state.read_text())["tree_size"] == s.size  # a failed run does not move the state
 
 
@@ -303,7 +307,7 @@ async def test_replay_reproduces_the_live_projections_and_reports_a_planted_dive
     assert clean.code == 0, clean.stdout + clean.stderr
     replayed = clean.report
     assert replayed["divergences"] == [] and replayed["unauthenticated"] == 0
-    assert sum(replayed["events"].values()) == s.size  # type: ignore[union-attr]
+    assert sum(replayed["events"].values()) == s.size
     # plant: the live database forgets a revocation and a break-glass changes hands
     consent_id, glass = s.history.revoked_consent_id, s.history.break_glass_id
     [before] = await rows(consent_db, "SELECT revoked_at, revoked_by FROM consents WHERE consent_id = $1", consent_id)
@@ -321,7 +325,7 @@ async def test_replay_reproduces_the_live_projections_and_reports_a_planted_dive
             ("UPDATE break_glass SET practitioner_id = $2 WHERE break_glass_id = $1", (glass, owner["practitioner_id"])),
         ])
     assert planted.code == 1, planted.stdout + planted.stderr
-    found = {(d["table"], d["key"], d["column"]) for d in planted.report["divergences"]}  # type: ignore[union-attr, index]
+    found = {(d["table"], d["key"], d["column"]) for d in planted.report["divergences"]}
     assert found == {("consents", consent_id, "revoked_at"), ("consents", consent_id, "revoked_by"),
                      ("break_glass", glass, "practitioner_id")}
 
@@ -330,9 +334,7 @@ async def test_disclosures_list_exactly_the_accesses_that_happened(audited: Audi
     s, h = audited, audited.history
     index = tmp_path / "audit.idx"
     async with ledger_copy(s) as url:
-        ledger = serve_ledger(s, url)
-        built = audit(*verify_args(s, ledger.address, "--index", str(index)))
-        ledger.stop()
+        built = verify_served(s, url, "--index", str(index))
     assert built.code == 0, built.stdout + built.stderr
     report = audit("disclosures", "--index", str(index), "--patient", h.patient_id, "--format", "json")
     assert report.code == 0, report.stderr

@@ -321,3 +321,26 @@ def test_record_and_erasure_signatures_are_checked_against_their_signers_keys(si
     outcome = pipeline.run(MemoryLedger(h.values, signer), options(signer))
     assert [(f.check, f.index) for f in only(outcome)] == [(checks.RECORD_SIGNATURE, 3)]
     assert outcome.stats.signed_statements == {checks.RECORD_SIGNATURE: 2, checks.ERASURE_SIGNATURE: 1}
+
+
+def test_a_patient_signed_appointment_is_checked_and_an_organizations_needs_no_signature(signer: note.NoteSigner) -> None:
+    from medledger.consent.signing import sign_appointment
+    from medledger.records.domain import timestamp
+
+    h = History()
+    patient, stranger = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    h.register("p", patient, T0)
+    for n, key in enumerate((patient, stranger)):
+        appointment = consent_pb2.RepresentativeAppointment(
+            appointment_id=f"a-{n}", patient_id="p", representative_id="rep", signer_key_id=key_id_for(raw(patient)),
+            signed_at=timestamp(T0 + timedelta(hours=1 + n)))
+        encoded, signature = sign_appointment(key, appointment)
+        h.add(consent_pb2.RepresentativeRegistered(patient_id="p", representative_id="rep", registered_by="p",
+                                                   appointment=encoded, signature=signature),
+              "consent", "p", T0 + timedelta(hours=1 + n, seconds=1))
+    h.add(consent_pb2.RepresentativeRegistered(patient_id="p", representative_id="guardian", registered_by="org",
+                                               legal_basis=consent_pb2.LEGAL_BASIS_COURT_ORDER, evidence_sha256=bytes(32)),
+          "consent", "p", T0 + timedelta(hours=3))
+    outcome = pipeline.run(MemoryLedger(h.values, signer), options(signer))
+    assert [(f.check, f.index) for f in only(outcome)] == [(checks.APPOINTMENT_SIGNATURE, 2)]
+    assert outcome.stats.signed_statements == {checks.APPOINTMENT_SIGNATURE: 2}

@@ -408,3 +408,13 @@ def test_plan_folds_the_right_edge_into_one_node() -> None:
     assert inclusion_plan(6, 7) == ProofPlan(((1, 2), (2, 0)))
     # From 6 to 7: (1,2) leads (6 is not a power of two), then (0,6) and (2,0).
     assert consistency_plan(6, 7) == ProofPlan(((1, 2), (0, 6), (2, 0)))
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32), max_size=70), st.integers(min_value=0, max_value=70))
+def test_extend_keeps_the_same_frontier_as_appending_one_by_one(leaves: list[bytes], split: int) -> None:
+    one_by_one, batched = CompactRange.empty(), CompactRange.empty()
+    for leaf in leaves:
+        one_by_one.append(leaf)
+    batched.extend(leaves[:split])
+    batched.extend(leaves[split:])
+    assert batched == one_by_one and batched.root() == one_by_one.root()
