@@ -39,7 +39,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
-from aiokafka.admin import AIOKafkaAdminClient
 import grpc
 import psutil
 
@@ -47,14 +46,13 @@ import psutil
 from medledger.consent.signing import sign_terms
 from medledger.runtime.envelope import envelope
 from medledger.runtime.kafka import ensure_topics, make_producer, topic_specs
-from medledger.runtime.postgres import drop_database
 from medledger.runtime.settings import Topics
 from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import consent_pb2_grpc
 from medledger.testing.consent import consent_env, grant_request, terms
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.metrics import Scraper, add_metrics_arguments, metrics_env, metrics_note
-from medledger.testing.stack import BOOTSTRAP, PRODUCERS, PG_SERVER_URL, ServiceProcess, free_port
+from medledger.testing.stack import BOOTSTRAP, PRODUCERS, PG_SERVER_URL, ServiceProcess, free_port, tear_down
 
 CATEGORIES = ["Observation", "Condition", "MedicationRequest", "DiagnosticReport", "Immunization"]
 PURPOSES = [pb.PURPOSE_TREATMENT, pb.PURPOSE_PAYMENT, pb.PURPOSE_OPERATIONS, pb.PURPOSE_RESEARCH]
@@ -279,16 +277,7 @@ async def main() -> None:
             channel.close()
         harness.close()
     finally:
-        for process in reversed(processes):
-            process.stop()
-        for url in dbs.values():
-            await drop_database(url)
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-        await admin.start()
-        try:
-            await admin.delete_topics(list(topics.all))
-        finally:
-            await admin.close()
+        await tear_down(processes, list(dbs.values()), topics)
         print(f"# finished in {time.monotonic() - started:.0f}s; logs in {tmp}", flush=True)
 
 

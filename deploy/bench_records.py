@@ -46,17 +46,15 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
-from aiokafka.admin import AIOKafkaAdminClient
 
 from medledger.client import Client, Connection, Endpoints, Purpose, raw_public_key
 from medledger.runtime.kafka import ensure_topics, topic_specs
-from medledger.runtime.postgres import drop_database
 from medledger.runtime.settings import Topics
 from medledger.testing.consent import consent_env
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.metrics import present, scrape, value
 from medledger.testing.records import observation, records_env
-from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, service_environment
+from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, service_environment, tear_down
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc, records_pb2
 
 BIG_PATIENT_RECORDS = 1000
@@ -281,16 +279,7 @@ async def main() -> None:
         ledger_channel.close()
         harness.close()
     finally:
-        for process in reversed(processes):
-            process.stop()
-        for url in dbs.values():
-            await drop_database(url)
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-        await admin.start()
-        try:
-            await admin.delete_topics(list(topics.all))
-        finally:
-            await admin.close()
+        await tear_down(processes, list(dbs.values()), topics)
         print(f"# finished in {time.monotonic() - started:.0f}s; logs in {tmp}", flush=True)
 
 

@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from types import MappingProxyType
 from typing import Hashable, Mapping, TypeVar
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.runtime.errors import (
     AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
 )
 from medledger.v1 import consent_pb2 as pb
+from medledger.runtime.times import timestamp, utc  # noqa: F401 - part of this core's vocabulary
 
 # HL7 v3 ActReason (PurposeOfUse) codes, the system FHIR uses for them.
 PURPOSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
@@ -72,16 +72,6 @@ ORGANIZATION_LEGAL_BASES = frozenset({
 REVIEW_OUTCOMES = frozenset({pb.REVIEW_STATUS_APPROVED, pb.REVIEW_STATUS_INAPPROPRIATE})
 SHA256_BYTES = 32
 
-
-
-def utc(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=timezone.utc)
-
-
-def timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 # ---- facts the adapters bring ----------------------------------------------

@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from medledger.records.resource import COMMITMENT_BYTES
 from medledger.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from medledger.v1 import consent_pb2, records_pb2 as pb
+from medledger.runtime.times import timestamp, utc  # noqa: F401 - part of this core's vocabulary
 
 ATTESTATION_PREFIX = b"medledger.v1.RecordAttestation\n"
 ERASURE_PREFIX = b"medledger.v1.ErasureRequest\n"
@@ -30,16 +31,6 @@ TREATMENT = consent_pb2.PURPOSE_TREATMENT
 RESEARCH = consent_pb2.PURPOSE_RESEARCH
 READER_KINDS = frozenset({"PATIENT", "PRACTITIONER"})
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def utc(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=timezone.utc)
-
-
-def timestamp(at: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(at)
-    return ts
 
 
 def require_id(value: str, name: str) -> None:

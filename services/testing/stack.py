@@ -110,6 +110,19 @@ async def isolated_environment(
             await drop_database(url)
 
 
+async def tear_down(processes: list["ServiceProcess"], database_urls: list[str], topics: Topics) -> None:
+    """Stop a benchmark's or test's services (last started first), drop its
+    databases and delete its topics."""
+    from medledger.runtime.kafka import delete_topics
+    from medledger.runtime.postgres import drop_database
+
+    for process in reversed(processes):
+        process.stop()
+    for url in database_urls:
+        await drop_database(url)
+    await delete_topics(BOOTSTRAP, topics.all)
+
+
 def health_status(address: str, service: str = "", timeout: float = 1.0) -> str:
     with grpc.insecure_channel(address) as channel:
         try:

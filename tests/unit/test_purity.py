@@ -33,6 +33,7 @@ CORE_MODULES = [
     "medledger.runtime.errors",
     "medledger.runtime.request_guard",
     "medledger.runtime.envelope",
+    "medledger.runtime.times",
     "medledger.monitor.rules",
     "medledger.monitor.observations",
     "medledger.monitor.hours",
