@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,10 +41,35 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports for test servers come from below the kernel's ephemeral range. A port
+# the kernel handed out with bind(0) can be handed out again, between our check
+# and the server's own bind, as the local port of any outgoing connection (a
+# Kafka or PostgreSQL client): CI once failed on exactly that race.
+_TEST_PORTS = range(max(1024, min(_ephemeral_low(), 32768) - 12000), min(_ephemeral_low(), 32768))
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, never handed out twice in this process."""
+    for _ in range(10_000):
+        port = random.choice(_TEST_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def unique(prefix: str) -> str:
