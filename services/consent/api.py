@@ -149,6 +149,13 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
             raise PermissionDenied("only the patient, their representative or an auditor of their organization may see this")
         return state
 
+    async def _synced_for_auditor(self, caller: Caller) -> None:
+        """An auditor's remit is judged on the projection at the log's end: a
+        break-glass or appointment this replica has not seen yet would otherwise
+        skip the check and reach the domain, which trusts any AUDITOR."""
+        if caller.kind == "AUDITOR":
+            await self.commands.stream.sync()
+
     def _audited(self, caller: Caller, *identity_ids: str) -> None:
         """An auditor acts only within its remit (an organization auditor on what
         concerns its organizations); other callers are judged by the domain."""
@@ -236,6 +243,7 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
 
     async def ReviewBreakGlass(self, request: pb.ReviewBreakGlassRequest, context: Context) -> pb.BreakGlass:
         caller = current_caller()
+        await self._synced_for_auditor(caller)
         invoked = self.projection.break_glass(request.break_glass_id)
         if invoked is not None:
             self._audited(caller, invoked.organization_id, invoked.patient_id, invoked.practitioner_id)
@@ -248,6 +256,7 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
 
     async def ReviewRepresentation(self, request: pb.ReviewRepresentationRequest, context: Context) -> pb.Representation:
         caller = current_caller()
+        await self._synced_for_auditor(caller)
         appointed = self.projection.representation(request.representation_id)
         if appointed is not None:
             self._audited(caller, appointed.patient_id, appointed.appointed_by)

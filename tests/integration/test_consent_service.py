@@ -462,7 +462,8 @@ async def test_break_glass_is_reviewed_once_by_the_organization_or_an_auditor(wo
         request = pb.ReviewBreakGlassRequest(break_glass_id=record.break_glass_id, outcome=outcome, note=note)
         return w.stub.ReviewBreakGlass(request, metadata=by.metadata, timeout=15)
 
-    for outsider in (other_org, w.doc, w.patient, w.service):
+    other_orgs_auditor = w.identity.organization_auditor(other_org)
+    for outsider in (other_org, other_orgs_auditor, w.doc, w.patient, w.service):
         assert status_of(lambda: review(outsider)) == grpc.StatusCode.PERMISSION_DENIED
     assert status_of(lambda: review(w.org, pb.REVIEW_STATUS_PENDING)) == grpc.StatusCode.INVALID_ARGUMENT
     assert status_of(lambda: review(w.org, note=" ")) == grpc.StatusCode.INVALID_ARGUMENT
