@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: up down status logs test unit protos bench venv infra lint clean
+.PHONY: up down status logs test unit protos bench bench-tiles bench-fsck venv infra lint clean
 
 up:            ## install what is missing, start Kafka, PostgreSQL and the four services
 	bash deploy/stack.sh up
@@ -37,6 +37,12 @@ lint: venv
 
 bench: venv    ## benchmarks; prints figures and the command that made them
 	bash deploy/bench.sh
+
+bench-tiles: venv  ## MedLedger end to end next to Tessera's POSIX log under its hammer (needs Go)
+	bash deploy/bench.sh tiles
+
+bench-fsck: venv   ## Tessera's fsck against a live ledger of BENCH_EVENTS (1M) entries, then tampered (needs Go)
+	bash deploy/bench.sh fsck
 
 clean: down
 	rm -rf .run

@@ -205,7 +205,7 @@ async def main() -> None:
             processes.append(replica)
             replicas.append(replica.wait_serving(120))
             load_s.append(time.monotonic() - t)
-        rss = [psutil.Process(r.proc.pid).memory_info().rss / 2**20 for r in replicas]  # type: ignore[union-attr]
+        rss = [psutil.Process(r.proc.pid).memory_info().rss / 2**20 for r in replicas]
         print(f"replicas a and b started, loaded {len(records):,} consents from consent.events and were SERVING after "
               f"{load_s[0]:.1f}s and {load_s[1]:.1f}s (RSS {rss[0]:.0f} MB, {rss[1]:.0f} MB)", flush=True)
 

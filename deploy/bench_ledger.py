@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import asyncpg
 import grpc
@@ -116,14 +117,17 @@ def watch_checkpoints(address: str, arrivals: list[tuple[float, int]], stop: thr
             return  # cancelled at the end of the run
 
 
-async def paced_produce(topics: Topics, rate: int, seconds: float, offset: int) -> dict[str, float]:
-    """Produce at a fixed rate; returns event_id -> ack time."""
+async def paced_produce(
+    topics: Topics, rate: int, seconds: float, offset: int,
+    make: Callable[[Topics, int, int], list[tuple[str, bytes, bytes]]] = events_for,
+) -> dict[str, float]:
+    """Produce at a fixed rate events that ``make`` signed beforehand; returns event_id -> ack time."""
     producer = make_producer(BOOTSTRAP, linger_ms=1)
     await producer.start()
     acked: dict[str, float] = {}
     try:
         total = int(rate * seconds)
-        records = events_for(topics, total, offset)
+        records = make(topics, total, offset)
         ids = [_event_id(v) for _, v, _ in records]
         start = time.monotonic()
         tick = 0.01
@@ -162,6 +166,28 @@ async def wait_published(topic: str, n: int) -> None:
         await consumer.stop()
 
 
+async def checkpoint_latencies(
+    db: str, first_index: int, arrivals: list[tuple[float, int]], acked: dict[str, float]
+) -> list[float]:
+    """Milliseconds from each acknowledged send to the arrival of the first
+    checkpoint covering its index, for the entries from first_index on."""
+    import bisect
+
+    conn = await asyncpg.connect(db)
+    try:
+        rows = await conn.fetch("SELECT idx, event_id FROM entries WHERE idx >= $1", first_index)
+    finally:
+        await conn.close()
+    arrivals = sorted(arrivals)
+    sizes = [s for _, s in arrivals]
+    latencies = []
+    for r in rows:
+        pos = bisect.bisect_right(sizes, r["idx"])
+        if pos < len(arrivals) and r["event_id"] in acked:
+            latencies.append((arrivals[pos][0] - acked[r["event_id"]]) * 1000)
+    return latencies
+
+
 def _event_id(value: bytes) -> str:
     from medledger.v1 import events_pb2
 
@@ -187,6 +213,32 @@ def proof_latencies(address: str, size: int, calls: int) -> tuple[list[float], l
     return inc, cons
 
 
+def bench_env(tmp: Path, topics: Topics, db: str, port: int, identity_port: int, identity_db: str) -> dict[str, str]:
+    """Settings of a throw-away ledger (and the identity service that issues
+    its auditor tokens) under tmp: a fresh checkpoint key, the bench's producer keys."""
+    key = tmp / "bench.key"
+    key.write_text(NoteSigner.generate("bench.medledger.local/ledger").signer_key + "\n")
+    return dict(os.environ, MEDLEDGER_KAFKA_BOOTSTRAP=BOOTSTRAP, MEDLEDGER_TOPIC_PREFIX=topics.prefix,
+                MEDLEDGER_LEDGER_DATABASE_URL=db, MEDLEDGER_LEDGER_PORT=str(port), MEDLEDGER_RUN_DIR=str(tmp),
+                MEDLEDGER_LEDGER_SIGNING_KEY_FILE=str(key), MEDLEDGER_LEDGER_ORIGIN="bench.medledger.local/ledger",
+                MEDLEDGER_LOG_LEVEL="WARNING", MEDLEDGER_IDENTITY_ADDRESS=f"127.0.0.1:{identity_port}",
+                MEDLEDGER_IDENTITY_PORT=str(identity_port), MEDLEDGER_IDENTITY_DATABASE_URL=identity_db,
+                **PRODUCERS.write(tmp / "producers"))
+
+
+async def auditor_token(env: dict[str, str], tmp: Path, identity_topics: Topics, identity_port: int) -> tuple[ServiceProcess, str]:
+    """A running identity service on its own topics (so the ledger's log stays
+    as measured) and a network auditor's token from it."""
+    operator_key = generate_key()
+    await ensure_topics(BOOTSTRAP, topic_specs(identity_topics))
+    id_env = dict(env, MEDLEDGER_TOPIC_PREFIX=identity_topics.prefix, **identity_env(tmp, operator_key))
+    identity = ServiceProcess("identity", id_env, identity_port, tmp / "identity.log").start().wait_serving(60)
+    harness = IdentityHarness(identity.address, operator_key, identity, id_env)
+    token = harness.auditor().token
+    harness.close()
+    return identity, token
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_EVENTS", "1000000")))
@@ -202,16 +254,10 @@ async def main() -> None:
     await ensure_topics(BOOTSTRAP, topic_specs(topics))
     tmp = Path(tempfile.mkdtemp(prefix="medledger-bench-"))
     key = tmp / "bench.key"
-    key.write_text(NoteSigner.generate("bench.medledger.local/ledger").signer_key + "\n")
     identity_topics = Topics(f"bench_identity_{uuid.uuid4().hex[:8]}.")
     port, identity_port = free_port(), free_port()
     identity_db = f"{PG_SERVER_URL}/bench_identity_{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, MEDLEDGER_KAFKA_BOOTSTRAP=BOOTSTRAP, MEDLEDGER_TOPIC_PREFIX=topics.prefix,
-               MEDLEDGER_LEDGER_DATABASE_URL=db, MEDLEDGER_LEDGER_PORT=str(port), MEDLEDGER_RUN_DIR=str(tmp),
-               MEDLEDGER_LEDGER_SIGNING_KEY_FILE=str(key), MEDLEDGER_LEDGER_ORIGIN="bench.medledger.local/ledger",
-               MEDLEDGER_LOG_LEVEL="WARNING", MEDLEDGER_IDENTITY_ADDRESS=f"127.0.0.1:{identity_port}",
-               MEDLEDGER_IDENTITY_PORT=str(identity_port), MEDLEDGER_IDENTITY_DATABASE_URL=identity_db,
-               **PRODUCERS.write(tmp / "producers"), **metrics_env(args))
+    env = dict(bench_env(tmp, topics, db, port, identity_port, identity_db), **metrics_env(args))
     print(f"# ledger benchmark: {command}", flush=True)
     print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine", flush=True)
 
@@ -236,7 +282,7 @@ async def main() -> None:
         print(f"sequencing throughput: {n} events in {span:.2f}s = {rate:,.0f} events/s (target >= 20,000; "
               f"{metrics_note(args, scraper)})", flush=True)
 
-        proc = psutil.Process(ledger.proc.pid)  # type: ignore[union-attr]
+        proc = psutil.Process(ledger.proc.pid)
         rss = proc.memory_info().rss / 2**20
         print(f"ledger RSS at {n:,} entries: {rss:.0f} MB (target <= 300 MB)", flush=True)
         if args.sequencing_only:
@@ -250,13 +296,7 @@ async def main() -> None:
         print(f"consistency proof over gRPC at {n:,}: p50 {pct(cons, .5):.2f} ms p99 {pct(cons, .99):.2f} ms ({len(cons)} calls; target p99 <= 2 ms)", flush=True)
 
         # an auditor, as the entries require: identity on its own topics so the log stays as measured
-        operator_key = generate_key()
-        await ensure_topics(BOOTSTRAP, topic_specs(identity_topics))
-        id_env = dict(env, MEDLEDGER_TOPIC_PREFIX=identity_topics.prefix, **identity_env(tmp, operator_key))
-        identity = ServiceProcess("identity", id_env, identity_port, tmp / "identity.log").start().wait_serving(60)
-        harness = IdentityHarness(identity.address, operator_key, identity, id_env)
-        token = harness.auditor().token
-        harness.close()
+        identity, token = await auditor_token(env, tmp, identity_topics, identity_port)
         pinned = tmp / "ledger.pub"  # the auditor pins the key; producer signatures: deploy/bench_audit.py
         pinned.write_text(NoteSigner.from_signer_key(key.read_text()).verifier_key + "\n")
         audit_cmd = [str(Path(sys.executable).parent / "medledger"), "audit", "verify", "--ledger", ledger.address,
@@ -276,20 +316,7 @@ async def main() -> None:
         acked = await paced_produce(topics, args.rate, args.seconds, args.events)
         await asyncio.sleep(2.0)
         stop.set()
-        conn = await asyncpg.connect(db)
-        try:
-            rows = await conn.fetch("SELECT idx, event_id FROM entries WHERE idx >= $1", n)
-        finally:
-            await conn.close()
-        latencies = []
-        arrivals.sort()
-        import bisect
-
-        sizes = [s for _, s in arrivals]
-        for r in rows:
-            pos = bisect.bisect_right(sizes, r["idx"])
-            if pos < len(arrivals) and r["event_id"] in acked:
-                latencies.append((arrivals[pos][0] - acked[r["event_id"]]) * 1000)
+        latencies = await checkpoint_latencies(db, n, arrivals, acked)
         print(
             f"publish -> signed checkpoint at {args.rate}/s for {args.seconds:.0f}s: p50 {pct(latencies, .5):.0f} ms "
             f"p99 {pct(latencies, .99):.0f} ms max {max(latencies):.0f} ms ({len(latencies)} events; target p99 <= 250 ms)",

@@ -170,7 +170,8 @@ async def main() -> None:
     args = parser.parse_args()
     command = "python deploy/bench_records.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"# records benchmark: {command}", flush=True)
-    print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine", flush=True)
+    print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} before the stack starts", flush=True)
     started = time.monotonic()
     topics = Topics(f"bench_records_{uuid.uuid4().hex[:8]}.")
     await ensure_topics(BOOTSTRAP, topic_specs(topics))
@@ -280,7 +281,8 @@ async def main() -> None:
         harness.close()
     finally:
         await tear_down(processes, list(dbs.values()), topics)
-        print(f"# finished in {time.monotonic() - started:.0f}s; logs in {tmp}", flush=True)
+        print(f"# finished in {time.monotonic() - started:.0f}s; load average {os.getloadavg()[0]:.1f} (1 min); "
+              f"logs in {tmp}", flush=True)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ up() {
       printf '    %-9s http://127.0.0.1:%s/metrics\n' "$s" "$(metrics_port "$s")"
     fi
   done
+  echo "  tlog-tiles  http://127.0.0.1:${MEDLEDGER_LEDGER_TILES_PORT:-50080}/checkpoint (the ledger's C2SP tlog-tiles reads; Tessera's fsck: --storage_url=http://127.0.0.1:${MEDLEDGER_LEDGER_TILES_PORT:-50080}/)"
   echo "  logs        make logs    stop: make down"
 }
 

@@ -11,7 +11,8 @@
 #   $KEYS_DIR/operator/operator.key      the bootstrap OPERATOR organization's key, its .pub,
 #   $KEYS_DIR/operator/operator.id       and its identity id (only the register step sees it)
 #   $KEYS_DIR/identity/operator.key.pub  a copy of the .pub for the identity service
-#   $KEYS_DIR/<svc>/events.key          identity's, consent's and records' event-signing keys
+#   $KEYS_DIR/<svc>/events.key          identity's, consent's, records' and the access monitor's
+#                                        event-signing keys (the monitor signs its AccessAlerts)
 #   $KEYS_DIR/producers/event-producers.pub  their pinned verifier keys (every service reads it)
 #   $KEYS_DIR/consent/identity.key       the consent service's own identity key (and .pub),
 #                                        registered by register-services.sh
@@ -27,11 +28,12 @@ set -eu
 dir="${KEYS_DIR:-/keys}"
 origin="${MEDLEDGER_LEDGER_ORIGIN:-medledger.local/ledger}"
 umask 077
-mkdir -p "$dir/ledger" "$dir/identity" "$dir/operator" "$dir/consent" "$dir/records" "$dir/producers"
+mkdir -p "$dir/ledger" "$dir/identity" "$dir/operator" "$dir/consent" "$dir/records" "$dir/monitor" "$dir/producers"
 
 # Each producing service's event-signing key (in its own volume) and the pinned
 # public keys every service verifies events with (docs/architecture.md, Event signing).
-for svc in identity consent records; do
+# The same producers as `make up` (deploy/stack.sh) and k8s/README.md: the access monitor too.
+for svc in identity consent records monitor; do
   if [ ! -f "$dir/$svc/events.key" ]; then
     medledger events keygen --service "$svc" --out "$dir/$svc/events.key" \
       --producers-file "$dir/producers/event-producers.pub"

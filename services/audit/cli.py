@@ -194,6 +194,7 @@ Example:
     medledger audit replay --producer-keys-file event-producers.pub \\
         --identity-database-url postgresql://auditor@db/medledger_identity \\
         --consent-database-url postgresql://auditor@db/medledger_consent \\
+        --records-database-url postgresql://auditor@db/medledger_records \\
         --scratch-server postgresql://auditor@scratch-db/postgres
 
 {EXIT_CODES}
@@ -204,6 +205,7 @@ def replay(
     topic_prefix: Prefix = "",
     identity_database_url: Annotated[str, typer.Option(help="live identity database, read only")] = "",
     consent_database_url: Annotated[str, typer.Option(help="live consent database, read only")] = "",
+    records_database_url: Annotated[str, typer.Option(help="live records database, read only")] = "",
     scratch_server: Annotated[str, typer.Option(
         help="PostgreSQL server URL for the scratch databases (default: the first live database's server)",
     )] = "",
@@ -217,7 +219,7 @@ def replay(
     every difference from the live databases (exit 1 when any)."""
     _exit(commands.guarded(lambda: commands.replay(
         bootstrap, topic_prefix, producer_keys_file, identity_database_url, consent_database_url, scratch_server,
-        keep_scratch, settle_s, json_output, progress,
+        keep_scratch, settle_s, json_output, progress, records_database_url,
     )))
 
 

@@ -290,14 +290,14 @@ def verify_proof(path: Path, verifier: note.NoteVerifier, producers: EnvelopeVer
 
 def replay(
     bootstrap: str, prefix: str, producers_file: Path | None, identity_url: str, consent_url: str,
-    scratch_server: str, keep_scratch: bool, settle_s: float, as_json: bool, progress: bool,
+    scratch_server: str, keep_scratch: bool, settle_s: float, as_json: bool, progress: bool, records_url: str = "",
 ) -> int:
     from medledger.audit.replay import ReplayOptions
     from medledger.audit.replay import replay as run_replay
 
     options = ReplayOptions(
         bootstrap, Topics(prefix), pinned_producer_keys(producers_file, prefix), identity_url or None,
-        consent_url or None, scratch_server or None, keep_scratch, settle_s,
+        consent_url or None, scratch_server or None, keep_scratch, settle_s, records_url or None,
     )
     outcome = asyncio.run(run_replay(options, for_stderr(progress and not as_json)))
     if as_json:
@@ -310,8 +310,9 @@ def replay(
               f"{outcome.rate:,.0f} events/s; {outcome.unauthenticated} unauthenticated records skipped")
         if outcome.scratch:
             print("scratch databases kept: " + ", ".join(f"{k} {v}" for k, v in outcome.scratch.items()))
-        if not (identity_url or consent_url):
-            print("no live database given (--identity-database-url, --consent-database-url): nothing compared")
+        if not (identity_url or consent_url or records_url):
+            print("no live database given (--identity-database-url, --consent-database-url, "
+                  "--records-database-url): nothing compared")
             if not outcome.scratch and not scratch_server:
                 print("no scratch server given (--scratch-server): the events were verified, no projection rebuilt")
         elif outcome.divergences:

@@ -45,6 +45,14 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def _full(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_full(v) for v in value) + "]"
+    return show(value)
+
+
 def diff_rows(
     projection: str, table: str, key: Sequence[str], rebuilt: Sequence[Row], live: Sequence[Row],
     columns: Sequence[str] | None = None,
@@ -65,6 +73,6 @@ def diff_rows(
             continue
         for column in columns or [c for c in a[k].keys() if c not in key]:
             x, y = a[k][column], b[k][column]
-            if show(x) != show(y):
+            if _full(x) != _full(y):  # compared whole; shown shortened
                 out.append(Divergence(projection, table, name, column, show(x), show(y)))
     return out

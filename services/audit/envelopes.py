@@ -25,6 +25,11 @@ from medledger.audit.checks import (
 )
 from medledger.consent.signing import APPOINTMENT_CONTEXT, signing_message
 from medledger.records.domain import ATTESTATION_PREFIX, ERASURE_PREFIX
+# The events of a patient's accounting of disclosures and access report: the
+# same types the records service indexes for ListDisclosures.
+from medledger.records.disclosure_index import (  # noqa: F401 - re-exported for the audit modules
+    ACCESS_DECIDED, BREAK_GLASS_INVOKED, BREAK_GLASS_REVIEWED, PATIENT_EVENT_TYPES, RECORDS_DISCLOSED,
+)
 from medledger.runtime.envelope import PRODUCER_POLICY, EnvelopeVerifier, ProducerKey, UnauthenticatedEvent
 from medledger.runtime.signed import canonical
 from medledger.v1 import consent_pb2, events_pb2, identity_pb2, records_pb2
@@ -35,12 +40,6 @@ TOPIC_OF_TYPE: Mapping[str, str] = {
     event_type: topic for topic, types in PRODUCER_POLICY.items() for event_type in types
 }
 
-# The events of a patient's accounting of disclosures and access report.
-ACCESS_DECIDED = consent_pb2.AccessDecided.DESCRIPTOR.full_name
-BREAK_GLASS_INVOKED = consent_pb2.BreakGlassInvoked.DESCRIPTOR.full_name
-RECORDS_DISCLOSED = records_pb2.RecordsDisclosed.DESCRIPTOR.full_name
-BREAK_GLASS_REVIEWED = consent_pb2.BreakGlassReviewed.DESCRIPTOR.full_name
-PATIENT_EVENT_TYPES = frozenset({ACCESS_DECIDED, BREAK_GLASS_INVOKED, RECORDS_DISCLOSED, BREAK_GLASS_REVIEWED})
 
 _REGISTERED = identity_pb2.IdentityRegistered.DESCRIPTOR.full_name
 _ROTATED = identity_pb2.KeyRotated.DESCRIPTOR.full_name

@@ -14,6 +14,14 @@ own projection code:
   with the live break_glass table, including that each justification stored
   in plain text still hashes to the SHA-256 on its event (sealed ones are the
   consent service's to open).
+- records: its projection of identity.events and consent.events
+  (``records/projection.apply_batch``) and its disclosure index of
+  access.events and consent.events (``records/disclosures.apply_batch``) into
+  a scratch records database, compared table by table with the live one; and
+  the metadata records.events state (records, versions, research
+  registrations, erasures: ``audit/records_rows.py``) against the live rows.
+  Sealed payloads, wrapped keys and learned ledger indices are on no event
+  and are not compared.
 
 Live databases are only read (read-only transactions). Scratch databases are
 created on ``scratch_server`` and dropped afterwards unless kept. Before
@@ -37,11 +45,16 @@ import asyncpg
 
 import medledger.consent as consent_package
 import medledger.identity as identity_package
+import medledger.records as records_package
 from medledger.audit.compare import Divergence, diff_rows
 from medledger.audit.pipeline import NoProgress, Progress
+from medledger.audit.records_rows import ARTIFACT_COLUMNS, ERASURE_COLUMNS, RECORD_COLUMNS, VERSION_COLUMNS, RecordsRows
 from medledger.consent import store as consent_store
 from medledger.consent.projection import Projection
 from medledger.identity.relay import apply_from_topic
+from medledger.records import disclosures as records_disclosures
+from medledger.records import projection as records_projection
+from medledger.records.disclosure_index import index_row
 from medledger.runtime.consumer import Opened, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.postgres import connect, database_name, drop_database, prepare_database, with_database
@@ -49,12 +62,24 @@ from medledger.runtime.settings import Topics
 
 IDENTITY_MIGRATIONS = Path(identity_package.__file__).parent / "migrations"
 CONSENT_MIGRATIONS = Path(consent_package.__file__).parent / "migrations"
+RECORDS_MIGRATIONS = Path(records_package.__file__).parent / "migrations"
+MIGRATIONS = {"identity": IDENTITY_MIGRATIONS, "consent": CONSENT_MIGRATIONS, "records": RECORDS_MIGRATIONS}
 
 IDENTITY_TABLES = {
     "identities": ("identity_id",),
     "identity_keys": ("key_id",),
     "memberships": ("membership_id",),
 }
+# records' projection of identity and consent events, table -> key
+RECORDS_PROJECTION_TABLES = {
+    "identities": ("identity_id",),
+    "memberships": ("membership_id",),
+    "consents": ("consent_id",),
+    "break_glass": ("break_glass_id",),
+    "representatives": ("patient_id", "representative_id"),
+}
+DISCLOSURE_INDEX_SQL = ("SELECT event_id, patient_id, event_type, occurred_at, break_glass_id, envelope"
+                        " FROM disclosure_index")
 BREAK_GLASS_COLUMNS = (
     "patient_id", "practitioner_id", "organization_id", "justification_sha256", "invoked_at", "valid_until", "event_id",
 )
@@ -70,6 +95,7 @@ class ReplayOptions:
     scratch_server: str | None = None
     keep_scratch: bool = False
     settle_s: float = 10.0
+    records_url: str | None = None
 
 
 @dataclass
@@ -100,12 +126,15 @@ class ReplayOutcome:
 class Rebuild:
     """The projections being rebuilt from the events."""
 
-    def __init__(self, topics: Topics, identity: asyncpg.Connection | None, consent: asyncpg.Connection | None) -> None:
+    def __init__(self, topics: Topics, identity: asyncpg.Connection | None, consent: asyncpg.Connection | None,
+                 records: asyncpg.Connection | None = None) -> None:
         self.topics = topics
         self.identity = identity
         self.consent = consent
+        self.records = records
         self.projection = Projection()
         self.patients: set[str] = set()
+        self.records_rows = RecordsRows()
 
     async def apply(self, opened: Sequence[Opened]) -> None:
         identity = [o for o in opened if o.delivery.topic == self.topics.identity_events]
@@ -121,29 +150,38 @@ class Rebuild:
         for o in identity + consent:
             self.projection.apply(o.envelope)
         self.patients.update(o.envelope.aggregate_id for o in consent)
+        self.records_rows.apply(o.envelope for o in opened if o.delivery.topic == self.topics.records_events)
+        if self.records is not None:
+            access = [o for o in opened if o.delivery.topic == self.topics.access_events]
+            rows = [row for o in access + consent if (row := index_row(o.envelope, o.delivery.value or b"")) is not None]
+            async with self.records.transaction():
+                await records_projection.apply_batch(self.records, identity + consent, {})
+                await records_disclosures.apply_batch(self.records, rows, (), {})
 
 
 async def replay(options: ReplayOptions, progress: Progress | None = None) -> ReplayOutcome:
     progress = progress or NoProgress()
     outcome = ReplayOutcome()
-    server = options.scratch_server or options.identity_url or options.consent_url
+    server = options.scratch_server or options.identity_url or options.consent_url or options.records_url
     tag = uuid.uuid4().hex[:10]
     scratch: dict[str, str] = {}
     if server is not None:  # a scratch server alone: rebuild (and keep) without comparing
         scratch["identity"] = with_database(server, f"audit_replay_identity_{tag}")
         scratch["consent"] = with_database(server, f"audit_replay_consent_{tag}")
+        scratch["records"] = with_database(server, f"audit_replay_records_{tag}")
     connections: dict[str, asyncpg.Connection] = {}
     try:
         for name, url in scratch.items():
-            await prepare_database(url, IDENTITY_MIGRATIONS if name == "identity" else CONSENT_MIGRATIONS)
+            await prepare_database(url, MIGRATIONS[name])
             connections[name] = await connect(url)
-        rebuild = Rebuild(options.topics, connections.get("identity"), connections.get("consent"))
+        rebuild = Rebuild(options.topics, connections.get("identity"), connections.get("consent"),
+                          connections.get("records"))
         started = time.perf_counter()
         async with PositionedConsumer(options.bootstrap, options.topics.event_topics) as consumer:
             await consumer.start()
             await _read_to_end(consumer, options, rebuild, outcome, progress)
             outcome.seconds = time.perf_counter() - started
-            if options.identity_url or options.consent_url:
+            if options.identity_url or options.consent_url or options.records_url:
                 await _settle(consumer, options, rebuild, outcome, progress)
                 outcome.divergences = await _compare(options, rebuild, connections)
         progress.done()
@@ -201,14 +239,18 @@ async def _settle(
 async def _live_pending(options: ReplayOptions, consumer: PositionedConsumer) -> str:
     """What the live databases have not settled yet ('' when nothing)."""
     waiting = []
-    for name, url in (("identity", options.identity_url), ("consent", options.consent_url)):
+    live = (("identity", options.identity_url), ("consent", options.consent_url), ("records", options.records_url))
+    for name, url in live:
         if not url:
             continue
         conn = await connect(url)
         try:
-            unpublished = await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            if unpublished:
-                waiting.append(f"{name} has {unpublished} unpublished events")
+            for outbox in ("outbox", "disclosure_outbox") if name == "records" else ("outbox",):
+                unpublished = await conn.fetchval(f"SELECT count(*) FROM {outbox} WHERE published_at IS NULL")
+                if unpublished:
+                    waiting.append(f"{name} has {unpublished} unpublished events in {outbox}")
+            if name == "records":
+                waiting += await records_behind(conn, options.topics, consumer)
             if name == "consent":
                 mirrored = await consent_store.mirrored_positions(conn, options.topics.consent_events)
                 ends = await consumer.end_offsets([options.topics.consent_events])
@@ -218,6 +260,21 @@ async def _live_pending(options: ReplayOptions, consumer: PositionedConsumer) ->
         finally:
             await conn.close()
     return "; ".join(waiting)
+
+
+async def records_behind(conn: asyncpg.Connection, topics: Topics, consumer: PositionedConsumer) -> list[str]:
+    """How far the live records projection and disclosure index are behind
+    the topics they read (their stored next offsets against the ends)."""
+    out = []
+    for table, watched in (("projection_positions", (topics.identity_events, topics.consent_events)),
+                           ("disclosure_index_positions", (topics.access_events, topics.consent_events))):
+        stored = {(r["topic"], r["partition"]): r["next_offset"]
+                  for r in await conn.fetch(f"SELECT topic, partition, next_offset FROM {table}")}
+        ends = await consumer.end_offsets(list(watched))
+        behind = sum(max(0, end - stored.get((tp.topic, tp.partition), 0)) for tp, end in ends.items())
+        if behind:
+            out.append(f"records' {table.split('_positions')[0].replace('_', ' ')} is {behind} events behind")
+    return out
 
 
 async def _rows(conn: asyncpg.Connection, sql: str) -> list[asyncpg.Record]:
@@ -246,6 +303,34 @@ async def _compare(
             out += _break_glass(rebuild, await _rows(live, "SELECT * FROM break_glass"))
         finally:
             await live.close()
+    if options.records_url and "records" in scratch:
+        live = await connect(options.records_url)
+        try:
+            out += await _compare_records(rebuild, scratch["records"], live)
+        finally:
+            await live.close()
+    return out
+
+
+async def _compare_records(rebuild: Rebuild, scratch: asyncpg.Connection, live: asyncpg.Connection) -> list[Divergence]:
+    """records' projection and disclosure index, rebuilt with its own code,
+    and the metadata records.events state, against the live records database."""
+    out: list[Divergence] = []
+    for table, key in RECORDS_PROJECTION_TABLES.items():
+        sql = f"SELECT * FROM {table}"
+        out += diff_rows("records", table, key, await _rows(scratch, sql), await _rows(live, sql))
+    out += diff_rows("records", "disclosure_index", ("event_id",), await _rows(scratch, DISCLOSURE_INDEX_SQL),
+                     await _rows(live, DISCLOSURE_INDEX_SQL))
+    stated = rebuild.records_rows
+    columns = ", ".join(("record_id", "version", *VERSION_COLUMNS))
+    out += diff_rows("records", "record_versions", ("record_id", "version"), list(stated.versions.values()),
+                     await _rows(live, f"SELECT {columns} FROM record_versions"), VERSION_COLUMNS)
+    out += diff_rows("records", "records", ("record_id",), list(stated.records.values()),
+                     await _rows(live, "SELECT * FROM records"), RECORD_COLUMNS)
+    out += diff_rows("records", "research_artifacts", ("artifact_id",), list(stated.artifacts.values()),
+                     await _rows(live, "SELECT * FROM research_artifacts"), ARTIFACT_COLUMNS)
+    out += diff_rows("records", "patient_keys", ("patient_id",), list(stated.erasures.values()),
+                     await _rows(live, "SELECT * FROM patient_keys WHERE erased_at IS NOT NULL"), ERASURE_COLUMNS)
     return out
 
 

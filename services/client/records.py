@@ -40,8 +40,10 @@ AUDIENCE = ("records", "consent")
 token must be good for both."""
 
 Resource = Mapping[str, Any] | str
-Paged = TypeVar("Paged", records_pb2.ListPatientRecordsRequest, records_pb2.GetRecordHistoryRequest)
-Page = TypeVar("Page", records_pb2.ListPatientRecordsResponse, records_pb2.GetRecordHistoryResponse)
+Paged = TypeVar("Paged", records_pb2.ListPatientRecordsRequest, records_pb2.GetRecordHistoryRequest,
+                records_pb2.ListDisclosuresRequest)
+Page = TypeVar("Page", records_pb2.ListPatientRecordsResponse, records_pb2.GetRecordHistoryResponse,
+               records_pb2.ListDisclosuresResponse)
 
 
 class ArtifactKind(enum.IntEnum):
@@ -179,10 +181,7 @@ class RecordsClient:
             patient_id=patient_id, purpose=_purpose(purpose), organization_id=organization_id,
             categories=list(categories), page_size=page_size,
         )
-        if created_from is not None:
-            request.created_from.CopyFrom(timestamp(created_from))
-        if created_until is not None:
-            request.created_until.CopyFrom(timestamp(created_until))
+        _set_times(request, created_from=created_from, created_until=created_until)
         for page in self._pages("records ListPatientRecords", self._stub.ListPatientRecords, request):
             yield from page.records
 
@@ -206,6 +205,21 @@ class RecordsClient:
         )
         reply = self._session.call("records ExportPatientRecords", AUDIENCE, self._stub.ExportPatientRecords, request)
         return Export(json.loads(reply.bundle_json), reply.record_count, tuple(reply.disclosure_event_ids))
+
+    def disclosures(
+        self, patient_id: str | None = None, *, since: datetime | None = None, until: datetime | None = None,
+        page_size: int = 0,
+    ) -> Iterator[records_pb2.DisclosureEntry]:
+        """The patient's accounting of disclosures and access report (this
+        identity's own by default; a representative or an auditor names the
+        patient), oldest first, fetched page by page as the iterator advances.
+        Each entry carries its signed event and, once sequenced, its ledger
+        index, so any line can be proven."""
+        request = records_pb2.ListDisclosuresRequest(patient_id=patient_id or self._session.identity_id,
+                                                     page_size=page_size)
+        _set_times(request, since=since, until=until)
+        for page in self._pages("records ListDisclosures", self._stub.ListDisclosures, request):
+            yield from page.entries
 
     def _pages(self, what: str, method: Callable[..., Page], request: Paged) -> Iterator[Page]:
         """Every page of a paged read, asking for the next as the caller iterates."""
@@ -253,3 +267,10 @@ class RecordsClient:
         registered before the protocol."""
         request = records_pb2.ListTrialArtifactsRequest(trial_id=trial_id)
         return self._session.call("records ListTrialArtifacts", AUDIENCE, self._stub.ListTrialArtifacts, request)
+
+
+def _set_times(request: Paged, **times: datetime | None) -> None:
+    """Set the optional Timestamp fields of a paged request that were given."""
+    for name, at in times.items():
+        if at is not None:
+            getattr(request, name).CopyFrom(timestamp(at))

@@ -250,6 +250,7 @@ class ConsentApi(consent_pb2_grpc.ConsentServiceServicer):
         record, note = await self.commands.review_break_glass(
             caller, request.break_glass_id, request.outcome, request.note
         )
+        metrics.break_glass_reviewed(request.outcome)
         async with self.pool().acquire() as conn:
             texts = await store.justifications(conn, self.commands.sealer, [record.break_glass_id])
         return break_glass_message(record, texts.get(record.break_glass_id, ""), note)

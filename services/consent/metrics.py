@@ -1,7 +1,7 @@
 """The consent service's metrics (runtime/metrics.py has the shared ones):
 decisions by purpose, decision and reason; how stale this replica's
 projection is against its bound; decisions not yet acknowledged on
-access.events; break-glass accesses awaiting review.
+access.events; break-glass accesses awaiting review, and reviews by outcome.
 
 Labels are enum names only (``TREATMENT``, ``DENY``, ``CONSENT_REVOKED``):
 who asked, about whom, and for which record never become a label.
@@ -29,6 +29,11 @@ DECISIONS = Counter(
 BREAK_GLASS_INVOKED = Counter(
     "medledger_consent_break_glass_invoked", "Break-glass accesses granted, by the reason chosen from the fixed list.",
     ["reason"],
+)
+BREAK_GLASS_REVIEWS = Counter(
+    "medledger_consent_break_glass_reviews",
+    "Break-glass reviews recorded (ReviewBreakGlass), by outcome: APPROVED or INAPPROPRIATE.",
+    ["outcome"],
 )
 STALENESS = Gauge(
     "medledger_consent_projection_staleness_seconds",
@@ -61,6 +66,19 @@ def decided(purpose: int, verdict: Verdict) -> None:
 
 def break_glass_invoked(reason: int) -> None:
     BREAK_GLASS_INVOKED.labels(pb.BreakGlassReason.Name(reason).removeprefix("BREAK_GLASS_REASON_")).inc()
+
+
+def _review_outcome(outcome: int) -> Any:
+    return BREAK_GLASS_REVIEWS.labels(pb.ReviewStatus.Name(outcome).removeprefix("REVIEW_STATUS_"))
+
+
+def break_glass_reviewed(outcome: int) -> None:
+    """A review was recorded (a break-glass is reviewed once: a second review is refused)."""
+    _review_outcome(outcome).inc()
+
+
+for _outcome in (pb.REVIEW_STATUS_APPROVED, pb.REVIEW_STATUS_INAPPROPRIATE):
+    _review_outcome(_outcome)  # both series at zero, so increase() sees the first review
 
 
 def watch_replica(

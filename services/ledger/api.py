@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from medledger.ledger import proofs, store
 from medledger.ledger.publisher import checkpoint_message
 from medledger.ledger.settings import LedgerSettings
+from medledger.ledger.tile_cache import TileCache
 from medledger.ledger.watch import CheckpointFeed
 from medledger.runtime.errors import DependencyUnavailable, InvalidArgument, NotFound, OutOfRange
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -46,10 +47,13 @@ def entry_page(rows: Sequence[asyncpg.Record]) -> ledger_pb2.EntryPage:
 
 
 class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
-    def __init__(self, settings: LedgerSettings, pool: Callable[[], asyncpg.Pool], feed: CheckpointFeed) -> None:
+    def __init__(
+        self, settings: LedgerSettings, pool: Callable[[], asyncpg.Pool], feed: CheckpointFeed, tiles: TileCache
+    ) -> None:
         self.settings = settings
         self._pool = pool
         self.feed = feed
+        self.tiles = tiles  # proofs' nodes, from memory where it holds them
         self._known_size = 0  # the log only grows: a size seen once stays valid
 
     async def _current_size(self, conn: store.Conn, at_least: int) -> int:
@@ -129,11 +133,18 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
         latest = (await self._latest(conn)).tree_size
         return latest, await self._current_size(conn, latest)
 
-    async def GetInclusionProof(self, request: ledger_pb2.GetInclusionProofRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.InclusionProof:
+    async def _sizes_known(self, requested: int) -> tuple[int, int]:
+        """``_sizes`` without touching the database when the size is known valid
+        (a pool connection's release alone costs a round trip)."""
+        if requested and requested <= self._known_size:
+            return requested, self._known_size
         async with self.pool().acquire() as conn:
-            size, current = await self._sizes(conn, request.tree_size)
-            proofs.check_inclusion(request.index, size, current)
-            proof = await proofs.inclusion(store.ConnNodes(conn), request.index, size)
+            return await self._sizes(conn, requested)
+
+    async def GetInclusionProof(self, request: ledger_pb2.GetInclusionProofRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.InclusionProof:
+        size, current = await self._sizes_known(request.tree_size)
+        proofs.check_inclusion(request.index, size, current)
+        proof = await proofs.inclusion(self.tiles, request.index, size)
         return ledger_pb2.InclusionProof(
             leaf_index=request.index, tree_size=size, hashes=proof.hashes, root_hash=proof.roots[0]
         )
@@ -146,16 +157,15 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
             if size > current:
                 raise OutOfRange(f"tree_size {size} is beyond the current tree of {current} entries")
             index = await store.index_of_leaf(conn, request.leaf_hash, size)
-            if index is None:
-                raise NotFound(f"no leaf with hash {request.leaf_hash.hex()} in the tree of {size} entries")
-            proof = await proofs.inclusion(store.ConnNodes(conn), index, size)
+        if index is None:
+            raise NotFound(f"no leaf with hash {request.leaf_hash.hex()} in the tree of {size} entries")
+        proof = await proofs.inclusion(self.tiles, index, size)
         return ledger_pb2.InclusionProof(leaf_index=index, tree_size=size, hashes=proof.hashes, root_hash=proof.roots[0])
 
     async def GetConsistencyProof(self, request: ledger_pb2.GetConsistencyProofRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.ConsistencyProof:
-        async with self.pool().acquire() as conn:
-            second, current = await self._sizes(conn, request.second_size)
-            proofs.check_consistency(request.first_size, second, current)
-            proof = await proofs.consistency(store.ConnNodes(conn), request.first_size, second)
+        second, current = await self._sizes_known(request.second_size)
+        proofs.check_consistency(request.first_size, second, current)
+        proof = await proofs.consistency(self.tiles, request.first_size, second)
         return ledger_pb2.ConsistencyProof(
             first_size=request.first_size, second_size=second, hashes=proof.hashes,
             first_root_hash=proof.roots[0], second_root_hash=proof.roots[1],

@@ -13,6 +13,7 @@ from medledger.ledger.api import LedgerApi
 from medledger.ledger.publisher import Publisher
 from medledger.ledger.sequencer import Sequencer
 from medledger.ledger.settings import LedgerSettings
+from medledger.ledger.tile_cache import TileCache
 from medledger.ledger.tiles import TilesApi, TilesServer, TilesSettings, server_tls
 from medledger.ledger.watch import CheckpointFeed
 from medledger.runtime.auth import NETWORK_AUDITOR, AuthInterceptor
@@ -58,6 +59,7 @@ class LedgerApp:
         self.revocations = RevocationFeed.from_env(settings.events)  # tokens revoked since issue
         self.tokens = make_verifier(settings.identity_address)
         self.tiles: TilesServer | None = None  # the tlog-tiles HTTP reads (tiles.py)
+        self.tile_cache = TileCache(self._pool, settings.leaf_tile_cache)  # proofs from memory
 
     @classmethod
     def from_env(cls) -> "LedgerApp":
@@ -69,7 +71,7 @@ class LedgerApp:
         return self.ctx.pool
 
     def registrations(self) -> Sequence[Registration]:
-        api = LedgerApi(self.settings, self._pool, self.feed)
+        api = LedgerApi(self.settings, self._pool, self.feed, self.tile_cache)
 
         def register(server: grpc.aio.Server) -> None:
             ledger_pb2_grpc.add_LedgerServiceServicer_to_server(api, server)
@@ -91,8 +93,11 @@ class LedgerApp:
         s = ctx.settings
         publisher = Publisher(ctx.pool, ctx.producer, s.kafka_bootstrap, s.topics)
         self.sequencer = Sequencer(
-            self.settings, s.database_url, s.kafka_bootstrap, s.topics, publisher, on_commit=self.feed.notify
+            self.settings, s.database_url, s.kafka_bootstrap, s.topics, publisher, on_commit=self.feed.notify,
+            tile_cache=self.tile_cache,
         )
+        self.background.start(self.tile_cache.warm())
+        self.background.start(self.tile_cache.expand(self.background.stop))
         self.background.start(self.sequencer.run(self.background.stop))
         self.background.start(self.revocations.follow(s.kafka_bootstrap, s.topics.identity_events, self.background.stop))
         tiles = TilesSettings.from_env()

@@ -3,7 +3,7 @@ what one batch adds to the log. No I/O here.
 
 ``plan_batch`` is the ledger's decide step: given the log's state, a batch of
 records in consumption order and which of their event ids the log already
-holds, it returns the entries, tree nodes, rejections and next offsets that
+holds, it returns the entries, changed hash tiles, rejections and next offsets that
 the store then commits in one transaction, plus the state after the commit.
 """
 
@@ -16,6 +16,7 @@ from typing import Iterable, Mapping, Sequence
 from google.protobuf.message import DecodeError
 
 from medledger.ledger import merkle
+from medledger.ledger.tile_tree import TileEdge, TileId
 from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
 from medledger.runtime.positions import Delivery as SourceRecord
 from medledger.v1 import events_pb2
@@ -85,6 +86,8 @@ class LogState:
     tree: merkle.CompactRange
     chain_head: bytes
     offsets: dict[SourcePartition, int]
+    # The right-edge hash tiles the next leaves extend (empty for the empty tree).
+    tiles: TileEdge = field(default_factory=TileEdge)
 
     @property
     def size(self) -> int:
@@ -113,7 +116,7 @@ class Rejection:
 @dataclass
 class BatchPlan:
     entries: list[NewEntry] = field(default_factory=list)
-    nodes: list[tuple[merkle.NodeId, bytes]] = field(default_factory=list)  # level >= 1 only
+    tiles: dict[TileId, bytes] = field(default_factory=dict)  # every hash tile changed, whole
     rejections: list[Rejection] = field(default_factory=list)
     duplicates: int = 0
     offsets: dict[SourcePartition, int] = field(default_factory=dict)  # next offset per partition touched
@@ -175,8 +178,8 @@ def plan_batch(
         index = state.size
         chain = merkle.chain_hash(state.chain_head, verdict.leaf_hash)
         for node_id, node in state.tree.append(verdict.leaf_hash):
-            if node_id[0] > 0:
-                plan.nodes.append((node_id, node))
+            state.tiles.add(node_id, node)
         state.chain_head = chain
         plan.entries.append(NewEntry(index, verdict.event_id, verdict.leaf_hash, chain, record.value, record))
+    plan.tiles = state.tiles.take()
     return plan

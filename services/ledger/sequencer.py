@@ -26,6 +26,7 @@ from medledger.ledger.metrics import SequencerMetrics
 from medledger.ledger.publisher import Publisher
 from medledger.ledger.intake import Admitted, LogState, Refused, SourceRecord, classify, event_ids, plan_batch
 from medledger.ledger.settings import LedgerSettings
+from medledger.ledger.tile_cache import TileCache
 from medledger.runtime.consumer import PositionedConsumer
 from medledger.runtime.leadership import lead_when_possible
 from medledger.runtime.retry import keep_running
@@ -48,6 +49,7 @@ class Sequencer:
         topics: Topics,
         publisher: Publisher | None = None,
         on_commit: Callable[[], None] = lambda: None,
+        tile_cache: TileCache | None = None,
     ) -> None:
         self.settings = settings
         self.database_url = database_url
@@ -55,6 +57,9 @@ class Sequencer:
         self.topics = topics
         self.publisher = publisher
         self.on_commit = on_commit
+        # The proofs' tiles: the leader puts each committed tile there, so
+        # proofs at the newest sizes need no database read (tile_cache.py).
+        self.tile_cache = tile_cache
         self.role = "starting"
         self.state: LogState | None = None
         self._last_checkpoint_size = -1
@@ -149,6 +154,8 @@ class Sequencer:
         if not (plan.entries or plan.rejections or plan.offsets):
             return
         await store.commit_batch(conn, plan, datetime.now(timezone.utc))
+        if self.tile_cache is not None:
+            self.tile_cache.put_all(plan.tiles)
         self.metrics.committed(len(records), plan, self.state.size)
         if plan.rejections:
             log.warning("rejected records", extra={"count": len(plan.rejections), "first": plan.rejections[0].reason})

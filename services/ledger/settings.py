@@ -29,6 +29,9 @@ class LedgerSettings:
     max_watchers: int = 100
     # How often watchers of a standby (which signs nothing itself) see new checkpoints.
     watch_poll_s: float = 0.1
+    # Level-0 hash tiles (256 entries, 16 KiB with inner nodes) kept in memory
+    # for proofs; 8192 (<= 128 MiB) covers 2.1M entries. Upper tiles: all kept.
+    leaf_tile_cache: int = 8192
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "LedgerSettings":
@@ -43,6 +46,7 @@ class LedgerSettings:
             verify_threads=env_int("MEDLEDGER_LEDGER_VERIFY_THREADS", 2, env),
             max_watchers=env_int("MEDLEDGER_LEDGER_MAX_WATCHERS", 100, env),
             watch_poll_s=env_int("MEDLEDGER_LEDGER_WATCH_POLL_MS", 100, env) / 1000,
+            leaf_tile_cache=env_int("MEDLEDGER_LEDGER_LEAF_TILE_CACHE", 8192, env),
         )
 
 

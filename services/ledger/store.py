@@ -1,4 +1,4 @@
-"""The ledger's PostgreSQL adapter: the log, its tree nodes, the consumed
+"""The ledger's PostgreSQL adapter: the log, its hash tiles, the consumed
 offsets, checkpoints and rejections. Each write of one batch happens in one
 transaction on the connection that holds the sequencer lock, so a sequencer
 that lost its lock (its connection died) can no longer write anything."""
@@ -7,23 +7,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence, TypeAlias
+from typing import Collection, Sequence, TypeAlias
 
 import asyncpg
 
-from medledger.ledger import merkle
+from medledger.ledger import merkle, tile_tree
 from medledger.ledger.intake import BatchPlan, LogState
+from medledger.ledger.tile_tree import FULL_TILE_BYTES, Tile, TileId
 
 # A plain connection or one lent by a pool; both offer the same query methods.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 
-class MissingNodeError(RuntimeError):
-    """A node the tree must hold is absent: the database is damaged."""
+# A node the tree must hold is absent: the database is damaged.
+MissingNodeError = tile_tree.MissingHashes
 
-    def __init__(self, missing: Sequence[merkle.NodeId]) -> None:
-        super().__init__(f"tree nodes missing from the ledger database: {list(missing)[:5]}")
-        self.missing = list(missing)
+
+class TileRewriteError(RuntimeError):
+    """A batch would change a full tile or shorten a partial one: the sequencer's
+    state and the database disagree, so the batch must not commit."""
 
 
 @dataclass(frozen=True)
@@ -78,49 +80,57 @@ async def tree_size(conn: Conn) -> int:
     return 0 if last is None else int(last) + 1
 
 
-async def fetch_nodes(conn: Conn, ids: Sequence[merkle.NodeId]) -> list[bytes]:
-    """Hashes of perfect nodes, in the order asked. Level 0 comes from entries."""
+async def fetch_tiles(conn: Conn, ids: Collection[TileId]) -> dict[TileId, bytes]:
+    """The stored hashes of these tiles, in one round trip; absent tiles are left out."""
     if not ids:
-        return []
-    # One round trip: level 0 from entries, higher levels from tree_nodes.
+        return {}
     rows = await conn.fetch(
-        "SELECT 0::smallint AS level, idx, leaf_hash AS hash FROM entries"
-        " WHERE idx = ANY($1::bigint[])"
-        " UNION ALL"
-        " SELECT n.level, n.idx, n.hash FROM tree_nodes n"
-        " JOIN unnest($2::smallint[], $3::bigint[]) AS want(level, idx)"
-        " ON n.level = want.level AND n.idx = want.idx",
-        [i for level, i in ids if level == 0],
-        [level for level, _ in ids if level > 0],
-        [i for level, i in ids if level > 0],
+        "SELECT t.level, t.idx, t.hashes FROM tree_tiles t"
+        " JOIN unnest($1::smallint[], $2::bigint[]) AS want(level, idx)"
+        " ON t.level = want.level AND t.idx = want.idx",
+        [level for level, _ in ids],
+        [index for _, index in ids],
     )
-    found: dict[merkle.NodeId, bytes] = {(r["level"], r["idx"]): r["hash"] for r in rows}
-    missing = [i for i in ids if i not in found]
-    if missing:
-        raise MissingNodeError(missing)
-    return [found[i] for i in ids]
+    return {(r["level"], r["idx"]): r["hashes"] for r in rows}
 
 
-@dataclass(frozen=True)
-class ConnNodes:
-    """The proofs' NodeSource over one connection."""
+async def tile_hashes(conn: Conn, level: int, index: int) -> bytes | None:
+    """One stored tile, as /tile/<level>/<index> serves it (a prefix if partial)."""
+    value = await conn.fetchval("SELECT hashes FROM tree_tiles WHERE level = $1 AND idx = $2", level, index)
+    return None if value is None else bytes(value)
 
-    conn: Conn
 
-    async def nodes(self, ids: Sequence[merkle.NodeId]) -> list[bytes]:
-        return await fetch_nodes(self.conn, ids)
+async def newest_tiles(conn: Conn, leaf_tiles: int) -> list[tuple[TileId, bytes]]:
+    """Every tile above level 0 and the newest ``leaf_tiles`` level-0 tiles (newest first)."""
+    rows = await conn.fetch(
+        "(SELECT level, idx, hashes FROM tree_tiles WHERE level > 0)"
+        " UNION ALL (SELECT level, idx, hashes FROM tree_tiles WHERE level = 0 ORDER BY idx DESC LIMIT $1)",
+        leaf_tiles,
+    )
+    return [((r["level"], r["idx"]), bytes(r["hashes"])) for r in rows]
+
+
+async def fetch_nodes(conn: Conn, ids: Sequence[merkle.NodeId]) -> list[bytes]:
+    """Hashes of perfect nodes, in the order asked, computed from their tiles."""
+    stored = await fetch_tiles(conn, tile_tree.tiles_needed(ids))
+    return tile_tree.node_hashes(ids, {tile: Tile(row) for tile, row in stored.items()})
 
 
 async def load_state(conn: Conn) -> LogState:
-    """Rebuild the sequencer's state from what is committed."""
+    """Rebuild the sequencer's state from what is committed: the frontier and
+    the right-edge tiles come from one read of the tiles they live in."""
     size = await tree_size(conn)
-    frontier = await fetch_nodes(conn, merkle.frontier_ids(size))
+    frontier_ids = merkle.frontier_ids(size)
+    edge = tile_tree.edge_tiles(size)
+    stored = await fetch_tiles(conn, {*tile_tree.tiles_needed(frontier_ids), *edge})
+    frontier = tile_tree.node_hashes(frontier_ids, {tile: Tile(row) for tile, row in stored.items()})
     chain = merkle.GENESIS_CHAIN
     if size:
         chain = await conn.fetchval("SELECT chain_hash FROM entries WHERE idx = $1", size - 1)
     rows = await conn.fetch("SELECT topic, partition, next_offset FROM consumer_offsets")
     offsets = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-    return LogState(merkle.CompactRange.from_nodes(size, frontier), chain, offsets)
+    tiles = tile_tree.TileEdge.from_stored(size, stored)
+    return LogState(merkle.CompactRange.from_nodes(size, frontier), chain, offsets, tiles)
 
 
 async def known_event_ids(conn: Conn, event_ids: Sequence[str]) -> dict[str, bytes]:
@@ -147,12 +157,8 @@ async def commit_batch(conn: Conn, plan: BatchPlan, at: datetime) -> None:
                     for e in plan.entries
                 ],
             )
-        if plan.nodes:
-            await conn.copy_records_to_table(
-                "tree_nodes",
-                columns=["level", "idx", "hash"],
-                records=[(level, idx, h) for (level, idx), h in plan.nodes],
-            )
+        if plan.tiles:
+            await _write_tiles(conn, plan.tiles)
         if plan.rejections:
             await conn.executemany(
                 "INSERT INTO rejected (reason, source_topic, source_partition, source_offset,"
@@ -173,6 +179,26 @@ async def commit_batch(conn: Conn, plan: BatchPlan, at: datetime) -> None:
                 [p for _, p in keys],
                 [plan.offsets[k] for k in keys],
             )
+
+
+async def _write_tiles(conn: Conn, tiles: dict[TileId, bytes]) -> None:
+    """Insert new tiles and extend partial ones. The database itself refuses to
+    change a full tile or to rewrite a partial one other than by extending it."""
+    keys = list(tiles)
+    written = await conn.fetch(
+        "INSERT INTO tree_tiles AS t (level, idx, hashes)"
+        " SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])"
+        " ON CONFLICT (level, idx) DO UPDATE SET hashes = EXCLUDED.hashes"
+        " WHERE length(t.hashes) < $4 AND length(EXCLUDED.hashes) > length(t.hashes)"
+        " AND substring(EXCLUDED.hashes FROM 1 FOR length(t.hashes)) = t.hashes"
+        " RETURNING t.level",
+        [level for level, _ in keys],
+        [index for _, index in keys],
+        [tiles[k] for k in keys],
+        FULL_TILE_BYTES,
+    )
+    if len(written) != len(keys):
+        raise TileRewriteError(f"{len(keys) - len(written)} of {len(keys)} tiles would not extend what is stored")
 
 
 async def insert_checkpoint(conn: Conn, cp: StoredCheckpoint) -> None:

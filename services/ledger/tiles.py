@@ -2,8 +2,8 @@
 ``/tile/entries/<N>``), so transparency-log tools (Tessera's fsck and client,
 witnesses, monitors) read MedLedger as they read any tiled log.
 
-Everything is computed from the stored log: a hash tile is a range of stored
-perfect nodes (entries' leaf hashes at level 0), a bundle a range of entries'
+Everything is read from the stored log: a hash tile is the stored tile (the
+tree is stored as these tiles, tile_tree.py), a bundle a range of entries'
 exact bytes. Hash tiles and the checkpoint are public like the gRPC hash-only
 reads; entry bundles say who did what to whom, so they need the same token as
 GetEntries. Requests beyond ``max_concurrent`` in flight get 503 at once.
@@ -22,6 +22,7 @@ import asyncpg
 from aiohttp import web
 
 from medledger.ledger import store, tlog_tiles
+from medledger.ledger.merkle import HASH_SIZE
 from medledger.runtime.auth import RevocationCheck, TokenVerifier
 from medledger.runtime.errors import DependencyUnavailable, PermissionDenied, SettingsError, Unauthenticated
 from medledger.runtime.settings import env_int, env_str
@@ -131,10 +132,10 @@ class TilesApi:
             refused = await self._refuse_bundle(request)
             if refused is not None:
                 return refused
-        rows = await self._rows(want)
-        if len(rows) < want.width:
-            return _text(404, "the log does not hold this tile (yet)")
         if want.entries:
+            rows = await self._bundle_rows(want)
+            if len(rows) < want.width:
+                return _text(404, "the log does not hold this tile (yet)")
             unloaded = next((i for i, row in enumerate(rows) if row[0] is None), None)
             if unloaded is not None:
                 too_long = tlog_tiles.BundleEntryTooLarge(want.first + unloaded, rows[unloaded][1])
@@ -142,7 +143,13 @@ class TilesApi:
                 return _text(500, str(too_long))
             body = tlog_tiles.encode_bundle(want.first, [row[0] for row in rows])
         else:
-            body = b"".join(r[0] for r in rows)
+            # The stored tile itself, read from the database (not the proofs'
+            # cache): what tools like fsck check is what is stored.
+            async with self.pool().acquire() as conn:
+                stored = await store.tile_hashes(conn, want.level, want.index)
+            if stored is None or len(stored) < want.width * HASH_SIZE:
+                return _text(404, "the log does not hold this tile (yet)")
+            body = stored[: want.width * HASH_SIZE]
         response = web.Response(
             body=body, content_type="application/octet-stream",
             headers={"Cache-Control": PARTIAL_CACHE if want.partial else IMMUTABLE},
@@ -151,25 +158,15 @@ class TilesApi:
             response.enable_compression()  # as the client's Accept-Encoding allows
         return response
 
-    async def _rows(self, want: tlog_tiles.TileRequest) -> list[asyncpg.Record]:
-        """The stored rows of a tile: (entry bytes or None, length) per entry of a
-        bundle, else one hash per row; fewer than its width if the log lacks some."""
-        end = want.first + want.width
+    async def _bundle_rows(self, want: tlog_tiles.TileRequest) -> list[asyncpg.Record]:
+        """(entry bytes or None, length) per entry of a bundle; fewer than its
+        width if the log lacks some. An entry too long for a bundle is never
+        loaded, only measured."""
         async with self.pool().acquire() as conn:
-            if want.entries:
-                # An entry too long for a bundle is never loaded, only measured.
-                return await conn.fetch(
-                    "SELECT CASE WHEN length(event) <= $3 THEN event END, length(event) FROM entries"
-                    " WHERE idx >= $1 AND idx < $2 ORDER BY idx",
-                    want.first, end, tlog_tiles.MAX_BUNDLED_ENTRY_SIZE,
-                )
-            if want.level == 0:
-                return await conn.fetch(
-                    "SELECT leaf_hash FROM entries WHERE idx >= $1 AND idx < $2 ORDER BY idx", want.first, end
-                )
             return await conn.fetch(
-                "SELECT hash FROM tree_nodes WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
-                want.node_level, want.first, end,
+                "SELECT CASE WHEN length(event) <= $3 THEN event END, length(event) FROM entries"
+                " WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+                want.first, want.first + want.width, tlog_tiles.MAX_BUNDLED_ENTRY_SIZE,
             )
 
     async def _refuse_bundle(self, request: web.Request) -> web.Response | None:

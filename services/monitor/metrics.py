@@ -17,11 +17,13 @@ from prometheus_client import Counter
 ALERTS = Counter("medledger_monitor_alerts", "Access alerts published on access.alerts, by rule.", ["rule"])
 EVENTS = Counter(
     "medledger_monitor_events",
-    "Events the counter read from the repartition topic: counted by a rule, or refused "
-    "because no allowed producer signed them.",
+    "Events the counter read from the repartition topic: counted by a rule, refused "
+    "because no allowed producer signed them, or dropped because their occurred_at is "
+    "further ahead of the time they were received than MEDLEDGER_MONITOR_MAX_CLOCK_SKEW_S.",
     ["outcome"],
 )
 COUNTED, UNAUTHENTICATED = EVENTS.labels("counted"), EVENTS.labels("unauthenticated")
+FROM_THE_FUTURE = EVENTS.labels("future")
 
 
 def declare(rules: Iterable[str]) -> None:

@@ -89,6 +89,17 @@ def observations(env: events_pb2.EventEnvelope, hours: WorkingHours) -> list[tup
     return []
 
 
+def from_the_future(env: events_pb2.EventEnvelope, received_ms: int, max_skew_ms: int) -> bool:
+    """Whether the event claims to have occurred more than ``max_skew_ms`` after
+    the monitor received it. Such an event is dropped, not counted: its bucket
+    would lie ahead of every real one, and an alert mark there would silence the
+    rule for that subject until real time caught up (docs/architecture.md,
+    Decisions: the monitor drops events from the future). Not clamped to the
+    receive time either: a replay after a crash would put it in another window
+    and could raise a second alert with another id."""
+    return occurred_ms(env) > received_ms + max_skew_ms
+
+
 def partition_of(subject: str, partitions: int) -> int:
     """The repartition topic's partition for a subject: the same in every process
     and on every restart (unlike ``hash``), so one subject's state stays in one

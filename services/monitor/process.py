@@ -16,7 +16,7 @@ import logging
 import sys
 
 import grpc
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -29,12 +29,16 @@ from medledger.runtime.envelope import EnvelopeVerifier, EventSigner
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.grpc_server import GrpcServer
 from medledger.runtime.host import stop_on_signals
-from medledger.runtime.kafka import kafka_reachable, make_producer, publish, start_producer
+from medledger.runtime.kafka import kafka_reachable, make_consumer, make_producer, publish, start_producer
+from medledger.runtime.metrics import ConsumerLag, Every
 from medledger.runtime.retry import with_backoff
 from medledger.runtime.settings import event_signer, event_verifier
 from medledger.runtime.transport import GrpcTls, kafka_security
 
 log = logging.getLogger(__name__)
+# The monitor's consumer lag, as medledger_kafka_consumer_lag_records{reader="access monitor"}.
+LAG_READER = "access monitor"
+LAG_EVERY_S = 5.0
 
 
 class MonitorProcess:
@@ -128,7 +132,7 @@ class MonitorProcess:
                 return
             streams = MonitorStreams(
                 s.kafka_bootstrap, s.topics, partitions, s.rules, s.working_hours, self.verifier, self.publish,
-                kafka_security(),
+                kafka_security(), s.max_clock_skew_s, str(s.data_dir),
             )
             await streams.start()
             log.info("access monitor started", extra={"rules": ",".join(r.name for r in s.rules)})
@@ -148,18 +152,58 @@ class MonitorProcess:
     async def _watch(self, server: GrpcServer, streams: MonitorStreams) -> None:
         serving = False
         metrics.SERVING.set_function(lambda: 1.0 if serving else 0.0)
-        while not self.stop_event.is_set():
-            if streams.app.crashed:
-                log.error("the faust app crashed; exiting", extra={"error": repr(streams.app.crash_reason)})
-                self.failed = True
-                return
-            now = streams.running and await kafka_reachable(self.settings.kafka_bootstrap)
-            if now != serving:
-                log.info("health changed", extra={"serving": now})
-                serving = now
-                await server.set_serving(now)
-            try:
-                await asyncio.wait_for(self.stop_event.wait(), self.health_interval_s)
-            except asyncio.TimeoutError:
-                pass
+        probe = LagProbe(self.settings.kafka_bootstrap)
+        try:
+            while not self.stop_event.is_set() and not self.failed:
+                if serving:
+                    await probe.measure(streams)
+                serving = await self._tick(server, streams, serving)
+        finally:
+            await probe.close()
 
+    async def _tick(self, server: GrpcServer, streams: MonitorStreams, serving: bool) -> bool:
+        """One health check; the new serving state."""
+        if streams.app.crashed:
+            log.error("the faust app crashed; exiting", extra={"error": repr(streams.app.crash_reason)})
+            self.failed = True
+            return serving
+        now = streams.running and await kafka_reachable(self.settings.kafka_bootstrap)
+        if now != serving:
+            log.info("health changed", extra={"serving": now})
+            await server.set_serving(now)
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), self.health_interval_s)
+        except asyncio.TimeoutError:
+            pass
+        return now
+
+
+class LagProbe:
+    """Measures the monitor's consumer lag every LAG_EVERY_S, best effort: a failed
+    measurement leaves the last figures and is retried at the next interval. Any
+    error is caught: faust's assignment may be mid-rebalance, and a metric must
+    never stop the monitor."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.lag, self.every = ConsumerLag(LAG_READER), Every(LAG_EVERY_S)
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, **kafka_security())
+        self.offsets: AIOKafkaConsumer = make_consumer(bootstrap, group_id=None)  # offsets only, never records
+        self.started = False
+
+    async def measure(self, streams: MonitorStreams) -> None:
+        if not self.every.due():
+            return
+        try:
+            if not self.started:
+                await self.admin.start()
+                await self.offsets.start()
+                self.started = True
+            await streams.measure_lag(self.admin, self.offsets, self.lag)
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            log.warning("could not measure the monitor's consumer lag", extra={"error": repr(exc)})
+
+    async def close(self) -> None:
+        self.lag.forget()
+        if self.started:
+            await self.offsets.stop()
+        await self.admin.close()

@@ -11,6 +11,7 @@ hold every bucket a rule still reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from medledger.monitor.hours import WorkingHours, parse_working_hours
@@ -29,6 +30,9 @@ COUNTING_RULES = (
     ("BREAK_GLASS", BREAK_GLASS, 3, DAY, HOUR),
 )
 QUIET_BUCKET_S = HOUR
+# How far an event's occurred_at may lie ahead of the time the monitor received it
+# before it is dropped (observations.from_the_future): producers' clocks drift.
+DEFAULT_MAX_CLOCK_SKEW_S = 300
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class MonitorSettings:
     log_level: str
     rules: tuple[Rule, ...]
     working_hours: WorkingHours
+    max_clock_skew_s: int = DEFAULT_MAX_CLOCK_SKEW_S
+    # faust's data directory (empty with the memory store, but faust makes it):
+    # under the run directory, not wherever the process was started.
+    data_dir: Path = Path(".run") / "monitor"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MonitorSettings:
@@ -55,6 +63,9 @@ class MonitorSettings:
         if hours.enabled:
             days = env_int("MEDLEDGER_MONITOR_UNUSUAL_HOURS_LOOKBACK_DAYS", 30, env)
             rules.append(QuietPeriodRule(UNUSUAL_HOURS, QUIET_BUCKET_S, days * DAY))
+        skew_s = env_int("MEDLEDGER_MONITOR_MAX_CLOCK_SKEW_S", DEFAULT_MAX_CLOCK_SKEW_S, env)
+        if not 0 <= skew_s <= DAY:
+            raise SettingsError(f"setting MEDLEDGER_MONITOR_MAX_CLOCK_SKEW_S must be between 0 and {DAY}, got {skew_s}")
         for rule in rules:
             if rule.reach_s * 1000 > MONITOR_STATE_RETENTION_MS:
                 raise SettingsError(
@@ -70,6 +81,8 @@ class MonitorSettings:
             log_level=env_str("MEDLEDGER_LOG_LEVEL", "INFO", env),
             rules=tuple(rules),
             working_hours=hours,
+            max_clock_skew_s=skew_s,
+            data_dir=Path(env_str("MEDLEDGER_RUN_DIR", ".run", env)) / "monitor",
         )
 
 

@@ -22,9 +22,13 @@ lose one, and a replayed firing is the identical event (alerts.py).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Awaitable, Callable, Sequence
 
 import faust
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
 from faust.types import EventT, StreamT
 from faust.types.windows import WindowRange_from_start
 from google.protobuf.message import DecodeError
@@ -32,10 +36,14 @@ from google.protobuf.message import DecodeError
 from medledger.monitor import metrics
 from medledger.monitor.frames import Frames, unframe
 from medledger.monitor.hours import WorkingHours
-from medledger.monitor.observations import SOURCE_TOPIC, observations, partition_of, subject_of
+from medledger.monitor.observations import (
+    SOURCE_TOPIC, from_the_future, observations, occurred_ms, partition_of, subject_of,
+)
+from medledger.monitor.settings import DEFAULT_MAX_CLOCK_SKEW_S
 from medledger.monitor.rules import Bucket, CountingRule, Firing, Observation, Rule, tally
 from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
 from medledger.runtime.kafka import MAX_RECORD_BYTES
+from medledger.runtime.metrics import ConsumerLag
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2
 
@@ -79,18 +87,25 @@ class MonitorStreams:
         verifier: EnvelopeVerifier,
         publish: PublishAlert,
         kafka_options: dict[str, Any],
+        max_clock_skew_s: int = DEFAULT_MAX_CLOCK_SKEW_S,
+        data_dir: str | None = None,
     ) -> None:
         self.partitions = partitions
+        self.max_skew_ms = max_clock_skew_s * 1000
         self.rules = tuple(rules)
         self.hours = hours
         self.verifier = verifier
         self.publish = publish
         self.source_topics = {t: topics.prefix + t for t in set(SOURCE_TOPIC.values())}
+        self.group_id = topics.monitor_app_id
+        # What the group commits offsets on (the tables' changelogs are read, never committed).
+        self.committed_topics = frozenset({*self.source_topics.values(), topics.monitor_observations})
         self.app = faust.App(
             topics.monitor_app_id,
             broker=[f"kafka://{server}" for server in bootstrap.split(",")],
             broker_credentials=faust_credentials(kafka_options),
             store="memory://",
+            datadir=data_dir or f"{topics.monitor_app_id}-data",  # faust's default unless given
             # The broker never auto-creates topics, and faust must not try: every
             # topic is declared in runtime/kafka.py (topic_specs) and the KafkaTopics.
             topic_allow_declare=False,
@@ -169,7 +184,9 @@ class MonitorStreams:
             return None
         return env
 
-    def _observed(self, partition: int, frame: bytes) -> list[tuple[str, Observation]]:
+    def _observed(self, partition: int, frame: bytes, received_ms: int) -> list[tuple[str, Observation]]:
+        """What the rules count of one frame; ``received_ms`` is when the router
+        forwarded it (the repartition record's timestamp: the same on a replay)."""
         counted: list[tuple[str, Observation]] = []
         try:
             values = list(unframe(frame))
@@ -179,6 +196,12 @@ class MonitorStreams:
         for value in values:
             env = self._verified(value)
             if env is None:
+                continue
+            if from_the_future(env, received_ms, self.max_skew_ms):
+                metrics.FROM_THE_FUTURE.inc()
+                log.warning("dropped an event dated beyond the allowed clock skew", extra={
+                    "event_id": env.event_id, "producer": env.producer, "ahead_s": (occurred_ms(env) - received_ms) // 1000,
+                })
                 continue
             for rule, observation in observations(env, self.hours):
                 # A subject lives on one partition; anything else was not routed by us.
@@ -196,7 +219,9 @@ class MonitorStreams:
     async def count(self, event: EventT) -> None:
         """Count one frame: verify, count, publish what fired (acknowledged), then
         record the buckets, alert marks first (rules.StagedBuckets)."""
-        result = tally(self.rules, self._observed(event.message.partition, event.value), self._read)
+        message = event.message
+        received_ms = int(message.timestamp * 1000) if message.timestamp else int(time.time() * 1000)
+        result = tally(self.rules, self._observed(message.partition, event.value, received_ms), self._read)
         for firing in result.firings:
             event_id = await self.publish(firing)
             metrics.ALERTS.labels(firing.rule).inc()
@@ -205,6 +230,34 @@ class MonitorStreams:
             table = self.tables[rule]
             for subject, start, bucket in writes:
                 table[self._key(rule, subject, start)] = bucket.to_json()
+
+    # ---- lag -------------------------------------------------------------------------------------
+
+    async def measure_lag(self, admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer, lag: ConsumerLag) -> None:
+        """The group's lag on this replica's partitions: log end minus the committed
+        offset (the earliest offset before the first commit). Committed, not fetched:
+        faust fetches ahead, and a counter stuck on a publish still fetches. Offsets
+        come from a consumer of our own (``offsets``, no group): asking faust's
+        consumer for them stalled its fetching (live alerts 5-20 s late, measured
+        with deploy/bench_monitor.py)."""
+        tps = sorted(
+            TopicPartition(tp.topic, tp.partition)
+            for tp in self.app.consumer.assignment() if tp.topic in self.committed_topics
+        )
+        if not tps:
+            lag.forget()
+            return
+        ends = await offsets.end_offsets(tps)
+        earliest = await offsets.beginning_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(self.group_id, partitions=tps)
+        measured = []
+        for tp in tps:
+            done = committed.get(tp)
+            position = done.offset if done is not None and done.offset >= 0 else earliest.get(tp, 0)
+            measured.append((tp.topic, tp.partition, ends.get(tp, position), position))
+        lag.forget()  # partitions move between replicas: report only this one's
+        for topic, partition, end, position in measured:
+            lag.observe(topic, partition, end, position)
 
     # ---- lifecycle -----------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import TypeAlias
 import grpc
 
 from medledger.records.commands import RecordsCommands
+from medledger.records.disclosures import DisclosureReads
 from medledger.records.peers import forwarded_authorization
 from medledger.records.reads import RecordsReads
 from medledger.records.research import ResearchReads
@@ -34,16 +35,20 @@ ALLOWED_KINDS: dict[str, frozenset[str]] = {
     SERVICE + "GetRecordHistory": READERS,
     SERVICE + "ExportPatientRecords": READERS,
     SERVICE + "RegisterResearchArtifact": frozenset({"ORGANIZATION", "PRACTITIONER"}),
+    # the patient, a representative (a patient or practitioner), an auditor
+    SERVICE + "ListDisclosures": frozenset({"PATIENT", "PRACTITIONER", "AUDITOR"}),
 }
 
 Context: TypeAlias = "grpc.aio.ServicerContext[object, object]"
 
 
 class RecordsApi(records_pb2_grpc.RecordsServiceServicer):
-    def __init__(self, commands: RecordsCommands, reads: RecordsReads, research: ResearchReads) -> None:
+    def __init__(self, commands: RecordsCommands, reads: RecordsReads, research: ResearchReads,
+                 disclosures: DisclosureReads) -> None:
         self.commands = commands
         self.reads = reads
         self.research = research
+        self.disclosures = disclosures
 
     async def CreateRecord(self, request: pb.CreateRecordRequest, context: Context) -> pb.RecordReceipt:
         receipt = await self.commands.create(current_caller(), request)
@@ -91,3 +96,6 @@ class RecordsApi(records_pb2_grpc.RecordsServiceServicer):
 
     async def ListTrialArtifacts(self, request: pb.ListTrialArtifactsRequest, context: Context) -> pb.ListTrialArtifactsResponse:
         return await self.research.timeline(request.trial_id)
+
+    async def ListDisclosures(self, request: pb.ListDisclosuresRequest, context: Context) -> pb.ListDisclosuresResponse:
+        return await self.disclosures.list(current_caller(), request)

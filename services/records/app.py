@@ -19,6 +19,7 @@ import grpc
 from medledger.consent.tokens import caching_verifier, preload_keys
 from medledger.records.api import ALLOWED_KINDS, RecordsApi
 from medledger.records.commands import Ports, RecordsCommands
+from medledger.records.disclosures import DisclosureIndexer, DisclosureReads
 from medledger.records.peers import ConsentGate, IdentityKeys, KeyDirectory, LedgerProver, Prover, missing_credentials
 from medledger.records.projection import RecordsProjection
 from medledger.records.reads import ReadPorts, RecordsReads
@@ -72,6 +73,9 @@ class RecordsApp:
         self.commands = RecordsCommands(settings, self.projection, Ports(self._pool, self._keys, self.outbox, self._relay))
         self.reads = RecordsReads(settings, ReadPorts(self._pool, self.gate, self._prover, self.disclosures))
         self.research = ResearchReads(self._pool, self._prover)
+        # ListDisclosures' per-patient index (records/disclosures.py), its own consumer
+        self.disclosure_index = DisclosureIndexer(common.kafka_bootstrap, topics, settings.events, self._pool)
+        self.disclosure_reads = DisclosureReads(self._pool)
         self.background = BackgroundTasks()
         self.grpc_options = [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
                              ("grpc.max_send_message_length", settings.max_export_bytes + 1024 * 1024)]
@@ -101,7 +105,7 @@ class RecordsApp:
         return self.prover
 
     def registrations(self) -> Sequence[Registration]:
-        api = RecordsApi(self.commands, self.reads, self.research)
+        api = RecordsApi(self.commands, self.reads, self.research, self.disclosure_reads)
 
         def register(server: grpc.aio.Server) -> None:
             records_pb2_grpc.add_RecordsServiceServicer_to_server(api, server)
@@ -137,6 +141,7 @@ class RecordsApp:
         self.background.start(self.relay.run(stop))
         self.background.start(self.disclosure_relay.run(stop))
         self.background.start(keep_running("records projection", self.projection.run, stop))
+        self.background.start(keep_running("records disclosure index", self.disclosure_index.run, stop))
         self.background.start(self.revocations.follow(s.kafka_bootstrap, s.topics.identity_events, stop))
         self.background.start(with_backoff(
             "token keys", lambda: preload_keys(self.verifier, self.settings.identity_address), stop

@@ -7,6 +7,7 @@ stores and publishes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -16,7 +17,7 @@ import asyncpg
 
 from medledger.records import crypto, domain, resource, store
 from medledger.records.domain import RecordHead, WriteGrant
-from medledger.records.peers import KeyDirectory
+from medledger.records.peers import KeyDirectory, discard
 from medledger.records.projection import RecordsProjection
 from medledger.records.settings import RecordsSettings
 from medledger.runtime.auth import Caller
@@ -25,7 +26,7 @@ from medledger.runtime.errors import (
     AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted,
 )
 from medledger.runtime.outbox import Conn, Outbox, OutboxRelay
-from medledger.runtime.signed import parse_canonical, require_signature_shape, verify_statement
+from medledger.runtime.signed import SigningKey, parse_canonical, require_signature_shape, verify_statement
 from medledger.v1 import records_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -109,27 +110,34 @@ class RecordsCommands:
         return await self._write(sub, head)
 
     async def _authorize(self, sub: Submission, head: RecordHead | None) -> WriteGrant:
+        """The author's key is asked of identity while the projection syncs and
+        is read (identity answers from its own database either way); it is
+        looked at only after every earlier check passed, so errors come in
+        the same order."""
         att = sub.attestation
-        await self.projection.sync(self.settings.sync_wait_s)
-        async with self.ports.pool().acquire() as conn:
-            facts = await store.patient_facts(conn, att.patient_id)
-            author = await store.party(conn, att.author_id)
-            taken = head is None and await store.head(conn, att.record_id) is not None
-        grant = domain.authorize_write(author, att.organization_id, att.patient_id, facts, self.clock())
-        if head is not None:
-            domain.check_amendment(att, head)
-        if taken:
-            raise AlreadyExists(f"record {att.record_id} already exists")
-        await self._verify_author(sub)
+        key = asyncio.ensure_future(self._author_key(sub))
+        try:
+            await self.projection.sync(self.settings.sync_wait_s)
+            async with self.ports.pool().acquire() as conn:
+                known = await store.command_facts(conn, att.patient_id, att.author_id, att.record_id)
+            grant = domain.authorize_write(known.party, att.organization_id, att.patient_id, known.patient, self.clock())
+            if head is not None:
+                domain.check_amendment(att, head)
+            if head is None and known.record_taken:
+                raise AlreadyExists(f"record {att.record_id} already exists")
+        except BaseException:
+            await discard(key)
+            raise
+        verify_statement(await key, sub.signed_at, domain.ATTESTATION_PREFIX + sub.encoded, sub.signature,
+                         "author signature")
         return grant
 
-    async def _verify_author(self, sub: Submission) -> None:
+    async def _author_key(self, sub: Submission) -> SigningKey:
         att = sub.attestation
         try:
-            key = await self.ports.keys().signing_key(att.author_id, att.author_key_id, sub.signed_at)
+            return await self.ports.keys().signing_key(att.author_id, att.author_key_id, sub.signed_at)
         except NotFound:
             raise PermissionDenied(f"key {att.author_key_id} is not a key of author {att.author_id}") from None
-        verify_statement(key, sub.signed_at, domain.ATTESTATION_PREFIX + sub.encoded, sub.signature, "author signature")
 
     async def _write(self, sub: Submission, head: RecordHead | None) -> pb.RecordReceipt:
         grant = await self._authorize(sub, head)
@@ -142,21 +150,20 @@ class RecordsCommands:
         pool = self.ports.pool()
         async with pool.acquire() as conn, conn.transaction():
             data_key = await self._data_key(conn, att.patient_id)
+            sealed = crypto.seal_payload(data_key, att.patient_id, att.record_id, att.version,
+                                         crypto.Payload(sub.salt, sub.resource.canonical))
+            stored = store.StoredVersion(att.record_id, att.version, att.author_id, sub.encoded, sub.signature,
+                                         att.commitment, sealed, now, env.event_id, None)
             if head is None:
                 created = RecordHead(att.record_id, att.patient_id, att.category, att.organization_id, 1,
                                      att.commitment, now)
-                if not await store.insert_record(conn, created):
+                if not await store.insert_record(conn, created, stored):
                     raise AlreadyExists(f"record {att.record_id} already exists")
             else:
                 current = await store.head(conn, att.record_id, lock=True)
                 assert current is not None
                 domain.check_amendment(att, current)
-            sealed = crypto.seal_payload(data_key, att.patient_id, att.record_id, att.version,
-                                         crypto.Payload(sub.salt, sub.resource.canonical))
-            await store.insert_version(conn, store.StoredVersion(
-                att.record_id, att.version, att.author_id, sub.encoded, sub.signature, att.commitment, sealed, now,
-                env.event_id, None,
-            ))
+                await store.insert_version(conn, stored)
             await self.ports.outbox.enqueue(conn, env)
         await self.ports.relay().wait_published([env.event_id], pool, self.settings.publish_wait_s)
         log.info("record version stored", extra={"record_id": att.record_id, "version": att.version, "event_id": env.event_id})
@@ -165,13 +172,15 @@ class RecordsCommands:
 
     async def _data_key(self, conn: Conn, patient_id: str) -> bytes:
         """The patient's data key, created on their first record; the row is
-        locked until the transaction ends, so an erasure cannot interleave."""
+        share-locked until the transaction ends, so an erasure (which locks it
+        for update) cannot interleave, while the patient's writes do not wait
+        for each other."""
         wrapper = self.settings.key_wrapper
         context = crypto.data_key_context(patient_id)
-        key = await store.patient_key(conn, patient_id, lock=True)
+        key = await store.patient_key(conn, patient_id, lock="SHARE")
         if key is None:
             await store.add_patient_key(conn, patient_id, wrapper.key_id, wrapper.wrap(crypto.new_data_key(), context))
-            key = await store.patient_key(conn, patient_id, lock=True)
+            key = await store.patient_key(conn, patient_id, lock="SHARE")
             assert key is not None
         if key.erased_at is not None or key.wrapped_key is None:
             raise FailedPrecondition(f"patient {patient_id} erased their data at {key.erased_at}")
@@ -187,8 +196,8 @@ class RecordsCommands:
         signed_at = domain.validate_erasure(request, self.clock(), self.skew)
         await self.projection.sync(self.settings.sync_wait_s)
         async with self.ports.pool().acquire() as conn:
-            facts = await store.patient_facts(conn, request.patient_id)
-            signer = await store.party(conn, request.signer_id)
+            known = await store.command_facts(conn, request.patient_id, request.signer_id)
+        facts, signer = known.patient, known.party
         domain.require_patient(facts, request.patient_id)
         if request.signer_id != request.patient_id and request.signer_id not in facts.representatives:
             raise PermissionDenied("only the patient or an active representative signs an erasure")
@@ -207,7 +216,7 @@ class RecordsCommands:
         pool = self.ports.pool()
         async with pool.acquire() as conn, conn.transaction():
             await store.add_patient_key(conn, patient_id, self.settings.key_wrapper.key_id, None)
-            key = await store.patient_key(conn, patient_id, lock=True)
+            key = await store.patient_key(conn, patient_id, lock="UPDATE")
             assert key is not None
             if key.erased_at is not None:
                 return _erasure_answer(patient_id, key.erasure_id or "", key.erased_at, key.erasure_event_id or "",

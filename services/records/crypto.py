@@ -1,6 +1,8 @@
 """Encryption at rest for record payloads. Pure: no I/O.
 
-Each patient has one random AES-256 data key. Every version's payload
+AES-256-GCM itself is the runtime's (``runtime/sealing.py``: ``encrypt``,
+``decrypt``, ``new_key``); what is records' own is the key hierarchy and the
+associated data. Each patient has one random AES-256 data key. Every version's payload
 (salt || canonical JSON) is sealed with AES-256-GCM under it, with the
 patient, record id and version bound as associated data: a ciphertext moved
 to another row does not open. The data key is stored only wrapped by a
@@ -16,10 +18,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from medledger.records.resource import SALT_BYTES
-from medledger.runtime.sealing import SealError, decrypt, encrypt
+from medledger.runtime.sealing import SealError, decrypt, encrypt, new_key
 
 __all__ = ["KeyWrapper", "LocalKeyWrapper", "Payload", "SealError", "new_data_key", "open_payload", "seal_payload"]
 
@@ -69,7 +69,8 @@ def payload_context(patient_id: str, record_id: str, version: int) -> bytes:
 
 
 def new_data_key() -> bytes:
-    return AESGCM.generate_key(bit_length=256)
+    """A patient's data key: AES-256, from the runtime's sealing like every key."""
+    return new_key()
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ commands and reads can be tested without them.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Awaitable, Callable, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
 
 import grpc
 
@@ -30,7 +31,9 @@ from medledger.runtime.transport import GrpcTls
 from medledger.v1 import consent_pb2, consent_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 T = TypeVar("T")
+V = TypeVar("V")
 CALL_TIMEOUT_S = 5.0
+ENTRY_CACHE = 10_000  # ledger entries of recently proved events (immutable once sequenced)
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -39,6 +42,15 @@ async def _call(peer: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
         return await call()
     except grpc.aio.AioRpcError as exc:
         raise error_for(exc.code())(f"{peer} service, {what}: {exc.details()}") from None
+
+
+async def discard(task: asyncio.Future[Any] | None) -> None:
+    """Drop a call started ahead of a check that then refused: its outcome
+    (even an unreachable peer) no longer matters, but it must end before
+    the request does (and before any connection it uses goes back)."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def forwarded_authorization(metadata: object) -> Metadata:
@@ -101,6 +113,26 @@ class IdentityKeys:
         )
 
 
+class Lru(Generic[V]):
+    """A bounded map of immutable values, least recently used out first."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[str, V] = OrderedDict()
+
+    def get(self, key: str) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.limit:
+            self._items.popitem(last=False)
+
+
 class Prover(Protocol):
     async def prove(self, event_id: str) -> ledger_pb2.ProofBundle | None:
         """The event's proof bundle, or None while the ledger has not sequenced
@@ -113,6 +145,7 @@ class LedgerProver:
         self.credentials = credentials
         self._channel: grpc.aio.Channel | None = None
         self._verifier_key = ""
+        self._entries: Lru[ledger_pb2.Entry] = Lru(ENTRY_CACHE)
 
     def _stub(self) -> ledger_pb2_grpc.LedgerServiceStub:
         if self._channel is None:
@@ -126,27 +159,46 @@ class LedgerProver:
             self._verifier_key = reply.verifier_key
         return self._verifier_key
 
+    async def _entry(self, stub: ledger_pb2_grpc.LedgerServiceStub, event_id: str) -> ledger_pb2.Entry:
+        """The event's ledger entry; NotFound until sequenced. Entries never
+        change once sequenced (the log is append-only), so they are kept."""
+        entry = self._entries.get(event_id)
+        if entry is None:
+            metadata = await self.credentials.metadata()
+            request = ledger_pb2.GetEntryByEventIdRequest(event_id=event_id)
+            entry = await _call("ledger", "GetEntryByEventId",
+                                lambda: stub.GetEntryByEventId(request, metadata=metadata, timeout=CALL_TIMEOUT_S))
+            self._entries.put(event_id, entry)
+        return entry
+
+    async def _inclusion(self, stub: ledger_pb2_grpc.LedgerServiceStub, index: int, tree_size: int) -> ledger_pb2.InclusionProof:
+        request = ledger_pb2.GetInclusionProofRequest(index=index, tree_size=tree_size)
+        return await _call("ledger", "GetInclusionProof", lambda: stub.GetInclusionProof(request, timeout=CALL_TIMEOUT_S))
+
     async def prove(self, event_id: str) -> ledger_pb2.ProofBundle | None:
+        """One round of calls when the entry is known: the newest checkpoint
+        and a proof against the ledger's current size side by side; a second
+        proof only when a checkpoint was signed between the two."""
         stub = self._stub()
-        metadata = await self.credentials.metadata()
-        request = ledger_pb2.GetEntryByEventIdRequest(event_id=event_id)
+        known = self._entries.get(event_id)
         checkpoint_call = _call("ledger", "GetCheckpoint",
                                 lambda: stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=CALL_TIMEOUT_S))
-        entry_call = _call("ledger", "GetEntryByEventId",
-                           lambda: stub.GetEntryByEventId(request, metadata=metadata, timeout=CALL_TIMEOUT_S))
-        results = await asyncio.gather(checkpoint_call, entry_call, self._key(stub), return_exceptions=True)
-        for result in results:
+        calls: list[Awaitable[object]] = [checkpoint_call, self._entry(stub, event_id), self._key(stub)]
+        if known is not None:
+            calls.append(self._inclusion(stub, known.index, 0))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for result in results[:3]:
             if isinstance(result, NotFound):
                 return None
             if isinstance(result, BaseException):
                 raise result
-        checkpoint, entry, key = results
+        checkpoint, entry, key = results[:3]
         assert isinstance(checkpoint, ledger_pb2.Checkpoint) and isinstance(entry, ledger_pb2.Entry)
         if entry.index >= checkpoint.tree_size:
             return None
-        proof_request = ledger_pb2.GetInclusionProofRequest(index=entry.index, tree_size=checkpoint.tree_size)
-        proof = await _call("ledger", "GetInclusionProof",
-                            lambda: stub.GetInclusionProof(proof_request, timeout=CALL_TIMEOUT_S))
+        proof = results[3] if len(results) > 3 else None  # a failed early proof is simply asked again
+        if not isinstance(proof, ledger_pb2.InclusionProof) or proof.tree_size != checkpoint.tree_size:
+            proof = await self._inclusion(stub, entry.index, checkpoint.tree_size)
         return bundle(entry, proof, checkpoint.checkpoint, str(key))
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ read, so a denial reveals nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -23,14 +24,14 @@ import asyncpg
 from medledger.records import crypto, domain, store, views
 from medledger.records.crypto import Payload
 from medledger.records.domain import Grounds, Reader, RecordHead
-from medledger.records.peers import AccessGate, Metadata, Prover
+from medledger.records.peers import AccessGate, Metadata, Prover, discard
 from medledger.records.settings import RecordsSettings
 from medledger.records.store import StoredVersion
 from medledger.runtime.auth import Caller
 from medledger.runtime.envelope import envelope, new_event_id
 from medledger.runtime.errors import OutOfRange, PermissionDenied, ResourceExhausted
 from medledger.runtime.outbox import Conn, Outbox
-from medledger.v1 import consent_pb2, records_pb2 as pb
+from medledger.v1 import consent_pb2, events_pb2, ledger_pb2, records_pb2 as pb
 
 log = logging.getLogger(__name__)
 SERVICE = "records"
@@ -118,7 +119,9 @@ class RecordsReads:
 
     async def _payloads(self, conn: Conn, patient_id: str, versions: Sequence[StoredVersion]) -> tuple[dict[tuple[str, int], Payload], datetime | None]:
         """Decrypted payloads by (record, version); none once the patient erased their data."""
-        key = await store.patient_key(conn, patient_id)
+        return self._open(patient_id, await store.patient_key(conn, patient_id), versions)
+
+    def _open(self, patient_id: str, key: store.PatientKey | None, versions: Sequence[StoredVersion]) -> tuple[dict[tuple[str, int], Payload], datetime | None]:
         if key is None or key.erased_at is not None or key.wrapped_key is None:
             return {}, key.erased_at if key else None
         wrapper = self.settings.key_wrapper
@@ -129,49 +132,89 @@ class RecordsReads:
         }, None
 
     async def _disclose(self, reader: Reader, patient_id: str, operation: str, served: Served,
-                        ledger_indices: Sequence[tuple[str, int]] = ()) -> list[str]:
+                        ledger_indices: Sequence[tuple[str, int]] = (), conn: Conn | None = None) -> list[str]:
         """Commit the RecordsDisclosed events (and learned ledger indices); their ids."""
         events = [] if served.erased_at is not None else views.disclosures(
             new_event_id(), reader, patient_id, operation, served.items
         )
         envs = [envelope(e, aggregate_id=patient_id, producer=SERVICE, actor=reader.identity_id) for e in events]
-        if envs or ledger_indices:
-            async with self.ports.pool().acquire() as conn, conn.transaction():
-                for env in envs:
-                    await self.ports.disclosures.enqueue(conn, env)
-                for event_id, index in ledger_indices:
-                    await store.remember_ledger_index(conn, event_id, index)
+        if (envs or ledger_indices) and conn is not None:
+            await self._commit(conn, envs, ledger_indices)
+        elif envs or ledger_indices:
+            async with self.ports.pool().acquire() as own:
+                await self._commit(own, envs, ledger_indices)
         return [env.event_id for env in envs]
 
+    async def _commit(self, conn: Conn, envs: Sequence[events_pb2.EventEnvelope],
+                      ledger_indices: Sequence[tuple[str, int]]) -> None:
+        """The disclosures atomically (one event is one statement, already
+        atomic; several take a transaction), then the ledger indices learned,
+        which only spare a later lookup."""
+        if len(envs) == 1:
+            await self.ports.disclosures.enqueue(conn, envs[0])
+        elif envs:
+            async with conn.transaction():
+                for env in envs:
+                    await self.ports.disclosures.enqueue(conn, env)
+        for event_id, index in ledger_indices:
+            await store.remember_ledger_index(conn, event_id, index)
+
     # ---- GetRecord / GetRecordHistory ----
+
+    async def _record(self, conn: Conn, caller: Caller, authorization: Metadata, record_id: str, purpose: int,
+                      organization_id: str) -> tuple[Reader, RecordHead, Authorizer]:
+        """The reader, the record's head and who may read it, from one query."""
+        facts = await store.read_facts(conn, caller.subject if caller.kind == "PRACTITIONER" else "", record_id)
+        reader = Reader(caller.subject, caller.kind, purpose, organization_id, facts.organizations)
+        domain.check_reader(reader)
+        if facts.head is None:
+            raise denied(record_id)
+        authorizer = Authorizer(self.ports.gate, authorization, reader, facts.head.patient_id, facts.representatives,
+                                domain.record_scoped(facts.consents, self.clock()))
+        return reader, facts.head, authorizer
 
     async def _one(self, caller: Caller, authorization: Metadata, record_id: str, purpose: int,
                    organization_id: str) -> tuple[Reader, RecordHead, Grounds]:
         async with self.ports.pool().acquire() as conn:
-            reader = await self._reader(conn, caller, purpose, organization_id)
-            head = await store.head(conn, record_id) if record_id else None
-            if head is None:
-                raise denied(record_id)
-            authorizer = await self._authorizer(conn, reader, head.patient_id, authorization)
+            reader, head, authorizer = await self._record(conn, caller, authorization, record_id, purpose,
+                                                          organization_id)
         grounds = await authorizer.grounds(head, by_record=True)
         if grounds is None:
             raise denied(record_id)
         return reader, head, grounds
 
+    async def _material(self, conn: Conn, head: RecordHead, number: int) -> tuple[StoredVersion, store.PatientKey | None, ledger_pb2.ProofBundle | None]:
+        """A version, its patient's data key row and its proof: fetched while
+        consent decides, opened only once it allowed."""
+        version, key = await store.version_and_key(conn, head.record_id, number, head.patient_id)
+        assert version is not None
+        return version, key, await self.ports.prover().prove(version.event_id)
+
     async def get(self, caller: Caller, authorization: Metadata, request: pb.GetRecordRequest) -> pb.GetRecordResponse:
-        reader, head, grounds = await self._one(caller, authorization, request.record_id, request.purpose,
-                                                request.organization_id)
-        number = request.version or head.latest_version
-        if number > head.latest_version:
-            raise OutOfRange(f"record {head.record_id} has {head.latest_version} versions")
+        """One connection for the whole read (three round trips: facts,
+        version with key, disclosure); the version and its proof are fetched
+        while consent decides, and nothing is opened or disclosed before it
+        allowed."""
         async with self.ports.pool().acquire() as conn:
-            version = await store.version(conn, head.record_id, number)
-            assert version is not None
-            payloads, erased_at = await self._payloads(conn, head.patient_id, [version])
-        proof = await self.ports.prover().prove(version.event_id)
-        indices = [(version.event_id, proof.entry.index)] if proof is not None and version.ledger_index is None else []
-        served = Served([(grounds, head, version)], erased_at)
-        disclosure_ids = await self._disclose(reader, head.patient_id, "GetRecord", served, indices)
+            reader, head, authorizer = await self._record(conn, caller, authorization, request.record_id,
+                                                          request.purpose, request.organization_id)
+            number = request.version or head.latest_version
+            material = asyncio.ensure_future(self._material(conn, head, number)) if number <= head.latest_version else None
+            try:
+                grounds = await authorizer.grounds(head, by_record=True)
+            except BaseException:
+                await discard(material)
+                raise
+            if grounds is None:
+                await discard(material)
+                raise denied(request.record_id)
+            if material is None:
+                raise OutOfRange(f"record {head.record_id} has {head.latest_version} versions")
+            version, key, proof = await material
+            payloads, erased_at = self._open(head.patient_id, key, [version])
+            indices = [(version.event_id, proof.entry.index)] if proof is not None and version.ledger_index is None else []
+            served = Served([(grounds, head, version)], erased_at)
+            disclosure_ids = await self._disclose(reader, head.patient_id, "GetRecord", served, indices, conn)
         record = views.record_message(head, version, payloads.get((head.record_id, number)), erased_at)
         response = pb.GetRecordResponse(record=record, disclosure_event_ids=disclosure_ids,
                                         proof_status=pb.PROOF_PENDING)

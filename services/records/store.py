@@ -44,29 +44,96 @@ async def representatives(conn: Conn, patient_id: str) -> frozenset[str]:
 
 async def consents(conn: Conn, patient_id: str) -> tuple[ConsentFact, ...]:
     rows = await conn.fetch(
-        "SELECT consent_id, grantee_id, purposes, record_ids, valid_from, valid_until, revoked"
-        " FROM consents WHERE patient_id = $1",
+        f"SELECT {_CONSENT_COLUMNS} FROM consents WHERE patient_id = $1",
         patient_id,
     )
-    return tuple(
-        ConsentFact(r["consent_id"], r["grantee_id"], frozenset(r["purposes"]), r["valid_from"], r["valid_until"],
-                    r["revoked"], frozenset(r["record_ids"]))
-        for r in rows
-    )
+    return tuple(_consent(r) for r in rows)
 
 
-async def patient_facts(conn: Conn, patient_id: str) -> PatientFacts:
-    bg = await conn.fetch(
-        "SELECT break_glass_id, practitioner_id, organization_id, valid_until FROM break_glass WHERE patient_id = $1",
-        patient_id,
+def _consent(r: tuple[object, ...] | asyncpg.Record) -> ConsentFact:
+    consent_id, grantee_id, purposes, record_ids, valid_from, valid_until, revoked = tuple(r)
+    return ConsentFact(consent_id, grantee_id, frozenset(int(p) for p in purposes), valid_from, valid_until,
+                       revoked, frozenset(record_ids))
+
+
+_CONSENT_COLUMNS = "consent_id, grantee_id, purposes, record_ids, valid_from, valid_until, revoked"
+_PARTY = "SELECT row(identity_id, kind, active, registered_by, organization_type) FROM identities WHERE identity_id = {}"
+_ORGANIZATIONS = "ARRAY(SELECT organization_id FROM memberships WHERE member_id = {} AND active)"
+_REPRESENTATIVES = "ARRAY(SELECT representative_id FROM representatives WHERE patient_id = {} AND active)"
+# asyncpg has no decoder for integer[] inside an anonymous record: purposes travel as text there.
+_CONSENTS = ("ARRAY(SELECT row(consent_id, grantee_id, purposes::text[], record_ids, valid_from, valid_until, revoked)"
+             " FROM consents WHERE patient_id = {})")
+
+
+def _party_of(row: tuple[object, ...] | None, organizations: list[str]) -> Party | None:
+    if row is None:
+        return None
+    identity_id, kind, active, registered_by, organization_type = row
+    return Party(identity_id, kind, active, registered_by, organization_type, frozenset(organizations))
+
+
+_FACTS = (
+    f"SELECT ({_PARTY.format('$1')}) AS patient, {_ORGANIZATIONS.format('$1')} AS patient_organizations,"
+    f" ({_PARTY.format('$2')}) AS other, {_ORGANIZATIONS.format('$2')} AS other_organizations,"
+    f" {_REPRESENTATIVES.format('$1')} AS representatives, {_CONSENTS.format('$1')} AS consents,"
+    " ARRAY(SELECT row(break_glass_id, practitioner_id, organization_id, valid_until) FROM break_glass"
+    " WHERE patient_id = $1) AS break_glass,"
+    " (SELECT erased_at FROM patient_keys WHERE patient_id = $1) AS erased_at,"
+    " EXISTS(SELECT 1 FROM records WHERE record_id = $3) AS taken"
+)
+
+
+@dataclass(frozen=True)
+class CommandFacts:
+    """Everything a command checks before its transaction, read in one round
+    trip: the patient's facts, the acting party (author or signer), and
+    whether a record id is taken."""
+
+    patient: PatientFacts
+    party: Party | None
+    record_taken: bool
+
+
+async def command_facts(conn: Conn, patient_id: str, party_id: str, record_id: str = "") -> CommandFacts:
+    row = await conn.fetchrow(_FACTS, patient_id, party_id, record_id)
+    assert row is not None
+    facts = PatientFacts(
+        patient=_party_of(row["patient"], row["patient_organizations"]),
+        representatives=frozenset(row["representatives"]),
+        consents=tuple(_consent(c) for c in row["consents"]),
+        break_glass=tuple(BreakGlassFact(*b) for b in row["break_glass"]),
+        erased_at=row["erased_at"],
     )
-    erased = await conn.fetchval("SELECT erased_at FROM patient_keys WHERE patient_id = $1", patient_id)
-    return PatientFacts(
-        patient=await party(conn, patient_id),
-        representatives=await representatives(conn, patient_id),
-        consents=await consents(conn, patient_id),
-        break_glass=tuple(BreakGlassFact(r["break_glass_id"], r["practitioner_id"], r["organization_id"], r["valid_until"]) for r in bg),
-        erased_at=erased,
+    return CommandFacts(facts, _party_of(row["other"], row["other_organizations"]), bool(row["taken"]))
+
+
+@dataclass(frozen=True)
+class ReadFacts:
+    """What a single-record read checks before asking anyone, in one round
+    trip: the reader's organizations, the record's head, and its patient's
+    representatives and consents."""
+
+    organizations: frozenset[str]
+    head: RecordHead | None
+    representatives: frozenset[str]
+    consents: tuple[ConsentFact, ...]
+
+
+async def read_facts(conn: Conn, reader_id: str, record_id: str) -> ReadFacts:
+    row = await conn.fetchrow(
+        f"WITH h AS ({_HEAD} WHERE r.record_id = $2)"
+        f" SELECT {_ORGANIZATIONS.format('$1')} AS organizations, (SELECT row(h.*) FROM h) AS head,"
+        f" {_REPRESENTATIVES.format('(SELECT patient_id FROM h)')} AS representatives,"
+        f" {_CONSENTS.format('(SELECT patient_id FROM h)')} AS consents",
+        reader_id, record_id,
+    )
+    assert row is not None
+    head_row = row["head"]
+    return ReadFacts(
+        frozenset(row["organizations"]),
+        RecordHead(*head_row[:5], head_row[6], head_row[5]) if head_row is not None else None,
+        frozenset(row["representatives"]),
+        tuple(_consent(c) for c in row["consents"]),
     )
 
 
@@ -83,14 +150,19 @@ class PatientKey:
     versions_erased: int | None
 
 
-async def patient_key(conn: Conn, patient_id: str, lock: bool = False) -> PatientKey | None:
+async def patient_key(conn: Conn, patient_id: str, lock: str = "") -> PatientKey | None:
+    """lock: "" (none), "SHARE" (writers: many at once, no erasure meanwhile)
+    or "UPDATE" (erasure: waits for the writers, excludes everyone)."""
+    assert lock in ("", "SHARE", "UPDATE")
     row = await conn.fetchrow(
         "SELECT kek_id, wrapped_key, erased_at, erasure_id, erasure_event_id, versions_erased FROM patient_keys"
-        " WHERE patient_id = $1" + (" FOR UPDATE" if lock else ""),
+        " WHERE patient_id = $1" + (f" FOR {lock}" if lock else ""),
         patient_id,
     )
-    if row is None:
-        return None
+    return _patient_key(row) if row is not None else None
+
+
+def _patient_key(row: asyncpg.Record) -> PatientKey:
     return PatientKey(row["kek_id"], row["wrapped_key"], row["erased_at"], row["erasure_id"], row["erasure_event_id"],
                       row["versions_erased"])
 
@@ -185,9 +257,19 @@ def _version(row: asyncpg.Record) -> StoredVersion:
     return StoredVersion(**dict(row))
 
 
-async def version(conn: Conn, record_id: str, number: int) -> StoredVersion | None:
-    row = await conn.fetchrow(_VERSION + " WHERE record_id = $1 AND version = $2", record_id, number)
-    return _version(row) if row else None
+async def version_and_key(conn: Conn, record_id: str, number: int, patient_id: str) -> tuple[StoredVersion | None, PatientKey | None]:
+    """A version and its patient's data key row, in one round trip."""
+    columns = ", ".join(f"v.{c}" for c in _VERSION_COLUMNS)
+    row = await conn.fetchrow(
+        f"SELECT {columns}, k.kek_id, k.wrapped_key, k.erased_at, k.erasure_id, k.erasure_event_id, k.versions_erased"
+        " FROM record_versions v LEFT JOIN patient_keys k ON k.patient_id = $3"
+        " WHERE v.record_id = $1 AND v.version = $2",
+        record_id, number, patient_id,
+    )
+    if row is None:
+        return None, None
+    found = StoredVersion(**{c: row[c] for c in _VERSION_COLUMNS})
+    return found, _patient_key(row) if row["kek_id"] is not None else None
 
 
 async def versions(conn: Conn, record_id: str, first: int, limit: int) -> list[StoredVersion]:
@@ -207,25 +289,37 @@ async def latest_versions(conn: Conn, record_ids: Sequence[str]) -> dict[str, St
     return {r["record_id"]: _version(r) for r in rows}
 
 
-async def insert_record(conn: Conn, head: RecordHead) -> bool:
-    """False when the record id is taken."""
+_VERSION_INTO = (
+    "INSERT INTO record_versions (record_id, version, author_id, attestation, author_signature, commitment, sealed,"
+    " recorded_at, event_id)"
+)
+
+
+def _version_args(v: StoredVersion) -> tuple[object, ...]:
+    return (v.record_id, v.version, v.author_id, v.attestation, v.author_signature, v.commitment, v.sealed,
+            v.recorded_at, v.event_id)
+
+
+async def insert_record(conn: Conn, head: RecordHead, first: StoredVersion) -> bool:
+    """The record with its first version, in one statement; False (nothing
+    inserted) when the record id is taken."""
     inserted = await conn.fetchval(
-        "INSERT INTO records (record_id, patient_id, category, custodian_id, latest_version, created_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (record_id) DO NOTHING RETURNING true",
-        head.record_id, head.patient_id, head.category, head.custodian_id, head.latest_version, head.created_at,
+        "WITH r AS (INSERT INTO records (record_id, patient_id, category, custodian_id, latest_version, created_at)"
+        " VALUES ($1, $10, $11, $12, $2, $13) ON CONFLICT (record_id) DO NOTHING RETURNING record_id) "
+        + _VERSION_INTO + " SELECT r.record_id, $2, $3, $4, $5, $6, $7, $8, $9 FROM r RETURNING true",
+        *_version_args(first), head.patient_id, head.category, head.custodian_id, head.created_at,
     )
     return bool(inserted)
 
 
 async def insert_version(conn: Conn, v: StoredVersion) -> None:
+    """A later version, and the record's latest_version moved to it, in one statement."""
     await conn.execute(
-        "INSERT INTO record_versions (record_id, version, author_id, attestation, author_signature, commitment, sealed,"
-        " recorded_at, event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        v.record_id, v.version, v.author_id, v.attestation, v.author_signature, v.commitment, v.sealed,
-        v.recorded_at, v.event_id,
+        f"WITH v AS ({_VERSION_INTO} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING record_id, version)"
+        " UPDATE records r SET latest_version = v.version FROM v"
+        " WHERE r.record_id = v.record_id AND r.latest_version < v.version",
+        *_version_args(v),
     )
-    await conn.execute("UPDATE records SET latest_version = $2 WHERE record_id = $1 AND latest_version < $2",
-                       v.record_id, v.version)
 
 
 async def remember_ledger_index(conn: Conn, event_id: str, index: int) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable, Sequence, TypeAlias
+from typing import Awaitable, Callable, Iterable, Sequence, TypeAlias
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -43,6 +43,7 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnect
 ApplyHook = Callable[[Conn, Opened], Awaitable[int]]
 PositionsHook = Callable[[Conn, str], Awaitable[dict[int, int]]]
 BATCH = 500
+RECENT_IDS = 10_000  # ids of recently published events kept in memory, per relay
 
 # The table, created by each service's own migration:
 #   outbox(seq bigserial PRIMARY KEY, event_id text UNIQUE, aggregate_id text,
@@ -65,11 +66,11 @@ class Outbox:
         """Sign the envelope and queue it; must run inside the command's
         transaction. Returns the exact bytes that will be published."""
         value = self.signer.seal(env)
-        await conn.execute(
-            f"INSERT INTO {self.table} (event_id, aggregate_id, envelope) VALUES ($1, $2, $3)",
-            env.event_id, env.aggregate_id, value,
+        await conn.execute(  # one round trip: the row, then the notification (sent at commit)
+            f"WITH queued AS (INSERT INTO {self.table} (event_id, aggregate_id, envelope) VALUES ($1, $2, $3)"
+            " RETURNING 1) SELECT pg_notify($4, '') FROM queued",
+            env.event_id, env.aggregate_id, value, self.channel,
         )
-        await conn.execute("SELECT pg_notify($1, '')", self.channel)
         return value
 
     async def unpublished(self, conn: Conn, limit: int) -> list[asyncpg.Record]:
@@ -140,6 +141,9 @@ class OutboxRelay:
         self.role = "starting"
         self._wake = asyncio.Event()
         self._published = asyncio.Condition()
+        # Event ids this relay placed recently, newest last: lets wait_published
+        # answer from memory instead of one query per waiter per batch.
+        self._recent: dict[str, None] = {}
         self.backlog = OutboxBacklog(outbox.topic, table=outbox.table)
         track_leadership(name, lambda: self.role == "leader")
 
@@ -182,19 +186,34 @@ class OutboxRelay:
         placed = await asyncio.gather(*sends)
         await self.outbox.mark_published(conn, [(r["event_id"], m.partition, m.offset) for r, m in zip(rows, placed)])
         self.backlog.published.inc(len(rows))
+        self._remember(r["event_id"] for r in rows)
         async with self._published:
             self._published.notify_all()
         return True
 
+    def _remember(self, event_ids: Iterable[str]) -> None:
+        for event_id in event_ids:
+            self._recent[event_id] = None
+        while len(self._recent) > RECENT_IDS:
+            del self._recent[next(iter(self._recent))]
+
     async def wait_published(self, event_ids: Sequence[str], pool: asyncpg.Pool, timeout: float) -> bool:
         """Wait until these events are on the topic (published by whichever
-        replica leads), at most timeout seconds; whether they are."""
+        replica leads), at most timeout seconds; whether they are.
+
+        While this replica's relay leads, what it just published is known in
+        memory, so a batch wakes every waiter without a query each; the
+        database is asked when another replica leads and every 50 ms anyway."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        ask_database = self.role != "leader"
         while True:
-            async with pool.acquire() as conn:
-                if await self.outbox.published(conn, event_ids):
-                    return True
+            if all(e in self._recent for e in event_ids):
+                return True
+            if ask_database:
+                async with pool.acquire() as conn:
+                    if await self.outbox.published(conn, event_ids):
+                        return True
             remaining = deadline - loop.time()
             if remaining <= 0:
                 log.warning("events committed but not yet published", extra={"event_ids": ",".join(event_ids)})
@@ -202,8 +221,9 @@ class OutboxRelay:
             async with self._published:
                 try:
                     await asyncio.wait_for(self._published.wait(), min(remaining, 0.05))
+                    ask_database = self.role != "leader"
                 except asyncio.TimeoutError:
-                    pass
+                    ask_database = True
 
     async def reconcile(self, conn: Conn) -> int:
         """Bring the database in line with the topic; returns how many events

@@ -43,6 +43,11 @@ def derive(secret: bytes, label: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(secret)
 
 
+def new_key() -> bytes:
+    """A random AES-256 key (a per-value or per-patient data key)."""
+    return AESGCM.generate_key(bit_length=256)
+
+
 def encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """AES-256-GCM with a random nonce, returned in front of the ciphertext."""
     nonce = os.urandom(NONCE_BYTES)
@@ -73,7 +78,7 @@ class Sealer:
         self.kek_id = derive(data_key, labels.check)[:8].hex()
 
     def seal(self, owner_id: str, plaintext: bytes) -> Sealed:
-        data_key = AESGCM.generate_key(bit_length=256)
+        data_key = new_key()
         wrapped = encrypt(self._kek, data_key, b"data-key:" + owner_id.encode())
         return Sealed(self.kek_id, wrapped, encrypt(data_key, plaintext, self._content + owner_id.encode()))
 

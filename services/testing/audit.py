@@ -201,6 +201,27 @@ async def wait_sequenced(stack: AuditedStack, address: str) -> int:
             await asyncio.sleep(0.5)
 
 
+async def wait_records_indexed(records_database: str, topics: Topics, bootstrap: str, timeout: float = 60) -> None:
+    """Until the records service's projection and disclosure index have read
+    every event now on the topics they follow (what replay's settling checks)."""
+    from medledger.audit.replay import records_behind
+    from medledger.runtime.consumer import PositionedConsumer
+
+    async with PositionedConsumer(bootstrap, topics.event_topics) as consumer:
+        await consumer.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = await connect(records_database)
+            try:
+                behind = await records_behind(conn, topics, consumer)
+            finally:
+                await conn.close()
+            if not behind:
+                return
+            assert time.monotonic() < deadline, "; ".join(behind)
+            await asyncio.sleep(0.2)
+
+
 async def wait_mirrored(consent_database: str, topic: str, timeout: float = 60) -> None:
     """Until the consent service's copy of consents holds every consent.events record."""
     expected = len(await read_topic(topic))

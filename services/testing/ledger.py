@@ -7,6 +7,7 @@ import asyncio
 import time
 from typing import Iterable, Sequence
 
+import asyncpg
 import grpc
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
@@ -122,6 +123,30 @@ def audit(ledger: ledger_pb2_grpc.LedgerServiceStub, checkpoint: ledger_pb2.Chec
         auditor.add(e.index, e.event, e.leaf_hash, e.chain_hash)
     auditor.check(checkpoint.checkpoint)
     return entries
+
+
+async def tamper_stored_hash(conn: "asyncpg.Connection[asyncpg.Record]", level: int, index: int, value: bytes) -> bytes:
+    """Overwrite the stored hash of the perfect subtree (level, index), as an
+    attacker with write access to the ledger's database could, and return the
+    hash it replaced (tamper again with that to restore it). Only levels 0, 8,
+    16, … are stored: level 8*L in hash tile L (level 0: the leaf hashes), the
+    nodes between are recomputed from them. The one place tests and benchmarks
+    know how the ledger stores its tree."""
+    if level % 8:
+        raise ValueError(f"only levels 0, 8, 16, ... are stored, not {level}")
+    tile, position = divmod(index, 256)
+    where = (level // 8, tile)
+    start = position * 32 + 1
+    original = await conn.fetchval(
+        "SELECT substring(hashes FROM $3 FOR 32) FROM tree_tiles WHERE level = $1 AND idx = $2", *where, start
+    )
+    if not original or len(original) != 32:
+        raise LookupError(f"no stored hash at level {level}, index {index}")
+    await conn.execute(
+        "UPDATE tree_tiles SET hashes = overlay(hashes PLACING $3 FROM $4 FOR 32) WHERE level = $1 AND idx = $2",
+        *where, value, start,
+    )
+    return bytes(original)
 
 
 async def consume_all(topic: str, expected: int, timeout: float = 60) -> list[ConsumerRecord[bytes, bytes]]:

@@ -1248,6 +1248,168 @@ class ListTrialArtifactsResponse(_message.Message):
 Global___ListTrialArtifactsResponse: _TypeAlias = ListTrialArtifactsResponse  # noqa: Y015
 
 @_typing.final
+class ListDisclosuresRequest(_message.Message):
+    """ListDisclosures' request: one patient's accounting of disclosures and
+    access report, oldest first.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_ID_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    patient_id: _builtins.str
+    """The patient; required. Callers: the patient, an active representative,
+    a network auditor, or an organization auditor of the organization that
+    registered the patient.
+    """
+    page_size: _builtins.int
+    """Lines per page: default 100, at most 1000 (larger values are capped)."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first.
+    INVALID_ARGUMENT for a token this service did not issue.
+    """
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only events that occurred at or after this time; optional."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Only events that occurred before this time; optional."""
+
+    def __init__(
+        self,
+        *,
+        patient_id: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "patient_id", b"patient_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDisclosuresRequest: _TypeAlias = ListDisclosuresRequest  # noqa: Y015
+
+@_typing.final
+class DisclosureEntry(_message.Message):
+    """One line of a patient's accounting: one event on access.events or
+    consent.events about the patient, as the records service indexed it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    SEQUENCED_FIELD_NUMBER: _builtins.int
+    LEDGER_INDEX_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    DISCLOSURE_FIELD_NUMBER: _builtins.int
+    ACCESS_DECISION_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_FIELD_NUMBER: _builtins.int
+    BREAK_GLASS_REVIEW_FIELD_NUMBER: _builtins.int
+    REVIEW_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """EventEnvelope.event_id of the event."""
+    sequenced: _builtins.bool
+    """True once the records service saw the event's entry on ledger.entries;
+    ledger_index is meaningful only then.
+    """
+    ledger_index: _builtins.int
+    """The event's 0-based ledger index (check it with an inclusion proof)."""
+    event: _builtins.bytes
+    """The signed EventEnvelope exactly as published (the ledger's leaf bytes),
+    so the line can be verified against the pinned producer keys and proven.
+    """
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """EventEnvelope.occurred_at: when the disclosure, decision, break-glass or
+        review happened.
+        """
+
+    @_builtins.property
+    def disclosure(self) -> Global___RecordsDisclosed:
+        """Records were served (HIPAA §164.528 disclosure): date (occurred_at),
+        recipient (requester_id, organization_id), what (records: ids,
+        versions, categories), purpose, and the consent or break-glass id.
+        """
+
+    @_builtins.property
+    def access_decision(self) -> _consent_pb2.AccessDecided:
+        """The consent service decided an access request, ALLOW or DENY."""
+
+    @_builtins.property
+    def break_glass(self) -> _consent_pb2.BreakGlassInvoked:
+        """A practitioner invoked break-glass (emergency access without consent)."""
+
+    @_builtins.property
+    def break_glass_review(self) -> _consent_pb2.BreakGlassReviewed:
+        """A break-glass was reviewed (also attached to its break_glass line)."""
+
+    @_builtins.property
+    def review(self) -> _consent_pb2.BreakGlassReviewed:
+        """Set only on a break_glass line whose review is indexed: the outcome, so
+        the patient sees each break-glass with its review.
+        """
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        sequenced: _builtins.bool = ...,
+        ledger_index: _builtins.int = ...,
+        event: _builtins.bytes = ...,
+        disclosure: Global___RecordsDisclosed | None = ...,
+        access_decision: _consent_pb2.AccessDecided | None = ...,
+        break_glass: _consent_pb2.BreakGlassInvoked | None = ...,
+        break_glass_review: _consent_pb2.BreakGlassReviewed | None = ...,
+        review: _consent_pb2.BreakGlassReviewed | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_decision", b"access_decision", "break_glass", b"break_glass", "break_glass_review", b"break_glass_review", "disclosure", b"disclosure", "occurred_at", b"occurred_at", "review", b"review", "what", b"what"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_decision", b"access_decision", "break_glass", b"break_glass", "break_glass_review", b"break_glass_review", "disclosure", b"disclosure", "event", b"event", "event_id", b"event_id", "ledger_index", b"ledger_index", "occurred_at", b"occurred_at", "review", b"review", "sequenced", b"sequenced", "what", b"what"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_what: _TypeAlias = _typing.Literal["disclosure", "access_decision", "break_glass", "break_glass_review"]  # noqa: Y015
+    _WhichOneofArgType_what: _TypeAlias = _typing.Literal["what", b"what"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_what) -> _WhichOneofReturnType_what | None: ...
+
+Global___DisclosureEntry: _TypeAlias = DisclosureEntry  # noqa: Y015
+
+@_typing.final
+class ListDisclosuresResponse(_message.Message):
+    """ListDisclosures' answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DisclosureEntry]:
+        """The lines of this page, by occurred_at then event_id."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___DisclosureEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDisclosuresResponse: _TypeAlias = ListDisclosuresResponse  # noqa: Y015
+
+@_typing.final
 class RecordCreated(_message.Message):
     """---- events on records.events (aggregate_id = patient id; trial id for
     research artifacts) ----

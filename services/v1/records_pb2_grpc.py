@@ -95,6 +95,11 @@ class RecordsServiceStub:
                 request_serializer=medledger_dot_v1_dot_records__pb2.ListTrialArtifactsRequest.SerializeToString,
                 response_deserializer=medledger_dot_v1_dot_records__pb2.ListTrialArtifactsResponse.FromString,
                 _registered_method=True)
+        self.ListDisclosures = channel.unary_unary(
+                '/medledger.v1.RecordsService/ListDisclosures',
+                request_serializer=medledger_dot_v1_dot_records__pb2.ListDisclosuresRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_records__pb2.ListDisclosuresResponse.FromString,
+                _registered_method=True)
 
 
 class RecordsServiceServicer:
@@ -227,6 +232,22 @@ class RecordsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDisclosures(self, request, context):
+        """A patient's accounting of disclosures (HIPAA §164.528) and access report
+        (§164.312(b)): every RecordsDisclosed, every AccessDecided (ALLOW or
+        DENY), every BreakGlassInvoked with its review, and the reviews, each
+        with its ledger index once sequenced. Served from the records service's
+        per-patient index of access.events, consent.events and ledger.entries,
+        which may lag the topics by moments. Callers: the patient, an active
+        representative, a network auditor, or an organization auditor of the
+        organization that registered the patient; PERMISSION_DENIED for anyone
+        else (the same for an unknown patient). INVALID_ARGUMENT for a missing
+        patient_id, since after until, or a malformed page token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecordsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -279,6 +300,11 @@ def add_RecordsServiceServicer_to_server(servicer, server):
                     servicer.ListTrialArtifacts,
                     request_deserializer=medledger_dot_v1_dot_records__pb2.ListTrialArtifactsRequest.FromString,
                     response_serializer=medledger_dot_v1_dot_records__pb2.ListTrialArtifactsResponse.SerializeToString,
+            ),
+            'ListDisclosures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDisclosures,
+                    request_deserializer=medledger_dot_v1_dot_records__pb2.ListDisclosuresRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_records__pb2.ListDisclosuresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -562,6 +588,33 @@ class RecordsService:
             '/medledger.v1.RecordsService/ListTrialArtifacts',
             medledger_dot_v1_dot_records__pb2.ListTrialArtifactsRequest.SerializeToString,
             medledger_dot_v1_dot_records__pb2.ListTrialArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDisclosures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.RecordsService/ListDisclosures',
+            medledger_dot_v1_dot_records__pb2.ListDisclosuresRequest.SerializeToString,
+            medledger_dot_v1_dot_records__pb2.ListDisclosuresResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -134,6 +134,18 @@ class RecordsServiceStub:
     INVALID_ARGUMENT for a malformed trial id. An unknown trial is an empty
     timeline.
     """
+    ListDisclosures: _grpc.UnaryUnaryMultiCallable[_records_pb2.ListDisclosuresRequest, _records_pb2.ListDisclosuresResponse]
+    """A patient's accounting of disclosures (HIPAA §164.528) and access report
+    (§164.312(b)): every RecordsDisclosed, every AccessDecided (ALLOW or
+    DENY), every BreakGlassInvoked with its review, and the reviews, each
+    with its ledger index once sequenced. Served from the records service's
+    per-patient index of access.events, consent.events and ledger.entries,
+    which may lag the topics by moments. Callers: the patient, an active
+    representative, a network auditor, or an organization auditor of the
+    organization that registered the patient; PERMISSION_DENIED for anyone
+    else (the same for an unknown patient). INVALID_ARGUMENT for a missing
+    patient_id, since after until, or a malformed page token.
+    """
 
 @_typing.type_check_only
 class RecordsServiceAsyncStub(RecordsServiceStub):
@@ -226,6 +238,18 @@ class RecordsServiceAsyncStub(RecordsServiceStub):
     registered before the protocol; any authenticated caller.
     INVALID_ARGUMENT for a malformed trial id. An unknown trial is an empty
     timeline.
+    """
+    ListDisclosures: _aio.UnaryUnaryMultiCallable[_records_pb2.ListDisclosuresRequest, _records_pb2.ListDisclosuresResponse]  # type: ignore[assignment]
+    """A patient's accounting of disclosures (HIPAA §164.528) and access report
+    (§164.312(b)): every RecordsDisclosed, every AccessDecided (ALLOW or
+    DENY), every BreakGlassInvoked with its review, and the reviews, each
+    with its ledger index once sequenced. Served from the records service's
+    per-patient index of access.events, consent.events and ledger.entries,
+    which may lag the topics by moments. Callers: the patient, an active
+    representative, a network auditor, or an organization auditor of the
+    organization that registered the patient; PERMISSION_DENIED for anyone
+    else (the same for an unknown patient). INVALID_ARGUMENT for a missing
+    patient_id, since after until, or a malformed page token.
     """
 
 class RecordsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -376,6 +400,24 @@ class RecordsServiceServicer(metaclass=_abc_1.ABCMeta):
         registered before the protocol; any authenticated caller.
         INVALID_ARGUMENT for a malformed trial id. An unknown trial is an empty
         timeline.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDisclosures(
+        self,
+        request: _records_pb2.ListDisclosuresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_records_pb2.ListDisclosuresResponse, _abc.Awaitable[_records_pb2.ListDisclosuresResponse]]:
+        """A patient's accounting of disclosures (HIPAA §164.528) and access report
+        (§164.312(b)): every RecordsDisclosed, every AccessDecided (ALLOW or
+        DENY), every BreakGlassInvoked with its review, and the reviews, each
+        with its ledger index once sequenced. Served from the records service's
+        per-patient index of access.events, consent.events and ledger.entries,
+        which may lag the topics by moments. Callers: the patient, an active
+        representative, a network auditor, or an organization auditor of the
+        organization that registered the patient; PERMISSION_DENIED for anyone
+        else (the same for an unknown patient). INVALID_ARGUMENT for a missing
+        patient_id, since after until, or a malformed page token.
         """
 
 def add_RecordsServiceServicer_to_server(servicer: RecordsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,6 +16,7 @@ not."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -25,15 +26,17 @@ from fhir.resources.R4B.bundle import Bundle
 
 from medledger.audit import prove as proofs
 from medledger.ledger import merkle, note
+from medledger.ledger.tile_tree import TileEdge
 from medledger.runtime.kafka import delete_topics, ensure_topics, topic_specs
 from medledger.runtime.postgres import connect, drop_database
 from medledger.runtime.settings import Topics
 from medledger.testing.audit import (
     AuditedStack, AuditRun, History, audit, build_history, event_topic_envelopes, execute, ledger_copy, serve_ledger,
-    wait_mirrored, wait_sequenced,
+    wait_mirrored, wait_records_indexed, wait_sequenced,
 )
 from medledger.testing.consent import consent_env
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
+from medledger.testing.ledger import tamper_stored_hash
 from medledger.testing.records import records_env
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, free_port, service_environment, unique
 from medledger.v1 import consent_pb2, events_pb2, ledger_pb2
@@ -68,6 +71,7 @@ async def audited(stack: None, producer_env: dict[str, str], tmp_path_factory: p
         s.auditor_token()  # the auditor is registered now, so its registration is in the log under audit
         s.size = await wait_sequenced(s, ledger.address)
         await wait_mirrored(env["MEDLEDGER_CONSENT_DATABASE_URL"], topics.consent_events)
+        await wait_records_indexed(env["MEDLEDGER_RECORDS_DATABASE_URL"], topics, BOOTSTRAP)
         for done in (consent, records, ledger):  # the identity service stays: it issues auditor tokens
             done.stop()
         s.ledger_database = env["MEDLEDGER_LEDGER_DATABASE_URL"]
@@ -138,6 +142,16 @@ async def test_the_history_verifies_over_grpc_and_from_kafka(audited: AuditedSta
     assert kafka.report["stats"]["entries"] == s.size
 
 
+def _names_a_node_from(stored: merkle.NodeId, detail: str) -> bool:
+    """Whether a finding names a node computed from this stored hash (its tile
+    holds the 8 levels from the stored one up)."""
+    level, index = stored
+    return any(
+        level <= int(at) < level + 8 and int(i) >> (int(at) - level) == index
+        for at, i in re.findall(r"\(level (\d+), index (\d+)\)", detail)
+    )
+
+
 def _flip(value: bytes, marker: bytes) -> bytes:
     at = value.index(marker) + len(marker) - 1
     return value[:at] + bytes([value[at] ^ 1]) + value[at + 1 :]
@@ -161,10 +175,15 @@ async def test_each_tampering_is_caught_and_located(audited: AuditedStack, tampe
         elif tampering == "chain hash":
             await execute(url, [("UPDATE entries SET chain_hash = $1 WHERE idx = $2", (bytes(32), k))])
         elif tampering == "tree node":
-            # a stored node that the proof between two stored checkpoints is built from
+            # a stored tile hash that a node of the proof between two stored checkpoints is computed from
             pairs = [(a, b) for a, b in zip(sizes, sizes[1:]) if a > 0]
             first, second, node = next((a, b, n) for a, b in pairs for n in merkle.consistency_plan(a, b).ids if n[0] > 0)
-            await execute(url, [("UPDATE tree_nodes SET hash = $1 WHERE level = $2 AND idx = $3", (bytes(32), *node))])
+            stored = (node[0] - node[0] % 8, node[1] << (node[0] % 8))
+            conn = await connect(url)
+            try:
+                await tamper_stored_hash(conn, *stored, bytes(32))
+            finally:
+                await conn.close()
         elif tampering == "checkpoint signature":
             expect_checkpoint = next(c for c in sizes if c > k)
             [cp] = await rows(url, "SELECT note FROM checkpoints WHERE tree_size = $1", expect_checkpoint)
@@ -196,7 +215,8 @@ async def test_each_tampering_is_caught_and_located(audited: AuditedStack, tampe
         assert [f["index"] for f in findings(report, CHAIN)] == [k, k + 1]
     elif tampering == "tree node":
         failed = findings(report, "consistency proof")
-        assert failed and all(f"(level {node[0]}, index {node[1]})" in str(f["detail"]) for f in failed)
+        assert failed and all(_names_a_node_from(stored, str(f["detail"])) for f in failed)
+        assert any(f"(level {node[0]}, index {node[1]})" in str(f["detail"]) for f in failed)
         assert second in {f["checkpoint"] for f in failed}
         assert not findings(report, LEAF) and not findings(report, ROOT)
     elif tampering == "checkpoint signature":
@@ -221,13 +241,14 @@ async def _rewrite_without(url: str, dropped: int, key: note.NoteSigner, later: 
     kept += [dict(template, event=value, event_id=events_pb2.EventEnvelope.FromString(value).event_id)
              for value in later]
     sizes = [size for size in await checkpoint_sizes(url) if size < len(kept)] + [len(kept)]
-    tree, chain, entries, nodes, checkpoints = merkle.CompactRange.empty(), merkle.GENESIS_CHAIN, [], [], []
+    tree, chain, entries, tiles, checkpoints = merkle.CompactRange.empty(), merkle.GENESIS_CHAIN, [], TileEdge(), []
     for i, r in enumerate(kept):
         if i in sizes:
             checkpoints.append((i, tree.root(), chain))
         leaf = merkle.leaf_hash(r["event"])
         chain = merkle.chain_hash(chain, leaf)
-        nodes += [(level, idx, h) for (level, idx), h in tree.append(leaf) if level > 0]
+        for node_id, h in tree.append(leaf):
+            tiles.add(node_id, h)
         entries.append((i, r["event_id"], leaf, chain, r["event"], r["source_topic"], r["source_partition"],
                         r["source_offset"], r["sequenced_at"]))
     if len(kept) in sizes:
@@ -235,11 +256,14 @@ async def _rewrite_without(url: str, dropped: int, key: note.NoteSigner, later: 
     conn = await connect(url)
     try:
         async with conn.transaction():
-            await conn.execute("TRUNCATE entries, tree_nodes, checkpoints")
+            await conn.execute("TRUNCATE entries, tree_tiles, checkpoints")
             await conn.copy_records_to_table("entries", records=entries, columns=[
                 "idx", "event_id", "leaf_hash", "chain_hash", "event", "source_topic", "source_partition",
                 "source_offset", "sequenced_at"])
-            await conn.copy_records_to_table("tree_nodes", records=nodes, columns=["level", "idx", "hash"])
+            await conn.copy_records_to_table(
+                "tree_tiles", records=[(*tile, row) for tile, row in tiles.take().items()],
+                columns=["level", "idx", "hashes"],
+            )
             for size, root, head in checkpoints:
                 signed = key.sign(note.checkpoint_body(note.Checkpoint(ORIGIN, size, root)))
                 await conn.execute("INSERT INTO checkpoints VALUES ($1, $2, $3, $4, now())", size, root, head, signed)
@@ -300,14 +324,20 @@ async def test_missing_key_unreachable_ledger_and_missing_token_have_their_exit_
 async def test_replay_reproduces_the_live_projections_and_reports_a_planted_divergence(audited: AuditedStack) -> None:
     s = audited
     identity_db, consent_db = s.env["MEDLEDGER_IDENTITY_DATABASE_URL"], s.env["MEDLEDGER_CONSENT_DATABASE_URL"]
+    records_db = s.env["MEDLEDGER_RECORDS_DATABASE_URL"]
     args = ["replay", "--bootstrap", BOOTSTRAP, "--topic-prefix", s.topics.prefix, "--producer-keys-file",
             s.producer_keys_file, "--identity-database-url", identity_db, "--consent-database-url", consent_db,
-            "--json", "--no-progress", "--settle-s", "5"]
+            "--records-database-url", records_db, "--json", "--no-progress", "--settle-s", "5"]
     clean = audit(*args)
     assert clean.code == 0, clean.stdout + clean.stderr
     replayed = clean.report
     assert replayed["divergences"] == [] and replayed["unauthenticated"] == 0
     assert sum(replayed["events"].values()) == s.size
+    # records was compared, not skipped: its tables hold what the events say
+    assert await rows(records_db, "SELECT 1 FROM record_versions WHERE record_id = $1", s.history.record_id)
+    indexed = await rows(records_db, "SELECT event_id FROM disclosure_index WHERE event_id = ANY($1::text[])",
+                         s.history.disclosure_event_ids + s.history.decision_event_ids)
+    assert len(indexed) == len(s.history.disclosure_event_ids + s.history.decision_event_ids)
     # plant: the live database forgets a revocation and a break-glass changes hands
     consent_id, glass = s.history.revoked_consent_id, s.history.break_glass_id
     [before] = await rows(consent_db, "SELECT revoked_at, revoked_by FROM consents WHERE consent_id = $1", consent_id)
@@ -328,6 +358,33 @@ async def test_replay_reproduces_the_live_projections_and_reports_a_planted_dive
     found = {(d["table"], d["key"], d["column"]) for d in planted.report["divergences"]}
     assert found == {("consents", consent_id, "revoked_at"), ("consents", consent_id, "revoked_by"),
                      ("break_glass", glass, "practitioner_id")}
+
+    # plant in records: a version's author signature altered past its first bytes, a
+    # disclosure-index line dropped, and records' view of a consent un-revoked
+    record_id, disclosure = s.history.record_id, s.history.disclosure_event_ids[0]
+    [version] = await rows(records_db, "SELECT author_signature FROM record_versions WHERE record_id = $1 AND version = 1",
+                           record_id)
+    [line] = await rows(records_db, "SELECT * FROM disclosure_index WHERE event_id = $1", disclosure)
+    forged = bytes(version["author_signature"][:40]) + bytes(24)
+    await execute(records_db, [
+        ("UPDATE record_versions SET author_signature = $2 WHERE record_id = $1 AND version = 1", (record_id, forged)),
+        ("DELETE FROM disclosure_index WHERE event_id = $1", (disclosure,)),
+        ("UPDATE consents SET revoked = false WHERE consent_id = $1", (consent_id,)),
+    ])
+    try:
+        planted = audit(*args)
+    finally:
+        await execute(records_db, [
+            ("UPDATE record_versions SET author_signature = $2 WHERE record_id = $1 AND version = 1",
+             (record_id, version["author_signature"])),
+            ("INSERT INTO disclosure_index VALUES ($1, $2, $3, $4, $5, $6)", tuple(line.values())),
+            ("UPDATE consents SET revoked = true WHERE consent_id = $1", (consent_id,)),
+        ])
+    assert planted.code == 1, planted.stdout + planted.stderr
+    in_records = {(d["projection"], d["table"], d["key"], d.get("column", "")) for d in planted.report["divergences"]}
+    assert in_records == {("records", "record_versions", f"{record_id}/1", "author_signature"),
+                     ("records", "disclosure_index", disclosure, ""), ("records", "consents", consent_id, "revoked")}
+    assert audit(*args).code == 0  # restored: the same again
 
 
 async def test_disclosures_list_exactly_the_accesses_that_happened(audited: AuditedStack, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Every service's /metrics, scraped as Prometheus does (prometheus-client's
-text parser), while the four services run as real processes against the real
-Kafka and PostgreSQL: the counters and histograms move with real calls and
+text parser), while the four services and the access monitor run as real
+processes against the real Kafka and PostgreSQL: the counters and histograms move with real calls and
 events, what an operator's alerts and dashboard ask for is exported, and no
 label (nor any other byte of the exposition) carries an id from the test data.
 
@@ -22,17 +22,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from medledger.runtime.kafka import topic_specs
 from medledger.runtime.settings import Topics
+from medledger.testing import monitor as m
 from medledger.testing.consent import consent_env, grant_request, terms
 from medledger.testing.identity import IdentityHarness, Party, generate_key, identity_env
 from medledger.testing.ledger import produce, produce_raw, sample_events, stub, wait_for_checkpoint
 from medledger.testing.records import create_request, observation, records_env
 from medledger.testing.metrics import PROMETHEUS_SERIES, Sample, exposition, parse, present, promql_names, value
-from medledger.testing.stack import ROOT, ServiceProcess, isolated_environment, wait_until
+from medledger.testing.stack import ROOT, ServiceProcess, free_port, isolated_environment, wait_until
 from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import consent_pb2_grpc, ledger_pb2, records_pb2, records_pb2_grpc
 
 MONITORING = ROOT / "k8s" / "components" / "monitoring"
 SERVICES = ("identity", "consent", "records", "ledger")
+PROCESSES = (*SERVICES, "monitor")  # the access monitor: no database, faust on Kafka
 CONSENT = "medledger.v1.ConsentService"
 JUSTIFICATION = "unconscious after a fall; penicillin allergy suspected"
 LEDGER_EVENTS = 30
@@ -41,7 +43,7 @@ LEDGER_EVENTS = 30
 ALLOWED_LABELS = {
     "grpc_service", "grpc_method", "grpc_type", "grpc_code", "le", "reader", "topic", "partition", "state", "work",
     "purpose", "decision", "reason", "operation", "category", "service", "implementation", "major", "minor", "patchlevel", "version",
-    "generation",
+    "generation", "rule", "outcome",
 }
 
 
@@ -55,6 +57,7 @@ class Network:
     ids: set[str] = field(default_factory=set)  # every id and free text the scenario used
     decisions: list[pb.AccessDecision] = field(default_factory=list)
     ledger_size: tuple[int, int] = (0, 0)  # checkpoint tree size before and after the ledger's part
+    reviewed: list[Sample] = field(default_factory=list)  # consent, once the break-glass was reviewed
 
     def scrape(self, name: str) -> list[Sample]:
         self.texts[name] = exposition(self.processes[name].metrics_url)
@@ -97,10 +100,13 @@ async def network(stack: None, producer_env: dict[str, str], tmp_path_factory: p
             records_settings = records_env(harness, run_dir, env)
             network.ids.update([consent_settings["MEDLEDGER_CONSENT_IDENTITY_ID"],
                                 records_settings["MEDLEDGER_RECORDS_IDENTITY_ID"]])
-            for name, extra in (("consent", consent_settings), ("ledger", {}), ("records", records_settings)):
+            env["MEDLEDGER_MONITOR_PORT"] = str(free_port())
+            for name, extra in (("consent", consent_settings), ("ledger", {}), ("records", records_settings),
+                                ("monitor", {})):
                 start(name, **extra)
-            for name in ("consent", "ledger", "records"):
+            for name in ("consent", "ledger", "records", "monitor"):
                 processes[name].wait_serving()
+            network.before["monitor"] = network.scrape("monitor")
             await _scenario(network, harness)
             yield network
         finally:
@@ -151,6 +157,19 @@ async def _scenario(network: Network, identity: IdentityHarness) -> None:
                 and value(samples, "medledger_outbox_unpublished_events") == 0)
 
     wait_until(consent_settled, 30, 0.5, "consent's break-glass review count and its events on Kafka")
+    # The organization it was made under reviews it: counted by outcome, no longer pending.
+    consent_stub.ReviewBreakGlass(
+        pb.ReviewBreakGlassRequest(break_glass_id=glass.break_glass_id, outcome=pb.REVIEW_STATUS_APPROVED,
+                                   note=f"reviewed {JUSTIFICATION}"),
+        metadata=org.metadata, timeout=15,
+    )
+
+    def review_settled() -> bool:
+        network.reviewed = network.scrape("consent")
+        return (value(network.reviewed, "medledger_consent_break_glass_pending_review") == 0
+                and value(network.reviewed, "medledger_outbox_unpublished_events") == 0)
+
+    wait_until(review_settled, 30, 0.5, "consent's break-glass review count after the review")
 
     # records: a write and a read under the consent (the read asks consent and records a disclosure)
     network.before["records"] = network.scrape("records")
@@ -214,6 +233,20 @@ async def _scenario(network: Network, identity: IdentityHarness) -> None:
         assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
     network.after["records"] = network.scrape("records")
     network.after["identity"] = network.scrape("identity")
+
+    # monitor: it counted the scenario's denial, read and break-glass; a probing burst by
+    # another requester raises one alert
+    prober = f"requester-{m.new_id()}"
+    burst = m.probing_burst(network.topics, prober, 21)
+    network.ids.update([prober, *(e.event_id for _, e in burst), *(e.aggregate_id for _, e in burst)])
+    await produce(burst)
+
+    def monitor_alerted() -> bool:
+        network.after["monitor"] = network.scrape("monitor")
+        lags = present(network.after["monitor"], "medledger_kafka_consumer_lag_records", reader="access monitor")
+        return network.delta("monitor", "medledger_monitor_alerts_total", rule="probing") >= 1 and bool(lags)
+
+    wait_until(monitor_alerted, 60, 0.5, "the monitor's probing alert and its lag in its metrics")
 
 
 # ---- counters and histograms move with real calls and events ---------------------------------------
@@ -285,6 +318,30 @@ def test_records_counts_writes_reads_and_disclosures_by_category(network: Networ
     assert n.delta("records", "medledger_outbox_published_events_total", topic=n.topics.access_events) == 1
 
 
+def test_a_break_glass_review_is_counted_by_outcome(network: Network) -> None:
+    n = network
+    reviews = "medledger_consent_break_glass_reviews_total"
+    assert value(n.reviewed, reviews, outcome="APPROVED") - value(n.before["consent"], reviews, outcome="APPROVED") == 1
+    assert value(n.reviewed, reviews, outcome="INAPPROPRIATE") == value(n.before["consent"], reviews, outcome="INAPPROPRIATE")
+    assert {s.labels["outcome"] for s in present(n.reviewed, reviews)} == {"APPROVED", "INAPPROPRIATE"}
+    assert value(n.reviewed, "medledger_consent_break_glass_pending_review") == 0
+
+
+def test_the_monitor_counts_events_alerts_and_its_lag(network: Network) -> None:
+    n, t = network, network.topics
+    assert n.delta("monitor", "medledger_monitor_alerts_total", rule="probing") == 1
+    assert n.delta("monitor", "medledger_monitor_alerts_total", rule="breadth") == 0
+    # The scenario's RESEARCH denial, its read and its break-glass, and the 21 denials.
+    assert n.delta("monitor", "medledger_monitor_events_total", outcome="counted") == 3 + 21
+    assert n.delta("monitor", "medledger_monitor_events_total", outcome="unauthenticated") == 0
+    assert n.delta("monitor", "medledger_monitor_events_total", outcome="future") == 0
+    lags = present(n.after["monitor"], "medledger_kafka_consumer_lag_records", reader="access monitor")
+    assert {s.labels["topic"] for s in lags} == {t.access_events, t.consent_events, t.monitor_observations}
+    assert value(n.after["monitor"], "medledger_serving") == 1
+    (info,) = present(n.after["monitor"], "medledger_service_info")
+    assert info.labels["service"] == "monitor"
+
+
 def test_kafka_lag_outbox_pool_and_leadership(network: Network) -> None:
     n, t = network, network.topics
     sequencer = present(n.after["ledger"], "medledger_kafka_consumer_lag_records", reader="ledger sequencer")
@@ -311,7 +368,7 @@ def test_kafka_lag_outbox_pool_and_leadership(network: Network) -> None:
 def test_no_label_value_or_byte_of_the_metrics_is_an_id_from_the_test_data(network: Network) -> None:
     ids = {i for i in network.ids if len(i) >= 8}
     assert len(ids) >= 20, "the scenario should have produced ids to look for"
-    for name in SERVICES:
+    for name in PROCESSES:
         labels = {k: v for s in network.after[name] for k, v in s.labels.items()}
         assert set(labels) <= ALLOWED_LABELS, f"{name}: unexpected label names {set(labels) - ALLOWED_LABELS}"
         values = {v for s in network.after[name] for v in s.labels.values()}
@@ -332,6 +389,10 @@ def test_every_alert_names_metrics_the_services_export(network: Network) -> None
     exported = _exported(network)
     alerts = [r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
     assert len(alerts) >= 8
+    # The monitor's and the records rpcs' alerts are among them: the scrape includes those processes.
+    assert {"MedLedgerAccessAlertRaised", "MedLedgerMonitorStuck", "MedLedgerRecordsErrors",
+            "MedLedgerBreakGlassInappropriate"} <= {a["alert"] for a in alerts}
+    assert {"monitor", "records"} <= set(network.after)
     for alert in alerts:
         names = promql_names(alert["expr"])
         assert names, f"{alert['alert']} names no metric"

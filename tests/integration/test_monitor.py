@@ -26,6 +26,7 @@ from medledger.runtime.envelope import EventSigner
 from medledger.runtime.kafka import delete_topics, ensure_topics, make_producer, topic_specs
 from medledger.runtime.settings import Topics
 from medledger.testing import monitor as m
+from medledger.testing.metrics import present, scrape, value
 from medledger.testing.ledger import produce, produce_raw, read_entries, stub, wait_for_checkpoint
 from medledger.testing.stack import (
     BOOTSTRAP, MEDLEDGER, PRODUCERS, ServiceProcess, free_port, health_status, unique, wait_until,
@@ -215,6 +216,52 @@ async def test_a_crash_mid_window_neither_loses_nor_duplicates_and_alerts_are_on
     assert listed.returncode == 0, listed.stderr
     lines = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(a["event_id"], a["subject_id"], a["count"]) for a in lines] == [(breadth.event_id, snoop, 51)]
+
+
+def _owned_partitions(monitor: ServiceProcess, topic: str) -> set[int]:
+    """The repartition partitions this replica counts, from its own lag series."""
+    lags = present(scrape(monitor.metrics_url), "medledger_kafka_consumer_lag_records", reader="access monitor", topic=topic)
+    return {int(s.labels["partition"]) for s in lags}
+
+
+async def test_two_replicas_share_the_work_and_one_takes_over_when_the_other_is_killed(
+    spawn: Spawn, topics: Topics
+) -> None:
+    """Two monitors in one consumer group on the real broker. A practitioner reads
+    60 patients' records; after 30 are counted, the replica counting them is
+    SIGKILLed; the other takes its partitions (after the 10-second session
+    timeout), rebuilds the buckets from the changelog, and raises exactly one
+    breadth alert: no alert lost, none with a second id."""
+    replicas = [start_monitor(spawn), start_monitor(spawn)]
+    for replica in replicas:
+        replica.wait_serving()
+    observations = topics.monitor_observations
+
+    def split() -> bool:  # every partition counted by exactly one replica, and both have some
+        owned = [_owned_partitions(r, observations) for r in replicas]
+        return all(owned) and not owned[0] & owned[1] and owned[0] | owned[1] == {0, 1, 2}
+
+    wait_until(split, 60, 0.5, "the two replicas to share the repartition topic's partitions")
+    snoop = practitioner()
+    (owner,) = [r for r in replicas if partition_of(snoop, 3) in _owned_partitions(r, observations)]
+    (survivor,) = [r for r in replicas if r is not owner]
+    counted_before = value(scrape(owner.metrics_url), "medledger_monitor_events_total", outcome="counted")
+    await produce([m.disclosure(topics, snoop, f"patient-a{i}-{m.new_id()}", "org-1") for i in range(30)])
+    wait_until(
+        lambda: value(scrape(owner.metrics_url), "medledger_monitor_events_total", outcome="counted") >= counted_before + 30,
+        30, 0.2, "the owning replica to count the first 30 reads",
+    )
+    owner.kill()  # mid-burst: no leave-group, so its partitions move only when its session expires
+    await produce([m.disclosure(topics, snoop, f"patient-b{i}-{m.new_id()}", "org-1") for i in range(30)])
+    found = await drain(topics, snoop)  # the marker on snoop's partition: the survivor counted everything
+    wait_until(lambda: _owned_partitions(survivor, observations) == {0, 1, 2}, 30, 0.5,
+               "the survivor to report every partition as its own")  # lag is measured every 5 s
+    mine = [(record, e) for record, e in found if e.aggregate_id == snoop]
+    assert len({e.event_id for _, e in mine}) == 1, "the takeover lost or duplicated the breadth alert"
+    assert len({record for record, _ in mine}) == 1, "a replayed alert must be the identical record"
+    alert = m.alert_of(mine[0][1])
+    assert (alert.rule, alert.count, alert.threshold) == (monitor_pb2.ALERT_RULE_BREADTH, 51, 50)
+    assert len(set(alert.patient_ids)) == 51
 
 
 def _checkpoint_holding(ledger: ledger_pb2_grpc.LedgerServiceStub, values: list[bytes]) -> ledger_pb2.Checkpoint:

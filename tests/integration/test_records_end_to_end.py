@@ -167,6 +167,17 @@ async def test_a_record_shared_under_consent_from_registration_to_erasure(stack:
     assert [r.get_resource_type() for r in exported] == ["Observation"]
     assert exported[0].note[0].text == MARKER
 
+    # -- the patient's accounting of disclosures (ListDisclosures through the
+    # client) lists B's read and B's refusals; B may not see it
+    def accounted() -> bool:
+        lines = list(patient.records.disclosures(page_size=2))
+        denials = [e for e in lines if e.access_decision.decision == consent_pb2.DECISION_DENY]
+        return set(disclosed_to_b) <= {e.event_id for e in lines} and any(
+            e.access_decision.requester_id == dr_b.identity_id for e in denials)
+
+    wait_until(accounted, 30, 0.3, "the patient's disclosures indexed by the records service")
+    reveals_nothing(denial(lambda: list(dr_b.records.disclosures(patient_id))))
+
     # -- the patient erases their data: content gone, proof still good
     assert hospital_a.identity.get(patient_id).demographics.family_name == FAMILY
     erased = patient.records.erase()

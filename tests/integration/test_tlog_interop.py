@@ -16,7 +16,7 @@ import asyncpg
 
 from medledger.runtime.settings import Topics
 from medledger.testing.identity import IdentityHarness
-from medledger.testing.ledger import audit, produce, sample_events, stub, wait_for_checkpoint
+from medledger.testing.ledger import audit, produce, sample_events, stub, tamper_stored_hash, wait_for_checkpoint
 from medledger.testing.stack import ServiceProcess
 from medledger.v1 import ledger_pb2
 from tests.interop.tessera import TesseraTools, build_tools
@@ -90,13 +90,11 @@ async def test_tessera_fsck_and_client_proofs_verify_a_live_ledger(
     conn = await asyncpg.connect(service_env["MEDLEDGER_LEDGER_DATABASE_URL"])
     try:
         forged = sha256(b"forged").digest()
-        for table, where in (("tree_nodes", "level = 8 AND idx = 3"), ("entries", "idx = 700")):
-            column = "hash" if table == "tree_nodes" else "leaf_hash"
-            original = await conn.fetchval(f"SELECT {column} FROM {table} WHERE {where}")
-            await conn.execute(f"UPDATE {table} SET {column} = $1 WHERE {where}", forged)
+        for level, index in ((8, 3), (0, 700)):  # a hash in a level-1 tile; one in a level-0 tile
+            original = await tamper_stored_hash(conn, level, index, forged)
             tampered = fsck(tools, ledger_proc, key_file, key.origin, auditor.token)
-            await conn.execute(f"UPDATE {table} SET {column} = $1 WHERE {where}", original)
-            assert "fsck failed" in tampered and not passed(tampered), f"fsck passed with {table} tampered:\n{tampered}"
+            await tamper_stored_hash(conn, level, index, original)
+            assert "fsck failed" in tampered and not passed(tampered), f"fsck passed with ({level}, {index}) tampered:\n{tampered}"
     finally:
         await conn.close()
     assert passed(fsck(tools, ledger_proc, key_file, key.origin, auditor.token))  # restored, it checks out again

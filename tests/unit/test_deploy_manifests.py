@@ -27,12 +27,16 @@ import pytest
 import yaml
 
 from medledger.ledger.settings import load_signer  # noqa: E402
-from medledger.runtime.envelope import PRODUCER_POLICY  # noqa: E402
+from medledger.ledger.tiles import TilesSettings  # noqa: E402
+from medledger.runtime.envelope import PRODUCER_POLICY, parse_producer_keys  # noqa: E402
 from medledger.runtime.kafka import topic_specs  # noqa: E402
-from medledger.runtime.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, PROCESS_PORTS, Topics  # noqa: E402
+from medledger.runtime.settings import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, PROCESS_PORTS, Topics, event_signer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
+# Ports a service serves beside gRPC and metrics: the ledger's C2SP tlog-tiles HTTP reads,
+# which transparency-log tools (Tessera's fsck, witnesses) reach like gRPC clients.
+EXTRA_PORTS: dict[str, dict[str, int]] = {"ledger": {"tiles": TilesSettings().port}}
 DOCKER = ROOT / "deploy" / "docker"
 SOURCES = ROOT / "services"
 SERVICES = tuple(DEFAULT_PORTS)  # identity, consent, records, ledger: each with its own database
@@ -384,7 +388,8 @@ def test_each_service_runs_itself_with_grpc_probes_on_its_port(source: str) -> N
         assert c["args"] == ["serve", name], where
         assert c["image"].split("/")[-1].split(":")[0].split("@")[0] == "medledger", where
         metrics = DEFAULT_METRICS_PORTS[name]
-        assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("grpc", port), ("metrics", metrics)], where
+        extra = list(EXTRA_PORTS.get(name, {}).items())
+        assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("grpc", port), ("metrics", metrics), *extra], where
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"]["port"] == port, f"{where}: {probe}"
             assert set(c[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, f"{where}: {probe}"
@@ -392,6 +397,8 @@ def test_each_service_runs_itself_with_grpc_probes_on_its_port(source: str) -> N
         assert env[f"MEDLEDGER_{name.upper()}_HOST"]["value"] == "0.0.0.0", where
         assert env[f"MEDLEDGER_{name.upper()}_METRICS_PORT"]["value"] == str(metrics), where
         assert env[f"MEDLEDGER_{name.upper()}_PORT"]["value"] == str(port), where
+        for extra_name, extra_port in EXTRA_PORTS.get(name, {}).items():
+            assert env[f"MEDLEDGER_{name.upper()}_{extra_name.upper()}_PORT"]["value"] == str(extra_port), where
 
 
 @pytest.mark.parametrize("source", SOURCES_UNDER_TEST)
@@ -429,10 +436,12 @@ def test_every_service_has_its_service_account_service_and_disruption_budget(sou
         service = services[name]["spec"]
         assert service.get("type", "ClusterIP") == "ClusterIP"
         assert labels_match(service["selector"], pod_labels), f"{source}: Service {name} selects no pod"
-        (port,) = service["ports"]
-        container_port = container_ports(deployment)["grpc"]
-        assert port["name"] == "grpc" and port["port"] == container_port["containerPort"], name
-        assert port["targetPort"] in (container_port["name"], container_port["containerPort"]), name
+        # gRPC and any extra port (the ledger's tlog-tiles), each at its container port; never metrics.
+        assert [p["name"] for p in service["ports"]] == ["grpc", *EXTRA_PORTS.get(name, {})], f"{source}: {name}"
+        for port in service["ports"]:
+            container_port = container_ports(deployment)[port["name"]]
+            assert port["port"] == container_port["containerPort"], name
+            assert port["targetPort"] in (container_port["name"], container_port["containerPort"]), name
         budget = budgets[name]["spec"]
         assert labels_match(budget["selector"]["matchLabels"], pod_labels)
         assert budget.get("maxUnavailable") == 1 or budget.get("minAvailable", 0) < deployment["spec"]["replicas"]
@@ -528,7 +537,8 @@ def test_network_policies_allow_only_what_each_service_needs(source: str) -> Non
             if metrics_port in ports:  # /metrics: only for Prometheus's namespace, and nothing else with it
                 assert ports == {metrics_port}, f"{source}: {name} opens {ports} together with metrics"
                 assert rule["from"] == [{"namespaceSelector": {"matchLabels": {METRICS_SCRAPER_LABEL: "true"}}}], name
-        assert ingress_ports == {PROCESS_PORTS[name], metrics_port}, f"{source}: {name} accepts {ingress_ports}"
+        expected = {PROCESS_PORTS[name], metrics_port, *EXTRA_PORTS.get(name, {}).values()}
+        assert ingress_ports == expected, f"{source}: {name} accepts {ingress_ports}"
         databases = set()
         kafka_ports = set()
         for p in policies:
@@ -713,11 +723,16 @@ PRODUCES = {
 CONSUMES = {
     "identity": {_T.identity_events, _T.records_events},  # records.events: erasures (identity/erasure.py)
     "consent": {_T.identity_events, _T.consent_events, _T.ledger_entries},
-    "records": {_T.identity_events, _T.consent_events, _T.records_events, _T.access_events},
+    # ledger.entries: the disclosure index's ledger indices (records/disclosures.py)
+    "records": {_T.identity_events, _T.consent_events, _T.records_events, _T.access_events, _T.ledger_entries},
     "ledger": {*_T.event_topics, _T.ledger_entries, _T.ledger_checkpoints, _T.ledger_rejected},
     "monitor": {_T.access_events, _T.consent_events, *_T.monitor_internal},
 }
 KAFKA_USERS = {service: f"medledger-{service}" for service in PROCESSES}
+# The audit tool's read-only user: replay reads every event topic, verify --from-kafka the
+# ledger's entries and checkpoints (audit/replay.py, audit/sources.py).
+AUDIT_USER = "medledger-audit"
+AUDIT_READS = {*_T.event_topics, _T.ledger_entries, _T.ledger_checkpoints}
 # The one consumer group: the monitor's faust app (its app id), which its replicas join.
 GROUP_ACLS = {"medledger-monitor": {_T.monitor_app_id: ["Read"]}}
 ACL_OPERATIONS = {"Read", "Write", "Describe"}  # everything else (All, Alter, Create, Delete, ...) is refused
@@ -770,7 +785,9 @@ def test_the_acl_table_agrees_with_the_code() -> None:
 def test_every_service_has_a_kafka_user_with_exactly_its_acls() -> None:
     docs = documents("overlays/production")
     users = by_name(docs, "KafkaUser")
-    assert set(users) == set(KAFKA_USERS.values()), f"KafkaUsers {sorted(users)}"
+    assert set(users) == {*KAFKA_USERS.values(), AUDIT_USER}, f"KafkaUsers {sorted(users)}"
+    audit = kafka_acls(users[AUDIT_USER])
+    assert audit == {"Read": AUDIT_READS, "Describe": AUDIT_READS}, f"{AUDIT_USER}: {audit}"
     for service, user_name in KAFKA_USERS.items():
         user = users[user_name]
         assert user["apiVersion"] == "kafka.strimzi.io/v1", user_name
@@ -977,22 +994,30 @@ def test_compose_runs_kafka_postgres_the_services_and_the_one_shot_steps() -> No
         for mount in services[step]["volumes"]:
             if mount.startswith("./"):
                 assert (DOCKER / mount.split(":")[0]).is_file(), mount
-    for name in SERVICES:
+    # Every process `make up` and k8s run: the four services and the access monitor (no database).
+    assert set(PROCESSES) <= set(services), f"compose lacks {set(PROCESSES) - set(services)}"
+    for name in PROCESSES:
         s = services[name]
         assert s["command"] == ["serve", name]
         assert s["user"] == f"{UID}:{UID}" and s["read_only"] is True and s["cap_drop"] == ["ALL"]
         assert s["healthcheck"]["test"] == ["CMD", "medledger", "health", name]
         assert s["depends_on"]["topics"]["condition"] == "service_completed_successfully"
         assert s["depends_on"]["kafka"]["condition"] == "service_healthy"
-        assert s["depends_on"]["postgres"]["condition"] == "service_healthy"
-        if name in ("identity", "ledger"):
+        if name in SERVICES:
+            assert s["depends_on"]["postgres"]["condition"] == "service_healthy"
+        else:
+            assert "postgres" not in s["depends_on"], f"{name} has no database"
+        if name in ("identity", "ledger", "monitor"):
             assert s["depends_on"]["keys"]["condition"] == "service_completed_successfully"
         assert all(p.startswith("127.0.0.1:") for p in s["ports"]), "gRPC is plaintext: loopback only"
+        metrics = DEFAULT_METRICS_PORTS[name]
+        assert s["environment"][f"MEDLEDGER_{name.upper()}_METRICS_PORT"] == str(metrics), name
+        assert f"127.0.0.1:{metrics}:{metrics}" in s["ports"], f"{name}: /metrics not published"
 
 
 def test_compose_settings_are_read_and_complete() -> None:
     services = compose()["services"]
-    for name in SERVICES:
+    for name in PROCESSES:
         env = services[name]["environment"]
         for var in env:
             if var.startswith("MEDLEDGER_"):
@@ -1002,7 +1027,10 @@ def test_compose_settings_are_read_and_complete() -> None:
         for var in required(name):
             assert var in env or ALTERNATIVES.get(var) in env or f"{var}=" in wrapper, f"compose: {name} lacks {var}"
         assert env[f"MEDLEDGER_{name.upper()}_HOST"] == "0.0.0.0"
-        assert env[f"MEDLEDGER_{name.upper()}_PORT"] == str(DEFAULT_PORTS[name])
+        assert env[f"MEDLEDGER_{name.upper()}_PORT"] == str(PROCESS_PORTS[name])
+        for extra_name, extra_port in EXTRA_PORTS.get(name, {}).items():  # set, and published on loopback
+            assert env[f"MEDLEDGER_{name.upper()}_{extra_name.upper()}_PORT"] == str(extra_port), name
+            assert f"127.0.0.1:{extra_port}:{extra_port}" in services[name]["ports"], name
         for var, value in env.items():
             if var.startswith("MEDLEDGER_") and var.endswith("_FILE"):
                 assert any(value.startswith(v.split(":")[1] + "/") for v in services[name].get("volumes", [])), var
@@ -1026,7 +1054,7 @@ def test_compose_key_step_makes_keys_the_services_accept(tmp_path: Path) -> None
     # Every path compose points a service at exists, and holds what that service accepts.
     services = compose()["services"]
     paths = {}
-    for name in SERVICES:
+    for name in PROCESSES:
         for var, value in services[name]["environment"].items():
             if var.startswith("MEDLEDGER_") and var.endswith("_FILE"):
                 assert value.startswith("/keys/"), var
@@ -1044,6 +1072,13 @@ def test_compose_key_step_makes_keys_the_services_accept(tmp_path: Path) -> None
     operator_id = (tmp_path / "operator" / "operator.id").read_text().strip()
     bootstrap = identity_settings.load_bootstrap_key(identity_env)
     assert operator_id == identity_settings.bootstrap_identity_id(bootstrap)
+    # Every event producer's key (the monitor's too, for its AccessAlerts) loads as that
+    # producer's and is pinned in the one producer-keys file every process reads.
+    pinned = parse_producer_keys(paths["MEDLEDGER_EVENT_PRODUCER_KEYS_FILE"].read_text())
+    for name in sorted(EVENT_SIGNERS):
+        signer = event_signer(name, {k: str(v) for k, v in paths.items()})
+        assert signer.key_id in pinned and pinned[signer.key_id].service == name, f"{name}'s event key is not pinned"
+    assert {k.service for k in pinned.values()} == EVENT_SIGNERS
     register = (DOCKER / "register-services.sh").read_text()
     for needed in ("operator/operator.id", "operator/operator.key", "$svc/identity.key.pub", "$svc/identity-id"):
         assert needed in register, needed
@@ -1071,6 +1106,14 @@ REQUIRED_ALERTS = {
     "MedLedgerInternalErrors",  # INTERNAL rate
     "MedLedgerBreakGlassUnreviewed",  # break-glass unreviewed after 24 h
     "MedLedgerRejects",  # rejects appearing
+    # issue 12's monitor and the records rpcs: what the privacy officer and the operator act on
+    "MedLedgerRecordsErrors",  # records rpcs INTERNAL/UNAVAILABLE
+    "MedLedgerAccessAlertRaised",  # an AccessAlert was published (privacy officer)
+    "MedLedgerMonitorStuck",  # records wait and the monitor counts nothing
+    "MedLedgerMonitorDown",  # no monitor replica SERVING
+    "MedLedgerMonitorUnauthenticatedEvents",  # forged events or an unpinned producer key
+    "MedLedgerMonitorDroppingEvents",  # events dated beyond the clock skew
+    "MedLedgerBreakGlassInappropriate",  # a break-glass reviewed INAPPROPRIATE (privacy officer)
 }
 MONITORING_KINDS = {"PodMonitor", "PrometheusRule", "ServiceMonitor"}
 
@@ -1085,7 +1128,7 @@ def defined_metrics() -> frozenset[str]:
     from prometheus_client import REGISTRY
 
     for module in ("medledger.runtime.metrics", "medledger.ledger.metrics", "medledger.consent.metrics",
-                   "medledger.records.metrics"):
+                   "medledger.records.metrics", "medledger.monitor.metrics"):
         importlib.import_module(module)
     return frozenset(REGISTRY._names_to_collectors)  # the registry's own index of names
 

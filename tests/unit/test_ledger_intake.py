@@ -77,7 +77,7 @@ def test_admit_refuses_with_a_reason(value: bytes | None, reason: str) -> None:
     assert isinstance(verdict, Refused) and reason in verdict.reason
 
 
-def test_a_batch_appends_gap_free_entries_with_chain_and_nodes() -> None:
+def test_a_batch_appends_gap_free_entries_with_chain_and_tiles() -> None:
     state = _state()
     records = [SourceRecord("t", 0, i, _event(i)) for i in range(5)]
     plan = _plan(state, records)
@@ -87,7 +87,8 @@ def test_a_batch_appends_gap_free_entries_with_chain_and_nodes() -> None:
         chain = merkle.chain_hash(chain, e.leaf_hash)
         assert e.chain_hash == chain
     assert state.size == 5 and state.chain_head == chain
-    assert {node_id for node_id, _ in plan.nodes} == {(1, 0), (1, 1), (2, 0)}
+    # the leaf hashes, as the level-0 tile the batch stores (inner nodes are recomputed from it)
+    assert plan.tiles == {(0, 0): b"".join(e.leaf_hash for e in plan.entries)}
     assert plan.offsets == {("t", 0): 5}
 
 
