@@ -18,6 +18,7 @@ Both use ``refusal`` so the answer is the same wherever a token is shown.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Collection, Hashable, Protocol, TypeVar
@@ -73,10 +74,13 @@ class RevocationList:
     stays bounded by recent activity, not by history."""
 
     retention: timedelta
-    revoked_identities: dict[str, datetime] = field(default_factory=dict)
-    revoked_keys: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    # Each table is kept in the order its entries were last noted (roughly
+    # time order), so prune drops expired ones from the front and stops at
+    # the first live one: O(what it forgets), not O(the table), on every probe.
+    revoked_identities: OrderedDict[str, datetime] = field(default_factory=OrderedDict)
+    revoked_keys: OrderedDict[tuple[str, str], datetime] = field(default_factory=OrderedDict)
     # (member, organization) -> when its membership ended; dropped on a new grant.
-    ended_memberships: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    ended_memberships: OrderedDict[tuple[str, str], datetime] = field(default_factory=OrderedDict)
 
     def apply(self, env: events_pb2.EventEnvelope) -> None:
         """Fold one verified identity.events envelope; other types are ignored.
@@ -84,13 +88,13 @@ class RevocationList:
         at = env.occurred_at.ToDatetime()
         kind = env.event_type
         if kind == _REVOKED:
-            self.revoked_identities[_unpack(env, identity_pb2.IdentityRevoked()).identity_id] = at
+            _note(self.revoked_identities, _unpack(env, identity_pb2.IdentityRevoked()).identity_id, at)
         elif kind == _KEY_REVOKED:
             key = _unpack(env, identity_pb2.KeyRevoked())
-            self.revoked_keys[(key.identity_id, key.key_id)] = at
+            _note(self.revoked_keys, (key.identity_id, key.key_id), at)
         elif kind == _ENDED:
             ended = _unpack(env, identity_pb2.MembershipEnded())
-            self.ended_memberships[(ended.member_id, ended.organization_id)] = at
+            _note(self.ended_memberships, (ended.member_id, ended.organization_id), at)
         elif kind == _GRANTED:
             granted = _unpack(env, identity_pb2.MembershipGranted())
             self.ended_memberships.pop((granted.member_id, granted.organization_id), None)
@@ -129,8 +133,22 @@ K = TypeVar("K", bound=Hashable)
 M = TypeVar("M", bound=Message)
 
 
-def _forget_before(table: dict[K, datetime], horizon: datetime) -> None:
-    for key in [k for k, at in table.items() if at < horizon]:
+def _note(table: OrderedDict[K, datetime], key: K, at: datetime) -> None:
+    table[key] = at
+    table.move_to_end(key)
+
+
+def _forget_before(table: OrderedDict[K, datetime], horizon: datetime) -> None:
+    """Drop expired entries from the oldest noted on, up to the first one still
+    live. An entry noted out of time order waits behind a newer one: it is kept
+    longer than needed, never shorter, which refuses no more than a token's
+    lifetime allows. (Scanning the whole table on every probe made the ledger's
+    event loop stall for seconds once identity.events carried 250,000 recent
+    revocations.)"""
+    while table:
+        key, at = next(iter(table.items()))
+        if at >= horizon:
+            return
         del table[key]
 
 

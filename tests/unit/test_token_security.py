@@ -202,3 +202,16 @@ def test_token_buckets_keep_a_bounded_number_of_keys() -> None:
 ])
 def test_a_peer_is_its_address_without_the_port(peer: str, host: str) -> None:
     assert peer_host(peer) == host
+
+
+def test_pruning_forgets_only_what_expired_and_keeps_a_renewed_revocation() -> None:
+    later = ISSUE + timedelta(minutes=10)
+    revocations = folded(
+        event(identity_pb2.IdentityRevoked(identity_id="doc"), ISSUE),
+        event(identity_pb2.IdentityRevoked(identity_id="nurse"), ISSUE),
+        event(identity_pb2.IdentityRevoked(identity_id="doc"), later),  # noted again, later
+    )
+    revocations.prune(ISSUE + timedelta(minutes=21))
+    assert set(revocations.revoked_identities) == {"doc"}
+    revocations.prune(later + timedelta(minutes=21))
+    assert len(revocations) == 0
