@@ -45,13 +45,13 @@ def practitioner() -> str:
     return f"practitioner-{m.new_id()}"
 
 
-async def drain(topics: Topics, *subjects: str) -> list[tuple[bytes, events_pb2.EventEnvelope]]:
+async def drain(topics: Topics, *subjects: str, timeout: float = 60) -> list[tuple[bytes, events_pb2.EventEnvelope]]:
     """Publish a marker on each subject's partition; return every alert once all
-    markers fired."""
+    markers fired (waiting at most ``timeout`` seconds for them)."""
     markers = [m.subject_on(partition_of(s, 3)) for s in subjects]
     for marker in markers:
         await produce(m.marker(topics, marker))
-    found = await m.read_alerts(topics, until=lambda f: all(m.alerts_for(f, marker) for marker in markers))
+    found = await m.read_alerts(topics, timeout=timeout, until=lambda f: all(m.alerts_for(f, marker) for marker in markers))
     for marker in markers:
         assert [a.rule for a in m.alerts_for(found, marker)] == [monitor_pb2.ALERT_RULE_PROBING], f"marker {marker}"
     return found
@@ -253,7 +253,11 @@ async def test_two_replicas_share_the_work_and_one_takes_over_when_the_other_is_
     )
     owner.kill()  # mid-burst: no leave-group, so its partitions move only when its session expires
     await produce([m.disclosure(topics, snoop, f"patient-b{i}-{m.new_id()}", "org-1") for i in range(30)])
-    found = await drain(topics, snoop)  # the marker on snoop's partition: the survivor counted everything
+    # The marker on snoop's partition: the survivor counted everything. The
+    # takeover waits out the killed member's session, a rebalance and the
+    # tables' recovery from their changelogs: a loaded 2-core CI once needed
+    # more than a minute for all of it.
+    found = await drain(topics, snoop, timeout=240)
     wait_until(lambda: _owned_partitions(survivor, observations) == {0, 1, 2}, 30, 0.5,
                "the survivor to report every partition as its own")  # lag is measured every 5 s
     mine = [(record, e) for record, e in found if e.aggregate_id == snoop]
