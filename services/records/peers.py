@@ -16,9 +16,8 @@ commands and reads can be tested without them.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 import grpc
 
@@ -26,12 +25,12 @@ from medledger.audit.prove import bundle
 from medledger.runtime.errors import DependencyUnavailable, NotFound
 from medledger.runtime.grpc_status import error_for
 from medledger.runtime.identity_client import IdentityClient, ServiceCredentials
+from medledger.runtime.lru import Lru
 from medledger.runtime.signed import SigningKey
 from medledger.runtime.transport import GrpcTls
 from medledger.v1 import consent_pb2, consent_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 T = TypeVar("T")
-V = TypeVar("V")
 CALL_TIMEOUT_S = 5.0
 ENTRY_CACHE = 10_000  # ledger entries of recently proved events (immutable once sequenced)
 Metadata = tuple[tuple[str, str], ...]
@@ -111,26 +110,6 @@ class IdentityKeys:
             revoked_at=(key.revoked_at.ToDatetime(tzinfo=timezone.utc) if key.HasField("revoked_at")
                         else (at if key.revoked else None)),
         )
-
-
-class Lru(Generic[V]):
-    """A bounded map of immutable values, least recently used out first."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._items: OrderedDict[str, V] = OrderedDict()
-
-    def get(self, key: str) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.limit:
-            self._items.popitem(last=False)
 
 
 class Prover(Protocol):

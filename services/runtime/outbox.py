@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from medledger.runtime.consumer import Opened, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier, EventSigner
 from medledger.runtime.leadership import lead_when_possible
+from medledger.runtime.lru import Lru
 from medledger.runtime.metrics import OutboxBacklog, track_leadership
 from medledger.runtime.retry import keep_running
 from medledger.v1 import events_pb2
@@ -143,7 +144,7 @@ class OutboxRelay:
         self._published = asyncio.Condition()
         # Event ids this relay placed recently, newest last: lets wait_published
         # answer from memory instead of one query per waiter per batch.
-        self._recent: dict[str, None] = {}
+        self._recent: Lru[bool] = Lru(RECENT_IDS)
         self.backlog = OutboxBacklog(outbox.topic, table=outbox.table)
         track_leadership(name, lambda: self.role == "leader")
 
@@ -193,9 +194,7 @@ class OutboxRelay:
 
     def _remember(self, event_ids: Iterable[str]) -> None:
         for event_id in event_ids:
-            self._recent[event_id] = None
-        while len(self._recent) > RECENT_IDS:
-            del self._recent[next(iter(self._recent))]
+            self._recent.put(event_id, True)
 
     async def wait_published(self, event_ids: Sequence[str], pool: asyncpg.Pool, timeout: float) -> bool:
         """Wait until these events are on the topic (published by whichever
@@ -208,7 +207,7 @@ class OutboxRelay:
         deadline = loop.time() + timeout
         ask_database = self.role != "leader"
         while True:
-            if all(e in self._recent for e in event_ids):
+            if all(self._recent.get(e) for e in event_ids):
                 return True
             if ask_database:
                 async with pool.acquire() as conn:

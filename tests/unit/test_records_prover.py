@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from medledger.records.peers import LedgerProver, Lru
+from medledger.records.peers import LedgerProver
+from medledger.runtime.lru import Lru
 from medledger.runtime.errors import NotFound
 from medledger.v1 import ledger_pb2
 
