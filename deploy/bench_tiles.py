@@ -92,9 +92,11 @@ def sized_events(topics: Topics, n: int, offset: int = 0) -> list[tuple[str, byt
     return out
 
 
-def _producer_worker(conn: Connection) -> None:
+def _producer_worker(conn: Connection, niceness: int) -> None:
     """One producer process: signs its share when told to prepare, publishes
-    it on "go" and answers (start, end) wall-clock times."""
+    it on "go" and answers (start, end) wall-clock times. ``niceness`` > 0
+    lowers its CPU priority, standing in for producers on other machines."""
+    os.nice(niceness)
     records: list[tuple[str, bytes, bytes]] = []
     while (command := conn.recv()) is not None:
         if command[0] == "prepare":
@@ -112,13 +114,13 @@ class ProducerPool:
     """Producer processes, forked before anything else runs (no event loop or
     gRPC threads to inherit) so they share the bench's producer keys."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, niceness: int = 0) -> None:
         context = multiprocessing.get_context("fork")
         self.pipes: list[Connection] = []
         self.procs = []
         for _ in range(count):
             parent, child = context.Pipe()
-            proc = context.Process(target=_producer_worker, args=(child,), daemon=True)
+            proc = context.Process(target=_producer_worker, args=(child, niceness), daemon=True)
             proc.start()
             self.pipes.append(parent)
             self.procs.append(proc)
@@ -438,9 +440,11 @@ if __name__ == "__main__":
     parser.add_argument("--tessera-leaves", type=int, default=400_000)
     parser.add_argument("--hammer-writers", type=int, default=512)
     parser.add_argument("--skip-tessera", action="store_true")
+    parser.add_argument("--producer-nice", type=int, default=0,
+                        help="run the producer processes at this niceness (they stand for other machines)")
     parser.add_argument("--fsck-entries", type=int, default=0, help="instead: fsck a live ledger of this many entries")
     parsed = parser.parse_args()
-    producers = ProducerPool(2 if parsed.fsck_entries else max(parsed.producers))
+    producers = ProducerPool(2 if parsed.fsck_entries else max(parsed.producers), parsed.producer_nice)
     try:
         asyncio.run(main(parsed, producers))
     finally:

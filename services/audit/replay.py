@@ -77,6 +77,7 @@ RECORDS_PROJECTION_TABLES = {
     "consents": ("consent_id",),
     "break_glass": ("break_glass_id",),
     "representatives": ("patient_id", "representative_id"),
+    "signing_keys": ("identity_id", "key_id"),
 }
 DISCLOSURE_INDEX_SQL = ("SELECT event_id, patient_id, event_type, occurred_at, break_glass_id, envelope"
                         " FROM disclosure_index")
@@ -266,14 +267,16 @@ async def records_behind(conn: asyncpg.Connection, topics: Topics, consumer: Pos
     """How far the live records projection and disclosure index are behind
     the topics they read (their stored next offsets against the ends)."""
     out = []
-    for table, watched in (("projection_positions", (topics.identity_events, topics.consent_events)),
-                           ("disclosure_index_positions", (topics.access_events, topics.consent_events))):
+    for label, table, watched in (
+        ("projection", "projection_offsets", (topics.identity_events, topics.consent_events)),
+        ("disclosure index", "disclosure_index_positions", (topics.access_events, topics.consent_events)),
+    ):
         stored = {(r["topic"], r["partition"]): r["next_offset"]
                   for r in await conn.fetch(f"SELECT topic, partition, next_offset FROM {table}")}
         ends = await consumer.end_offsets(list(watched))
         behind = sum(max(0, end - stored.get((tp.topic, tp.partition), 0)) for tp, end in ends.items())
         if behind:
-            out.append(f"records' {table.split('_positions')[0].replace('_', ' ')} is {behind} events behind")
+            out.append(f"records' {label} is {behind} events behind")
     return out
 
 

@@ -20,7 +20,7 @@ from medledger.consent.tokens import caching_verifier, preload_keys
 from medledger.records.api import ALLOWED_KINDS, RecordsApi
 from medledger.records.commands import Ports, RecordsCommands
 from medledger.records.disclosures import DisclosureIndexer, DisclosureReads
-from medledger.records.peers import ConsentGate, IdentityKeys, KeyDirectory, LedgerProver, Prover, missing_credentials
+from medledger.records.peers import ConsentGate, LedgerProver, Prover, missing_credentials
 from medledger.records.projection import RecordsProjection
 from medledger.records.reads import ReadPorts, RecordsReads
 from medledger.records.research import ResearchReads
@@ -32,7 +32,7 @@ from medledger.runtime.background import BackgroundTasks
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.grpc_server import Registration, full_service_name
 from medledger.runtime.host import ServiceContext
-from medledger.runtime.identity_client import IdentityClient, ServiceCredentials
+from medledger.runtime.identity_client import ServiceCredentials
 from medledger.runtime.kafka import ensure_topics, topic_specs
 from medledger.runtime.outbox import Outbox, OutboxRelay
 from medledger.runtime.retry import keep_running, with_backoff
@@ -64,13 +64,11 @@ class RecordsApp:
                                   table="disclosure_outbox")
         self.relay: OutboxRelay | None = None
         self.disclosure_relay: OutboxRelay | None = None
-        self.client: IdentityClient | None = None
         self.prover: LedgerProver | None = None
-        self.keys: IdentityKeys | None = None
         self.gate = ConsentGate(settings.consent_address)
         self.verifier = caching_verifier(settings.identity_address)
         self.revocations = RevocationFeed.from_env(settings.events)  # tokens revoked since issue
-        self.commands = RecordsCommands(settings, self.projection, Ports(self._pool, self._keys, self.outbox, self._relay))
+        self.commands = RecordsCommands(settings, self.projection, Ports(self._pool, self.outbox, self._relay))
         self.reads = RecordsReads(settings, ReadPorts(self._pool, self.gate, self._prover, self.disclosures))
         self.research = ResearchReads(self._pool, self._prover)
         # ListDisclosures' per-patient index (records/disclosures.py), its own consumer
@@ -94,11 +92,6 @@ class RecordsApp:
             raise DependencyUnavailable("service is starting: the outbox relay is not running yet")
         return self.relay
 
-    def _keys(self) -> KeyDirectory:
-        if self.keys is None:
-            raise missing_credentials()
-        return self.keys
-
     def _prover(self) -> Prover:
         if self.prover is None:
             raise missing_credentials()
@@ -120,15 +113,13 @@ class RecordsApp:
         mine = (s.topics.records_events, s.topics.access_events)
         await ensure_topics(s.kafka_bootstrap, [t for t in topic_specs(s.topics) if t.name in mine])
         if self.settings.service_key is None:
-            log.warning("no identity credentials: writes, erasure and proofs answer UNAVAILABLE; set "
+            log.warning("no identity credentials: proofs answer UNAVAILABLE; set "
                         "MEDLEDGER_RECORDS_IDENTITY_ID and MEDLEDGER_RECORDS_KEY_FILE")
         else:
             credentials = ServiceCredentials(
                 self.settings.identity_address, self.settings.service_identity_id, self.settings.service_key,
-                audience=("identity", "ledger"),  # key lookups, and entries for proofs
+                audience=("ledger",),  # entries for proofs (authors' keys come from the projection)
             )
-            self.client = IdentityClient(self.settings.identity_address, credentials)
-            self.keys = IdentityKeys(self.client)
             self.prover = LedgerProver(self.settings.ledger_address, credentials)
         self.ctx = ctx
         stop = self.background.stop
@@ -149,7 +140,7 @@ class RecordsApp:
 
     async def on_stop(self) -> None:
         await self.background.close(cancel=True)
-        for closable in (self.client, self.prover, self.gate):
+        for closable in (self.prover, self.gate):
             if closable is not None:
                 await closable.close()
         self.ctx = None

@@ -1,5 +1,5 @@
 """Carrying out the records service's commands: gather the facts (projection,
-database, identity keys), let the domain decide, then store the change and
+database, the signer's keys as projected from identity.events), let the domain decide, then store the change and
 its signed event in one transaction (the outbox, docs/architecture.md,
 Outbox). Every check runs before the transaction, so a refused command
 stores and publishes nothing.
@@ -7,7 +7,6 @@ stores and publishes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -17,7 +16,6 @@ import asyncpg
 
 from medledger.records import crypto, domain, resource, store
 from medledger.records.domain import RecordHead, WriteGrant
-from medledger.records.peers import KeyDirectory, discard
 from medledger.records.projection import RecordsProjection
 from medledger.records.settings import RecordsSettings
 from medledger.runtime.auth import Caller
@@ -42,7 +40,6 @@ class Ports:
     """The live dependencies, reachable once the host connected them."""
 
     pool: Callable[[], asyncpg.Pool]
-    keys: Callable[[], KeyDirectory]
     outbox: Outbox
     relay: Callable[[], OutboxRelay]
 
@@ -110,34 +107,22 @@ class RecordsCommands:
         return await self._write(sub, head)
 
     async def _authorize(self, sub: Submission, head: RecordHead | None) -> WriteGrant:
-        """The author's key is asked of identity while the projection syncs and
-        is read (identity answers from its own database either way); it is
-        looked at only after every earlier check passed, so errors come in
-        the same order."""
+        """The author's key comes with the other facts, from the projection
+        synced to the log end (so a key revoked before the write arrived is
+        seen revoked); it is looked at only after every earlier check passed."""
         att = sub.attestation
-        key = asyncio.ensure_future(self._author_key(sub))
-        try:
-            await self.projection.sync(self.settings.sync_wait_s)
-            async with self.ports.pool().acquire() as conn:
-                known = await store.command_facts(conn, att.patient_id, att.author_id, att.record_id)
-            grant = domain.authorize_write(known.party, att.organization_id, att.patient_id, known.patient, self.clock())
-            if head is not None:
-                domain.check_amendment(att, head)
-            if head is None and known.record_taken:
-                raise AlreadyExists(f"record {att.record_id} already exists")
-        except BaseException:
-            await discard(key)
-            raise
-        verify_statement(await key, sub.signed_at, domain.ATTESTATION_PREFIX + sub.encoded, sub.signature,
+        await self.projection.sync(self.settings.sync_wait_s)
+        async with self.ports.pool().acquire() as conn:
+            known = await store.command_facts(conn, att.patient_id, att.author_id, att.record_id)
+        grant = domain.authorize_write(known.party, att.organization_id, att.patient_id, known.patient, self.clock())
+        if head is not None:
+            domain.check_amendment(att, head)
+        if head is None and known.record_taken:
+            raise AlreadyExists(f"record {att.record_id} already exists")
+        key = _signing_key(known, att.author_id, att.author_key_id, sub.signed_at, "author")
+        verify_statement(key, sub.signed_at, domain.ATTESTATION_PREFIX + sub.encoded, sub.signature,
                          "author signature")
         return grant
-
-    async def _author_key(self, sub: Submission) -> SigningKey:
-        att = sub.attestation
-        try:
-            return await self.ports.keys().signing_key(att.author_id, att.author_key_id, sub.signed_at)
-        except NotFound:
-            raise PermissionDenied(f"key {att.author_key_id} is not a key of author {att.author_id}") from None
 
     async def _write(self, sub: Submission, head: RecordHead | None) -> pb.RecordReceipt:
         grant = await self._authorize(sub, head)
@@ -203,10 +188,7 @@ class RecordsCommands:
             raise PermissionDenied("only the patient or an active representative signs an erasure")
         if signer is None or not signer.active:
             raise PermissionDenied(f"signer {request.signer_id} is not an active identity")
-        try:
-            key = await self.ports.keys().signing_key(request.signer_id, request.signer_key_id, signed_at)
-        except NotFound:
-            raise PermissionDenied(f"key {request.signer_key_id} is not a key of signer {request.signer_id}") from None
+        key = _signing_key(known, request.signer_id, request.signer_key_id, signed_at, "signer")
         verify_statement(key, signed_at, domain.ERASURE_PREFIX + encoded, signature, "erasure signature")
         return await self._erase(caller, request, signature)
 
@@ -261,6 +243,15 @@ class RecordsCommands:
             await self.ports.outbox.enqueue(conn, env)
         await self.ports.relay().wait_published([env.event_id], pool, self.settings.publish_wait_s)
         return stored
+
+
+def _signing_key(known: store.CommandFacts, identity_id: str, key_id: str, at: datetime, role: str) -> SigningKey:
+    """The signer's key as identity's ResolveKey would answer, from the facts
+    read after the sync; PERMISSION_DENIED if the identity never had it."""
+    try:
+        return domain.resolve_key(identity_id, known.party is not None, known.keys, key_id, at)
+    except NotFound:
+        raise PermissionDenied(f"key {key_id} is not a key of {role} {identity_id}") from None
 
 
 def _erasure_answer(patient_id: str, erasure_id: str, at: datetime, event_id: str, versions: int) -> pb.ErasePatientDataResponse:

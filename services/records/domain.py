@@ -1,8 +1,9 @@
 """The records service's rules, with no I/O: what a signed attestation or
 erasure request must say, who may write for a patient, who may read a record
 without asking consent, how versions follow each other, and the research
-timeline. The adapters gather the facts (projection, database, consent,
-identity) and carry out what these functions decide.
+timeline, and which key a signer's statement is checked against. The adapters
+gather the facts (projection, database, consent) and carry out what these
+functions decide.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Iterable, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from medledger.identity.domain import Key
 from medledger.records.resource import COMMITMENT_BYTES
 from medledger.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from medledger.runtime.signed import SigningKey
 from medledger.v1 import consent_pb2, records_pb2 as pb
 from medledger.runtime.times import timestamp, utc  # noqa: F401 - part of this core's vocabulary
 
@@ -79,6 +82,31 @@ def validate_erasure(request: pb.ErasureRequest, now: datetime, skew: timedelta)
     for name in ("erasure_id", "patient_id", "signer_id", "signer_key_id"):
         require_id(getattr(request, name), f"request.{name}")
     return _require_signed_at(request.signed_at, request.HasField("signed_at"), now, skew, ERASURE_MAX_AGE)
+
+
+# ---- signers' keys ----------------------------------------------------------------
+
+
+def resolve_key(identity_id: str, known: bool, history: Sequence[Key], key_id: str, at: datetime) -> SigningKey:
+    """What identity's ResolveKey answers for (identity_id, key_id, at), from
+    the keys records projects from identity.events (oldest first, in the
+    shape of identity's own ``Key``): the key named key_id whatever its
+    period, or without key_id the newest one in effect at ``at``; valid until
+    it was replaced or revoked, whichever came first; revoked_at whenever it
+    was revoked, even after ``at`` (verify_statement refuses it then: a
+    stolen key could backdate). A revoked identity's keys stay as they were,
+    as in ResolveKey (writes and erasures refuse an inactive signer on their
+    own). NotFound, as ResolveKey, for an unknown identity or key."""
+    if not known:
+        raise NotFound(f"no identity {identity_id}")
+    if key_id:
+        key = next((k for k in history if k.key_id == key_id), None)
+    else:
+        key = next((k for k in reversed(history) if k.in_effect(at)), None)
+    if key is None:
+        what = f"key {key_id}" if key_id else f"key in effect at {at.isoformat()}"
+        raise NotFound(f"identity {identity_id} has no {what}")
+    return SigningKey(key.key_id, key.public_key, key.valid_from, key.valid_until, key.revoked_at)
 
 
 # ---- facts the adapters gather ------------------------------------------------------

@@ -6,17 +6,19 @@ commands and reads can be tested without them.
   requester_id left empty), so consent decides for exactly the user who
   presented the token and the records service can never ask on anyone's
   behalf.
-* Identity: the signer's key as of the signing time (ResolveKey), as the
-  records SERVICE identity.
 * Ledger: the entry of an event, its inclusion proof and the checkpoint it
   leads to (the ledger's ProofBundle), as the records SERVICE identity (entries
   need a SERVICE or AUDITOR token; proofs and checkpoints are public).
+
+Authors' and erasure signers' keys are not asked of identity: they come from
+the records projection of identity.events (store.command_facts,
+domain.resolve_key). Identity is still called for the service's own token
+(Challenge, IssueToken) and the token verification keys.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 import grpc
@@ -24,9 +26,8 @@ import grpc
 from medledger.audit.prove import bundle
 from medledger.runtime.errors import DependencyUnavailable, NotFound
 from medledger.runtime.grpc_status import error_for
-from medledger.runtime.identity_client import IdentityClient, ServiceCredentials
+from medledger.runtime.identity_client import ServiceCredentials
 from medledger.runtime.lru import Lru
-from medledger.runtime.signed import SigningKey
 from medledger.runtime.transport import GrpcTls
 from medledger.v1 import consent_pb2, consent_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
@@ -89,27 +90,6 @@ class ConsentGate:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
-
-
-class KeyDirectory(Protocol):
-    async def signing_key(self, identity_id: str, key_id: str, at: datetime) -> SigningKey:
-        """NotFound if identity_id never had the key."""
-
-
-class IdentityKeys:
-    def __init__(self, client: IdentityClient) -> None:
-        self.client = client
-
-    async def signing_key(self, identity_id: str, key_id: str, at: datetime) -> SigningKey:
-        key = await self.client.resolve_key(identity_id, at, key_id)
-        return SigningKey(
-            key_id=key.key_id,
-            public_key=key.public_key,
-            valid_from=key.valid_from.ToDatetime(tzinfo=timezone.utc),
-            valid_until=key.valid_until.ToDatetime(tzinfo=timezone.utc) if key.HasField("valid_until") else None,
-            revoked_at=(key.revoked_at.ToDatetime(tzinfo=timezone.utc) if key.HasField("revoked_at")
-                        else (at if key.revoked else None)),
-        )
 
 
 class Prover(Protocol):

@@ -3,13 +3,22 @@ kept in its own database (docs/architecture.md, Consumers and positions).
 
 One PositionedConsumer reads both topics; only envelopes that pass event
 signing are applied. Each batch's effects, a tracking row per applied event
-(``applied_events``) and the next offsets (``projection_positions``) commit
+(``applied_events``) and the next offsets (``projection_offsets``) commit
 in one transaction, so a restart resumes exactly where it stopped and a
 redelivered event is recognised and skipped.
 
+Identities' signing keys (``signing_keys``: IdentityRegistered's first key,
+KeyRotated, KeyRevoked) are folded too, with the rules of identity's
+ResolveKey (records/domain.resolve_key), so writes check authors' and erasure
+signers' keys without asking identity. Their statements are idempotent and
+run for every identity event read, tracked or not: migration 0005 has the
+projection read identity.events again from offset 0 to fill the table, past
+events whose other effects applied_events already holds.
+
 Commands call ``sync()`` before deciding: it waits until the projection has
 applied everything the topics held when the command arrived, so a patient
-registered or a consent granted a moment ago is seen (read-your-log).
+registered, a consent granted or a key revoked a moment ago is seen
+(read-your-log): there is no window in which a revoked key still signs.
 """
 
 from __future__ import annotations
@@ -122,6 +131,52 @@ async def _representation(conn: Conn, patient_id: str, representative_id: str, a
     )
 
 
+# ---- signing keys: idempotent, applied whether or not the event is tracked ----
+
+
+async def _first_key(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, identity_pb2.IdentityRegistered)
+    await conn.execute(
+        "INSERT INTO signing_keys (identity_id, key_id, ordinal, public_key, valid_from) VALUES ($1, $2, 0, $3, $4)"
+        " ON CONFLICT (identity_id, key_id) DO NOTHING",
+        e.identity_id, e.key_id, e.public_key, domain.utc(env.occurred_at),
+    )
+
+
+async def _key_rotated(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    """The new key goes after the identity's others; those not replaced yet
+    that come before it end where it starts (identity/domain.evolve). Keyed by
+    the new key's ordinal rather than "every unreplaced key", so folding the
+    rotation again never retires a key a later rotation added."""
+    e = _unpack(env, identity_pb2.KeyRotated)
+    at = domain.utc(env.occurred_at)
+    await conn.execute(
+        "INSERT INTO signing_keys (identity_id, key_id, ordinal, public_key, valid_from)"
+        " SELECT $1, $2, coalesce(max(ordinal) + 1, 0), $3, $4 FROM signing_keys WHERE identity_id = $1"
+        " ON CONFLICT (identity_id, key_id) DO NOTHING",
+        e.identity_id, e.key_id, e.public_key, at,
+    )
+    await conn.execute(
+        "UPDATE signing_keys SET replaced_at = $3 WHERE identity_id = $1 AND replaced_at IS NULL"
+        " AND ordinal < (SELECT ordinal FROM signing_keys WHERE identity_id = $1 AND key_id = $2)",
+        e.identity_id, e.key_id, at,
+    )
+
+
+async def _key_revoked(conn: Conn, env: events_pb2.EventEnvelope) -> None:
+    e = _unpack(env, identity_pb2.KeyRevoked)
+    await conn.execute(
+        "UPDATE signing_keys SET revoked_at = $3 WHERE identity_id = $1 AND key_id = $2",
+        e.identity_id, e.key_id, domain.utc(env.occurred_at),
+    )
+
+
+KEYS: dict[str, Apply] = {
+    "medledger.v1.IdentityRegistered": _first_key,
+    "medledger.v1.KeyRotated": _key_rotated,
+    "medledger.v1.KeyRevoked": _key_revoked,
+}
+
 APPLY: dict[str, Apply] = {
     "medledger.v1.IdentityRegistered": _registered,
     "medledger.v1.IdentityRevoked": _identity_revoked,
@@ -141,9 +196,12 @@ async def apply_batch(conn: Conn, opened: Sequence[Opened], positions: dict[tupl
     applied = 0
     for item in opened:
         env, where = item.envelope, item.delivery
+        keys = KEYS.get(env.event_type)
+        if keys is not None:
+            await keys(conn, env)
         apply = APPLY.get(env.event_type)
         if apply is None:
-            continue  # key rotations and the like: nothing records keeps
+            continue  # nothing else records keeps
         fresh = await conn.fetchval(
             'INSERT INTO applied_events (event_id, topic, partition, "offset") VALUES ($1, $2, $3, $4)'
             " ON CONFLICT (event_id) DO NOTHING RETURNING true",
@@ -153,7 +211,7 @@ async def apply_batch(conn: Conn, opened: Sequence[Opened], positions: dict[tupl
             await apply(conn, env)
             applied += 1
     await conn.executemany(
-        "INSERT INTO projection_positions (topic, partition, next_offset) VALUES ($1, $2, $3)"
+        "INSERT INTO projection_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)"
         " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = $3",
         [(topic, partition, offset) for (topic, partition), offset in positions.items()],
     )
@@ -162,7 +220,7 @@ async def apply_batch(conn: Conn, opened: Sequence[Opened], positions: dict[tupl
 
 async def stored_positions(conn: Conn, topics: Sequence[str]) -> dict[tuple[str, int], int]:
     rows = await conn.fetch(
-        "SELECT topic, partition, next_offset FROM projection_positions WHERE topic = ANY($1::text[])", list(topics)
+        "SELECT topic, partition, next_offset FROM projection_offsets WHERE topic = ANY($1::text[])", list(topics)
     )
     return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 

@@ -1,11 +1,12 @@
 """The records service's own settings, on top of the common ones.
 
-The service calls the identity service (ResolveKey, to check authors' and
-erasure signers' keys) and the ledger (entries by event id, for proofs) as a
-SERVICE identity: MEDLEDGER_RECORDS_IDENTITY_ID and MEDLEDGER_RECORDS_KEY_FILE,
-registered like the consent service's (`deploy/stack.sh`). As for consent the
-pair is optional: without it the service starts, warns, and answers
-UNAVAILABLE (naming both variables) to the rpcs that need those calls.
+The service calls the ledger (entries by event id, for proofs) as a SERVICE
+identity, with a token the identity service issues:
+MEDLEDGER_RECORDS_IDENTITY_ID and MEDLEDGER_RECORDS_KEY_FILE, registered like
+the consent service's (`deploy/stack.sh`). Authors' and erasure signers' keys
+come from the projection of identity.events, not from identity. As for consent
+the pair is optional: without it the service starts, warns, and answers
+UNAVAILABLE (naming both variables) to the rpcs that need proofs.
 It calls the consent service only with the reading user's own token.
 
 MEDLEDGER_RECORDS_KEK_FILE holds the key-encryption key (base64 of 32 random

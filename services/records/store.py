@@ -11,6 +11,7 @@ from typing import Sequence
 
 import asyncpg
 
+from medledger.identity.domain import Key
 from medledger.records import domain
 from medledger.records.domain import BreakGlassFact, ConsentFact, Party, PatientFacts, RecordHead
 from medledger.runtime.outbox import Conn
@@ -79,19 +80,23 @@ _FACTS = (
     " ARRAY(SELECT row(break_glass_id, practitioner_id, organization_id, valid_until) FROM break_glass"
     " WHERE patient_id = $1) AS break_glass,"
     " (SELECT erased_at FROM patient_keys WHERE patient_id = $1) AS erased_at,"
-    " EXISTS(SELECT 1 FROM records WHERE record_id = $3) AS taken"
+    " EXISTS(SELECT 1 FROM records WHERE record_id = $3) AS taken,"
+    " ARRAY(SELECT row(key_id, public_key, valid_from, replaced_at, revoked_at) FROM signing_keys"
+    " WHERE identity_id = $2 ORDER BY ordinal) AS keys"
 )
 
 
 @dataclass(frozen=True)
 class CommandFacts:
     """Everything a command checks before its transaction, read in one round
-    trip: the patient's facts, the acting party (author or signer), and
-    whether a record id is taken."""
+    trip: the patient's facts, the acting party (author or signer) and its
+    keys, oldest first (for domain.resolve_key), and whether a record id is
+    taken."""
 
     patient: PatientFacts
     party: Party | None
     record_taken: bool
+    keys: tuple[Key, ...] = ()
 
 
 async def command_facts(conn: Conn, patient_id: str, party_id: str, record_id: str = "") -> CommandFacts:
@@ -104,7 +109,8 @@ async def command_facts(conn: Conn, patient_id: str, party_id: str, record_id: s
         break_glass=tuple(BreakGlassFact(*b) for b in row["break_glass"]),
         erased_at=row["erased_at"],
     )
-    return CommandFacts(facts, _party_of(row["other"], row["other_organizations"]), bool(row["taken"]))
+    keys = tuple(Key(*k) for k in row["keys"])
+    return CommandFacts(facts, _party_of(row["other"], row["other_organizations"]), bool(row["taken"]), keys)
 
 
 @dataclass(frozen=True)

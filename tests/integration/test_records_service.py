@@ -12,6 +12,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,7 +27,7 @@ from medledger.runtime.envelope import envelope
 from medledger.runtime.settings import Topics
 from medledger.runtime.signed import signature_valid
 from medledger.testing.consent import consent_env, grant_request, payloads, read_topic, terms
-from medledger.testing.identity import IdentityHarness, Party
+from medledger.testing.identity import IdentityHarness, Party, generate_key, raw_public
 from medledger.testing.ledger import consume_all, produce_raw
 from medledger.testing.records import amend_request, create_request, erasure_request, observation, records_env
 from medledger.testing.stack import PRODUCERS, ServiceProcess, wait_until
@@ -230,6 +231,38 @@ async def test_bad_input_is_refused_and_nothing_is_stored_or_published(world: Wo
     # Nothing was stored (the patient sees no record) and nothing published.
     assert not w.listing(w.patient, purpose=0).records
     assert not [e for e in await read_topic(w.topics.records_events)]
+
+
+async def test_a_rotated_out_or_revoked_author_key_signs_nothing_from_the_moment_identity_answers(world: World) -> None:
+    """Authors' keys come from records' projection of identity.events, which
+    every write syncs to the log end first: once RotateKey or RevokeKey has
+    answered, the very next write is judged by the new keys (no window)."""
+    w = world
+    pid = w.patient.identity_id
+    doc = w.identity.practitioner(w.org_a)
+    old_key, old_key_id = doc.private_key, doc.key_id
+    w.write(doc, w.org_a, observation(pid))
+    before_rotation = datetime.now(timezone.utc)
+    new_key = generate_key()
+    w.identity.stub.RotateKey(identity_pb2.RotateKeyRequest(identity_id=doc.identity_id, public_key=raw_public(new_key)),
+                              metadata=w.org_a.metadata, timeout=15)
+    doc.private_key = new_key
+    w.identity.login(doc)
+
+    def with_old_key(**kw: Any) -> tuple[pb.CreateRecordRequest, pb.RecordReceipt]:
+        return w.write(doc, w.org_a, observation(pid), key=old_key, author_key_id=old_key_id, **kw)
+
+    code, message = status_of(with_old_key)
+    assert (code, "not in effect at signed_at" in message) == (grpc.StatusCode.PERMISSION_DENIED, True), message
+    w.write(doc, w.org_a, observation(pid))  # the new key signs at once
+    # What the old key signed while it was in effect still counts...
+    with_old_key(signed_at=before_rotation)
+    # ...until it is revoked: refused by the very next write, backdated or not.
+    w.identity.stub.RevokeKey(identity_pb2.RevokeKeyRequest(identity_id=doc.identity_id, key_id=old_key_id),
+                              metadata=w.org_a.metadata, timeout=15)
+    code, message = status_of(lambda: with_old_key(signed_at=before_rotation))
+    assert (code, "has been revoked" in message) == (grpc.StatusCode.PERMISSION_DENIED, True), message
+    assert len(w.listing(w.patient, purpose=0).records) == 3
 
 
 async def test_amendments_history_and_a_scoped_consent_export(world: World) -> None:
