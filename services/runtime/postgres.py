@@ -119,9 +119,19 @@ async def connect(url: str) -> asyncpg.Connection:
         raise DependencyUnavailable(f"PostgreSQL unavailable: {exc}") from exc
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pooled connection's release: nothing beyond asyncpg's own (which rolls
+    back an open transaction and drops Python-side listeners). Pooled
+    connections carry no session state: advisory locks and LISTEN live on
+    dedicated connections (runtime/leadership.py, migrations), transaction
+    locks end with their transaction, and nothing runs SET. asyncpg's default
+    reset query (UNLISTEN *, RESET ALL, pg_advisory_unlock_all, CLOSE ALL) would
+    cost a round trip on every release (docs/architecture.md, Decisions)."""
+
+
 async def create_pool(url: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     try:
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=5)
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=5, reset=_keep_session)
     except (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError, TimeoutError) as exc:
         raise DependencyUnavailable(f"PostgreSQL unavailable: {exc}") from exc
     assert pool is not None

@@ -16,7 +16,7 @@ import pytest
 
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.kafka import TopicSpec, ensure_topics, make_consumer, make_producer, publish
-from medledger.runtime.postgres import apply_migrations
+from medledger.runtime.postgres import apply_migrations, create_pool
 from medledger.runtime.settings import Topics
 from medledger.v1 import consent_pb2, events_pb2, ledger_pb2
 from medledger.testing.stack import BOOTSTRAP, PRODUCERS, ServiceProcess, unique
@@ -115,3 +115,20 @@ async def test_a_topic_the_broker_refuses_to_create_is_an_error_not_silence(stac
     name = unique("refused")
     with pytest.raises(DependencyUnavailable, match=name):
         await ensure_topics(BOOTSTRAP, [TopicSpec(name, 1, {}, replication_factor=3)])  # one broker here
+
+
+async def test_a_pooled_connection_comes_back_without_its_open_transaction(database_url: str) -> None:
+    """Releases skip asyncpg's reset query; an abandoned transaction must still
+    never reach the next borrower (runtime/postgres.py, _keep_session)."""
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS pool_probe (id int)")
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO pool_probe VALUES (1)")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM pool_probe") == 0
+    finally:
+        await pool.close()
