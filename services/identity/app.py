@@ -63,8 +63,16 @@ class IdentityApp:
         return self.ctx.pool
 
     async def _wait_published(self, event_ids: Sequence[str]) -> None:
+        """Answer only once the events are on identity.events: other services
+        act on them from there (records checks authors' keys against its
+        projection of that topic), so a key revocation that is committed but
+        not yet published is not yet in effect, and the caller must hear so,
+        as consent's commands say it (docs/architecture.md, Decisions)."""
         if self.relay is not None and self.ctx is not None:
-            await self.relay.wait_published(event_ids, self.ctx.pool, self.settings.publish_wait_s)
+            if not await self.relay.wait_published(event_ids, self.ctx.pool, self.settings.publish_wait_s):
+                raise DependencyUnavailable(
+                    "recorded, but Kafka has not accepted it yet; it takes effect once published (do not repeat it)"
+                )
 
     def registrations(self) -> Sequence[Registration]:
         api = IdentityApi(self.registry, self.authenticator)

@@ -454,3 +454,34 @@ async def test_challenges_are_rate_limited_and_unused_nonces_expire(
             await conn.close()
     finally:
         ids.close()
+
+
+
+async def test_a_command_not_yet_on_kafka_answers_unavailable_and_takes_effect_once_published(
+    spawn: Callable[..., ServiceProcess], tmp_path: Path, topics: Topics
+) -> None:
+    """Other services act on identity.events (records checks authors' keys
+    against its projection of it), so identity answers only once an event is
+    published; committed but not yet published, the caller hears UNAVAILABLE
+    and that it is recorded. A publish wait of 0 s makes every command that."""
+    operator_key = generate_key()
+    env = identity_env(tmp_path, operator_key)
+    process = spawn("identity", **env, MEDLEDGER_IDENTITY_PUBLISH_WAIT_S="0").wait_serving()
+    ids = IdentityHarness(process.address, operator_key, process, env)
+    key = generate_key()
+    request = register_request(identity_pb2.ORGANIZATION, raw_public(key), organization_type="HOSPITAL")
+    with pytest.raises(grpc.RpcError) as answer:
+        ids.stub.RegisterIdentity(request, metadata=ids.operator.metadata, timeout=15)
+    assert answer.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "recorded" in (answer.value.details() or "") and "do not repeat it" in (answer.value.details() or "")
+    # Recorded: the same registration again is refused, not done twice ...
+    assert status_of(lambda: ids.stub.RegisterIdentity(request, metadata=ids.operator.metadata, timeout=15)) == (
+        grpc.StatusCode.ALREADY_EXISTS
+    )
+    # ... and it takes effect once the relay publishes it.
+    deadline = time.monotonic() + 30
+    while not any(e.event_type == "medledger.v1.IdentityRegistered" and e.actor == ids.operator.identity_id
+                  for e in await read_topic(topics.identity_events)):
+        assert time.monotonic() < deadline, "the recorded registration never reached identity.events"
+        await asyncio.sleep(0.2)
+    ids.close()
