@@ -248,12 +248,10 @@ def prove(ledger: str, token: str, event_id: str, out: Path, verifier: note.Note
 
     source = GrpcLedger(ledger, token)
     try:
-        entry = source.entry(event_id)
-        checkpoint = source.latest()
-        path = source.inclusion(entry.index, checkpoint.tree_size)
+        bundle = source.proof_bundle(event_id)
     finally:
         source.close()
-    bundle = proofs.bundle(entry, path, checkpoint.checkpoint, verifier.verifier_key)
+    entry = bundle.entry
     result = proofs.verify_bundle(bundle, verifier)
     if not result.valid:
         for finding in result.findings:

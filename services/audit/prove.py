@@ -19,24 +19,12 @@ from medledger.audit.checks import (
 )
 from medledger.audit.envelopes import TOPIC_OF_TYPE
 from medledger.ledger import note
+from medledger.ledger.proofs import key_name
 from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
 from medledger.v1 import events_pb2, ledger_pb2
 
 CHECKPOINT = "checkpoint"
 BUNDLE = "bundle"
-
-
-def key_name(verifier_key: str) -> str:
-    """``<name>+<hash>`` of a verifier-key text: what a bundle names."""
-    return "+".join(verifier_key.strip().split("+")[:2])
-
-
-def bundle(
-    entry: ledger_pb2.Entry, proof: ledger_pb2.InclusionProof, checkpoint: bytes, verifier_key: str
-) -> ledger_pb2.ProofBundle:
-    return ledger_pb2.ProofBundle(
-        entry=entry, inclusion_proof=proof, checkpoint=checkpoint, verifier_key_name=key_name(verifier_key)
-    )
 
 
 def to_json(proof: ledger_pb2.ProofBundle) -> str:

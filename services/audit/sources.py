@@ -107,9 +107,10 @@ class GrpcLedger:
                 return
             position = last + 1
 
-    def entry(self, event_id: str) -> ledger_pb2.Entry:
-        return self._call("GetEntryByEventId", lambda: self.stub.GetEntryByEventId(
-            ledger_pb2.GetEntryByEventIdRequest(event_id=event_id), metadata=self.metadata, timeout=TIMEOUT_S))
+    def proof_bundle(self, event_id: str) -> ledger_pb2.ProofBundle:
+        """The event's entry, the latest checkpoint and the proof between them, in one call."""
+        return self._call("GetProofBundle", lambda: self.stub.GetProofBundle(
+            ledger_pb2.GetProofBundleRequest(event_id=event_id), metadata=self.metadata, timeout=TIMEOUT_S))
 
     def consistency_proof(self, first: int, second: int) -> list[bytes] | None:
         request = ledger_pb2.GetConsistencyProofRequest(first_size=first, second_size=second)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import AsyncIterator, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.ledger import proofs, store
+from medledger.ledger.intake import MAX_EVENT_ID_CHARS
 from medledger.ledger.publisher import checkpoint_message
 from medledger.ledger.settings import LedgerSettings
 from medledger.ledger.tile_cache import TileCache
@@ -30,7 +31,17 @@ CHECKPOINT_PAGE = 1000
 MAX_SIZE = 2**63 - 1  # sizes and indices are int64 in the database
 
 
-def entry_page(rows: Sequence[asyncpg.Record]) -> ledger_pb2.EntryPage:
+def checked_event_id(event_id: str) -> str:
+    """An event id the ledger could have sequenced (intake admits none empty
+    or longer); NUL characters are refused for every rpc (request_guard)."""
+    if not event_id:
+        raise InvalidArgument("event_id is required")
+    if len(event_id) > MAX_EVENT_ID_CHARS:
+        raise InvalidArgument(f"event_id is longer than {MAX_EVENT_ID_CHARS} characters")
+    return event_id
+
+
+def entry_page(rows: Sequence[asyncpg.Record | tuple[Any, ...]]) -> ledger_pb2.EntryPage:
     """An EntryPage from ``store.entry_page`` rows, built in place (audits read
     every entry, so no intermediate objects); a batch shares one commit time,
     so each distinct timestamp is converted once."""
@@ -118,13 +129,35 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
             yield page
 
     async def GetEntryByEventId(self, request: ledger_pb2.GetEntryByEventIdRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.Entry:
-        if not request.event_id:
-            raise InvalidArgument("event_id is required")
+        event_id = checked_event_id(request.event_id)
         async with self.pool().acquire() as conn:
-            entry = await store.entry_by_event_id(conn, request.event_id)
+            entry = await store.entry_by_event_id(conn, event_id)
         if entry is None:
-            raise NotFound(f"no ledger entry for event_id {request.event_id}")
+            raise NotFound(f"no ledger entry for event_id {event_id}")
         return entry_page([entry]).entries[0]
+
+    async def GetProofBundle(self, request: ledger_pb2.GetProofBundleRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.ProofBundle:
+        """Entry and newest checkpoint from one statement, the proof from the
+        tiles against that checkpoint's size: the three always agree."""
+        event_id = checked_event_id(request.event_id)
+        async with self.pool().acquire() as conn:
+            found = await store.entry_with_latest_checkpoint(conn, event_id)
+        if found is None:
+            raise DependencyUnavailable("no checkpoint signed yet; the sequencer is starting")
+        row, cp = found
+        if row is None:
+            raise NotFound(f"no ledger entry for event_id {event_id}")
+        entry = entry_page([row]).entries[0]
+        if entry.index >= cp.tree_size:
+            raise NotFound(
+                f"event_id {event_id} is sequenced (entry {entry.index}) but not yet under a signed checkpoint"
+                f" (the latest covers {cp.tree_size} entries): ask again shortly"
+            )
+        proof = await proofs.inclusion(self.tiles, entry.index, cp.tree_size)
+        path = ledger_pb2.InclusionProof(
+            leaf_index=entry.index, tree_size=cp.tree_size, hashes=proof.hashes, root_hash=proof.roots[0]
+        )
+        return proofs.bundle(entry, path, cp.note, self.settings.signer.verifier_key)
 
     async def _sizes(self, conn: store.Conn, requested: int) -> tuple[int, int]:
         """(size to prove against, committed size); 0 means the latest checkpoint."""

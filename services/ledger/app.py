@@ -35,13 +35,14 @@ HASH_ONLY_METHODS = frozenset(
     )
 )
 # Entries say who did what to whom across every organization. Only network
-# auditors replay them; a service fetches single entries by the id of an event
-# it knows (records proves its own events); organization auditors read none
-# (README, Authorization matrix).
+# auditors replay them; a service fetches single entries (alone or in a proof
+# bundle) by the id of an event it knows (records proves its own events);
+# organization auditors read none (README, Authorization matrix).
 ENTRY_READERS: dict[str, frozenset[str]] = {
     _SERVICE + "GetEntries": frozenset({NETWORK_AUDITOR}),
     _SERVICE + "GetEntryPages": frozenset({NETWORK_AUDITOR}),
     _SERVICE + "GetEntryByEventId": frozenset({NETWORK_AUDITOR, "SERVICE"}),
+    _SERVICE + "GetProofBundle": frozenset({NETWORK_AUDITOR, "SERVICE"}),
 }
 
 

@@ -22,6 +22,7 @@ from medledger.runtime.positions import Delivery as SourceRecord
 from medledger.v1 import events_pb2
 
 MAX_EVENT_BYTES = 1024 * 1024  # over 1 MiB: rejected, never sequenced (docs/architecture.md, Ledger contract)
+MAX_EVENT_ID_CHARS = 200  # longer event ids are rejected, never sequenced
 
 SourcePartition = tuple[str, int]
 
@@ -67,8 +68,8 @@ def admit(
         return Refused("envelope has no event_id", "no_event_id")
     if not envelope.event_type:
         return Refused("envelope has no event_type", "no_event_type")
-    if len(envelope.event_id) > 200:
-        return Refused("event_id longer than 200 characters", "bad_event_id")
+    if len(envelope.event_id) > MAX_EVENT_ID_CHARS:
+        return Refused(f"event_id longer than {MAX_EVENT_ID_CHARS} characters", "bad_event_id")
     if "\x00" in envelope.event_id:
         return Refused("event_id contains a NUL character", "bad_event_id")
     try:

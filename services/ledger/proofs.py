@@ -1,7 +1,9 @@
 """Proofs: the pure Merkle plans, one fetch of the nodes they need from a
 NodeSource (the store, in the service), then the pure assembly. Argument
 checks say which status a caller gets: OUT_OF_RANGE beyond the current tree,
-INVALID_ARGUMENT when the arguments contradict each other."""
+INVALID_ARGUMENT when the arguments contradict each other. And the offline
+proof bundle (``medledger.v1.ProofBundle``) built from them, which the ledger
+serves (GetProofBundle) and the audit tooling writes and checks."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Protocol, Sequence
 
 from medledger.ledger import merkle
 from medledger.runtime.errors import InvalidArgument, OutOfRange
+from medledger.v1 import ledger_pb2
 
 
 class NodeSource(Protocol):
@@ -64,3 +67,16 @@ async def inclusion(source: NodeSource, index: int, tree_size: int) -> Proof:
 
 async def consistency(source: NodeSource, first: int, second: int) -> Proof:
     return await _fetch(source, merkle.consistency_plan(first, second), first, second)
+
+
+def key_name(verifier_key: str) -> str:
+    """``<name>+<hash>`` of a verifier-key text: what a bundle names."""
+    return "+".join(verifier_key.strip().split("+")[:2])
+
+
+def bundle(
+    entry: ledger_pb2.Entry, proof: ledger_pb2.InclusionProof, checkpoint: bytes, verifier_key: str
+) -> ledger_pb2.ProofBundle:
+    return ledger_pb2.ProofBundle(
+        entry=entry, inclusion_proof=proof, checkpoint=checkpoint, verifier_key_name=key_name(verifier_key)
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Collection, Sequence, TypeAlias
+from typing import Any, Collection, Sequence, TypeAlias
 
 import asyncpg
 
@@ -248,6 +248,27 @@ async def entry_by_event_id(conn: Conn, event_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT idx, event_id, leaf_hash, chain_hash, event, sequenced_at FROM entries WHERE event_id = $1", event_id
     )
+
+
+async def entry_with_latest_checkpoint(
+    conn: Conn, event_id: str
+) -> tuple[tuple[Any, ...] | None, StoredCheckpoint] | None:
+    """The entry_page row of the entry carrying this event id (None if none)
+    and the newest checkpoint, read in one statement, so from one snapshot
+    (GetProofBundle); None before any checkpoint is stored."""
+    row = await conn.fetchrow(
+        "SELECT c.tree_size, c.root_hash, c.chain_hash, c.note, c.signed_at,"
+        " e.idx, e.event_id, e.leaf_hash, e.chain_hash AS entry_chain_hash, e.event, e.sequenced_at"
+        " FROM (SELECT * FROM checkpoints ORDER BY tree_size DESC LIMIT 1) c"
+        " LEFT JOIN entries e ON e.event_id = $1",
+        event_id,
+    )
+    if row is None:
+        return None
+    entry = None if row["idx"] is None else (
+        row["idx"], row["event_id"], row["leaf_hash"], row["entry_chain_hash"], row["event"], row["sequenced_at"]
+    )
+    return entry, _checkpoint(row)
 
 
 async def index_of_leaf(conn: Conn, leaf_hash: bytes, below: int) -> int | None:

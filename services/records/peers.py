@@ -7,8 +7,8 @@ commands and reads can be tested without them.
   presented the token and the records service can never ask on anyone's
   behalf.
 * Ledger: the entry of an event, its inclusion proof and the checkpoint it
-  leads to (the ledger's ProofBundle), as the records SERVICE identity (entries
-  need a SERVICE or AUDITOR token; proofs and checkpoints are public).
+  leads to (the ledger's ProofBundle, one GetProofBundle call), as the records
+  SERVICE identity (entries need a SERVICE or AUDITOR token).
 
 Authors' and erasure signers' keys are not asked of identity: they come from
 the records projection of identity.events (store.command_facts,
@@ -23,17 +23,14 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 import grpc
 
-from medledger.audit.prove import bundle
 from medledger.runtime.errors import DependencyUnavailable, NotFound
 from medledger.runtime.grpc_status import error_for
 from medledger.runtime.identity_client import ServiceCredentials
-from medledger.runtime.lru import Lru
 from medledger.runtime.transport import GrpcTls
 from medledger.v1 import consent_pb2, consent_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 T = TypeVar("T")
 CALL_TIMEOUT_S = 5.0
-ENTRY_CACHE = 10_000  # ledger entries of recently proved events (immutable once sequenced)
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -99,66 +96,30 @@ class Prover(Protocol):
 
 
 class LedgerProver:
+    """GetProofBundle on the ledger, as the records SERVICE identity: one
+    round trip, and the entry, proof and checkpoint agree by construction."""
+
     def __init__(self, address: str, credentials: ServiceCredentials) -> None:
         self.address = address
         self.credentials = credentials
         self._channel: grpc.aio.Channel | None = None
-        self._verifier_key = ""
-        self._entries: Lru[ledger_pb2.Entry] = Lru(ENTRY_CACHE)
 
     def _stub(self) -> ledger_pb2_grpc.LedgerServiceStub:
         if self._channel is None:
             self._channel = GrpcTls.from_env().aio_channel(self.address)
         return ledger_pb2_grpc.LedgerServiceStub(self._channel)
 
-    async def _key(self, stub: ledger_pb2_grpc.LedgerServiceStub) -> str:
-        if not self._verifier_key:
-            reply = await _call("ledger", "GetVerifierKey",
-                                lambda: stub.GetVerifierKey(ledger_pb2.GetVerifierKeyRequest(), timeout=CALL_TIMEOUT_S))
-            self._verifier_key = reply.verifier_key
-        return self._verifier_key
-
-    async def _entry(self, stub: ledger_pb2_grpc.LedgerServiceStub, event_id: str) -> ledger_pb2.Entry:
-        """The event's ledger entry; NotFound until sequenced. Entries never
-        change once sequenced (the log is append-only), so they are kept."""
-        entry = self._entries.get(event_id)
-        if entry is None:
-            metadata = await self.credentials.metadata()
-            request = ledger_pb2.GetEntryByEventIdRequest(event_id=event_id)
-            entry = await _call("ledger", "GetEntryByEventId",
-                                lambda: stub.GetEntryByEventId(request, metadata=metadata, timeout=CALL_TIMEOUT_S))
-            self._entries.put(event_id, entry)
-        return entry
-
-    async def _inclusion(self, stub: ledger_pb2_grpc.LedgerServiceStub, index: int, tree_size: int) -> ledger_pb2.InclusionProof:
-        request = ledger_pb2.GetInclusionProofRequest(index=index, tree_size=tree_size)
-        return await _call("ledger", "GetInclusionProof", lambda: stub.GetInclusionProof(request, timeout=CALL_TIMEOUT_S))
-
     async def prove(self, event_id: str) -> ledger_pb2.ProofBundle | None:
-        """One round of calls when the entry is known: the newest checkpoint
-        and a proof against the ledger's current size side by side; a second
-        proof only when a checkpoint was signed between the two."""
+        """None (pending) on NOT_FOUND: not sequenced yet, or sequenced but
+        not under a signed checkpoint yet."""
         stub = self._stub()
-        known = self._entries.get(event_id)
-        checkpoint_call = _call("ledger", "GetCheckpoint",
-                                lambda: stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=CALL_TIMEOUT_S))
-        calls: list[Awaitable[object]] = [checkpoint_call, self._entry(stub, event_id), self._key(stub)]
-        if known is not None:
-            calls.append(self._inclusion(stub, known.index, 0))
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        for result in results[:3]:
-            if isinstance(result, NotFound):
-                return None
-            if isinstance(result, BaseException):
-                raise result
-        checkpoint, entry, key = results[:3]
-        assert isinstance(checkpoint, ledger_pb2.Checkpoint) and isinstance(entry, ledger_pb2.Entry)
-        if entry.index >= checkpoint.tree_size:
+        metadata = await self.credentials.metadata()
+        request = ledger_pb2.GetProofBundleRequest(event_id=event_id)
+        try:
+            return await _call("ledger", "GetProofBundle",
+                               lambda: stub.GetProofBundle(request, metadata=metadata, timeout=CALL_TIMEOUT_S))
+        except NotFound:
             return None
-        proof = results[3] if len(results) > 3 else None  # a failed early proof is simply asked again
-        if not isinstance(proof, ledger_pb2.InclusionProof) or proof.tree_size != checkpoint.tree_size:
-            proof = await self._inclusion(stub, entry.index, checkpoint.tree_size)
-        return bundle(entry, proof, checkpoint.checkpoint, str(key))
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -1,5 +1,5 @@
 """A bounded map, least recently used out first: one place for the caches of
-immutable values (records' ledger entries) and of recent ids (the outbox relay).
+immutable values and of recent ids (the outbox relay).
 An OrderedDict, because deleting a plain dict's oldest key over and over makes
 each next deletion scan the dead slots before it."""
 

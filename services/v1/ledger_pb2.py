@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19medledger/v1/ledger.proto\x12\x0cmedledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x14GetCheckpointRequest\"\x89\x01\n\nCheckpoint\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x12\n\nchain_hash\x18\x04 \x01(\x0c\x12-\n\tsigned_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15GetVerifierKeyRequest\"3\n\x0bVerifierKey\x12\x14\n\x0cverifier_key\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\"1\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x90\x01\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65vent\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x12\n\nchain_hash\x18\x04 \x01(\x0c\x12\x30\n\x0csequenced_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\"1\n\tEntryPage\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.medledger.v1.Entry\",\n\x18GetEntryByEventIdRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"F\n\x1eGetInclusionProofByHashRequest\x12\x11\n\tleaf_hash\x18\x01 \x01(\x0c\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"Z\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x11\n\troot_hash\x18\x04 \x01(\x0c\"E\n\x1aGetConsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"~\n\x10\x43onsistencyProof\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x17\n\x0f\x66irst_root_hash\x18\x04 \x01(\x0c\x12\x18\n\x10second_root_hash\x18\x05 \x01(\x0c\"\x19\n\x17WatchCheckpointsRequest\"?\n\x16ListCheckpointsRequest\x12\x12\n\nstart_size\x18\x01 \x01(\x04\x12\x11\n\tpage_size\x18\x02 \x01(\r\"z\n\x17ListCheckpointsResponse\x12-\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x18.medledger.v1.Checkpoint\x12\x1c\n\x0fnext_start_size\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_next_start_size\"\x97\x01\n\x0bProofBundle\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.medledger.v1.Entry\x12\x35\n\x0finclusion_proof\x18\x02 \x01(\x0b\x32\x1c.medledger.v1.InclusionProof\x12\x12\n\ncheckpoint\x18\x03 \x01(\x0c\x12\x19\n\x11verifier_key_name\x18\x04 \x01(\t2\xef\x06\n\rLedgerService\x12M\n\rGetCheckpoint\x12\".medledger.v1.GetCheckpointRequest\x1a\x18.medledger.v1.Checkpoint\x12P\n\x0eGetVerifierKey\x12#.medledger.v1.GetVerifierKeyRequest\x1a\x19.medledger.v1.VerifierKey\x12\x44\n\nGetEntries\x12\x1f.medledger.v1.GetEntriesRequest\x1a\x13.medledger.v1.Entry0\x01\x12K\n\rGetEntryPages\x12\x1f.medledger.v1.GetEntriesRequest\x1a\x17.medledger.v1.EntryPage0\x01\x12P\n\x11GetEntryByEventId\x12&.medledger.v1.GetEntryByEventIdRequest\x1a\x13.medledger.v1.Entry\x12Y\n\x11GetInclusionProof\x12&.medledger.v1.GetInclusionProofRequest\x1a\x1c.medledger.v1.InclusionProof\x12\x65\n\x17GetInclusionProofByHash\x12,.medledger.v1.GetInclusionProofByHashRequest\x1a\x1c.medledger.v1.InclusionProof\x12_\n\x13GetConsistencyProof\x12(.medledger.v1.GetConsistencyProofRequest\x1a\x1e.medledger.v1.ConsistencyProof\x12U\n\x10WatchCheckpoints\x12%.medledger.v1.WatchCheckpointsRequest\x1a\x18.medledger.v1.Checkpoint0\x01\x12^\n\x0fListCheckpoints\x12$.medledger.v1.ListCheckpointsRequest\x1a%.medledger.v1.ListCheckpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19medledger/v1/ledger.proto\x12\x0cmedledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x14GetCheckpointRequest\"\x89\x01\n\nCheckpoint\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x12\n\nchain_hash\x18\x04 \x01(\x0c\x12-\n\tsigned_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15GetVerifierKeyRequest\"3\n\x0bVerifierKey\x12\x14\n\x0cverifier_key\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\"1\n\x11GetEntriesRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x90\x01\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05\x65vent\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x12\n\nchain_hash\x18\x04 \x01(\x0c\x12\x30\n\x0csequenced_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\"1\n\tEntryPage\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.medledger.v1.Entry\",\n\x18GetEntryByEventIdRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\")\n\x15GetProofBundleRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"<\n\x18GetInclusionProofRequest\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"F\n\x1eGetInclusionProofByHashRequest\x12\x11\n\tleaf_hash\x18\x01 \x01(\x0c\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"Z\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x11\n\troot_hash\x18\x04 \x01(\x0c\"E\n\x1aGetConsistencyProofRequest\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\"~\n\x10\x43onsistencyProof\x12\x12\n\nfirst_size\x18\x01 \x01(\x04\x12\x13\n\x0bsecond_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x17\n\x0f\x66irst_root_hash\x18\x04 \x01(\x0c\x12\x18\n\x10second_root_hash\x18\x05 \x01(\x0c\"\x19\n\x17WatchCheckpointsRequest\"?\n\x16ListCheckpointsRequest\x12\x12\n\nstart_size\x18\x01 \x01(\x04\x12\x11\n\tpage_size\x18\x02 \x01(\r\"z\n\x17ListCheckpointsResponse\x12-\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x18.medledger.v1.Checkpoint\x12\x1c\n\x0fnext_start_size\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_next_start_size\"\x97\x01\n\x0bProofBundle\x12\"\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x13.medledger.v1.Entry\x12\x35\n\x0finclusion_proof\x18\x02 \x01(\x0b\x32\x1c.medledger.v1.InclusionProof\x12\x12\n\ncheckpoint\x18\x03 \x01(\x0c\x12\x19\n\x11verifier_key_name\x18\x04 \x01(\t2\xc1\x07\n\rLedgerService\x12M\n\rGetCheckpoint\x12\".medledger.v1.GetCheckpointRequest\x1a\x18.medledger.v1.Checkpoint\x12P\n\x0eGetVerifierKey\x12#.medledger.v1.GetVerifierKeyRequest\x1a\x19.medledger.v1.VerifierKey\x12\x44\n\nGetEntries\x12\x1f.medledger.v1.GetEntriesRequest\x1a\x13.medledger.v1.Entry0\x01\x12K\n\rGetEntryPages\x12\x1f.medledger.v1.GetEntriesRequest\x1a\x17.medledger.v1.EntryPage0\x01\x12P\n\x11GetEntryByEventId\x12&.medledger.v1.GetEntryByEventIdRequest\x1a\x13.medledger.v1.Entry\x12P\n\x0eGetProofBundle\x12#.medledger.v1.GetProofBundleRequest\x1a\x19.medledger.v1.ProofBundle\x12Y\n\x11GetInclusionProof\x12&.medledger.v1.GetInclusionProofRequest\x1a\x1c.medledger.v1.InclusionProof\x12\x65\n\x17GetInclusionProofByHash\x12,.medledger.v1.GetInclusionProofByHashRequest\x1a\x1c.medledger.v1.InclusionProof\x12_\n\x13GetConsistencyProof\x12(.medledger.v1.GetConsistencyProofRequest\x1a\x1e.medledger.v1.ConsistencyProof\x12U\n\x10WatchCheckpoints\x12%.medledger.v1.WatchCheckpointsRequest\x1a\x18.medledger.v1.Checkpoint0\x01\x12^\n\x0fListCheckpoints\x12$.medledger.v1.ListCheckpointsRequest\x1a%.medledger.v1.ListCheckpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,24 +48,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENTRYPAGE']._serialized_end=565
   _globals['_GETENTRYBYEVENTIDREQUEST']._serialized_start=567
   _globals['_GETENTRYBYEVENTIDREQUEST']._serialized_end=611
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=613
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=673
-  _globals['_GETINCLUSIONPROOFBYHASHREQUEST']._serialized_start=675
-  _globals['_GETINCLUSIONPROOFBYHASHREQUEST']._serialized_end=745
-  _globals['_INCLUSIONPROOF']._serialized_start=747
-  _globals['_INCLUSIONPROOF']._serialized_end=837
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=839
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=908
-  _globals['_CONSISTENCYPROOF']._serialized_start=910
-  _globals['_CONSISTENCYPROOF']._serialized_end=1036
-  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_start=1038
-  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_end=1063
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1065
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1128
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1130
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1252
-  _globals['_PROOFBUNDLE']._serialized_start=1255
-  _globals['_PROOFBUNDLE']._serialized_end=1406
-  _globals['_LEDGERSERVICE']._serialized_start=1409
-  _globals['_LEDGERSERVICE']._serialized_end=2288
+  _globals['_GETPROOFBUNDLEREQUEST']._serialized_start=613
+  _globals['_GETPROOFBUNDLEREQUEST']._serialized_end=654
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=656
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=716
+  _globals['_GETINCLUSIONPROOFBYHASHREQUEST']._serialized_start=718
+  _globals['_GETINCLUSIONPROOFBYHASHREQUEST']._serialized_end=788
+  _globals['_INCLUSIONPROOF']._serialized_start=790
+  _globals['_INCLUSIONPROOF']._serialized_end=880
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=882
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=951
+  _globals['_CONSISTENCYPROOF']._serialized_start=953
+  _globals['_CONSISTENCYPROOF']._serialized_end=1079
+  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_start=1081
+  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_end=1106
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1108
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1171
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1173
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1295
+  _globals['_PROOFBUNDLE']._serialized_start=1298
+  _globals['_PROOFBUNDLE']._serialized_end=1449
+  _globals['_LEDGERSERVICE']._serialized_start=1452
+  _globals['_LEDGERSERVICE']._serialized_end=2413
 # @@protoc_insertion_point(module_scope)

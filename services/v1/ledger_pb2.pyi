@@ -246,6 +246,28 @@ class GetEntryByEventIdRequest(_message.Message):
 Global___GetEntryByEventIdRequest: _TypeAlias = GetEntryByEventIdRequest  # noqa: Y015
 
 @_typing.final
+class GetProofBundleRequest(_message.Message):
+    """The proof bundle of the entry carrying this event id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The envelope's event_id (UUID text), as in GetEntryByEventIdRequest."""
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProofBundleRequest: _TypeAlias = GetProofBundleRequest  # noqa: Y015
+
+@_typing.final
 class GetInclusionProofRequest(_message.Message):
     """Inclusion proof by leaf index."""
 
@@ -482,9 +504,10 @@ Global___ListCheckpointsResponse: _TypeAlias = ListCheckpointsResponse  # noqa: 
 class ProofBundle(_message.Message):
     """An offline proof that one event is in the ledger: everything needed to check
     it with no service and no network, given the ledger's verifier key from
-    elsewhere (pinned, never taken from the bundle). `medledger audit prove`
-    writes it as protobuf JSON and `medledger audit verify-proof` checks it; the
-    records service returns the same message beside a record.
+    elsewhere (pinned, never taken from the bundle). LedgerService.GetProofBundle
+    serves it; `medledger audit prove` writes it as protobuf JSON and
+    `medledger audit verify-proof` checks it; the records service returns the
+    same message beside a record.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

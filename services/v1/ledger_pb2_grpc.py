@@ -60,6 +60,11 @@ class LedgerServiceStub:
                 request_serializer=medledger_dot_v1_dot_ledger__pb2.GetEntryByEventIdRequest.SerializeToString,
                 response_deserializer=medledger_dot_v1_dot_ledger__pb2.Entry.FromString,
                 _registered_method=True)
+        self.GetProofBundle = channel.unary_unary(
+                '/medledger.v1.LedgerService/GetProofBundle',
+                request_serializer=medledger_dot_v1_dot_ledger__pb2.GetProofBundleRequest.SerializeToString,
+                response_deserializer=medledger_dot_v1_dot_ledger__pb2.ProofBundle.FromString,
+                _registered_method=True)
         self.GetInclusionProof = channel.unary_unary(
                 '/medledger.v1.LedgerService/GetInclusionProof',
                 request_serializer=medledger_dot_v1_dot_ledger__pb2.GetInclusionProofRequest.SerializeToString,
@@ -127,7 +132,20 @@ class LedgerServiceServicer:
     def GetEntryByEventId(self, request, context):
         """One entry by its event id: network auditors and services (PERMISSION_DENIED
         for anyone else, UNAUTHENTICATED without a token). INVALID_ARGUMENT for an
-        empty event_id; NOT_FOUND if the ledger never sequenced it.
+        empty event_id or one longer than 200 characters (no event id the ledger
+        sequences is); NOT_FOUND if the ledger never sequenced it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProofBundle(self, request, context):
+        """The offline proof of one event in a single call: its entry, the latest
+        signed checkpoint and the inclusion proof of the entry in the tree that
+        checkpoint signs, read together so they always agree. Same callers and
+        event_id checks as GetEntryByEventId. NOT_FOUND if the ledger never
+        sequenced the event, and also (the message says so) while it is sequenced
+        but no signed checkpoint covers it yet: ask again shortly.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +227,11 @@ def add_LedgerServiceServicer_to_server(servicer, server):
                     servicer.GetEntryByEventId,
                     request_deserializer=medledger_dot_v1_dot_ledger__pb2.GetEntryByEventIdRequest.FromString,
                     response_serializer=medledger_dot_v1_dot_ledger__pb2.Entry.SerializeToString,
+            ),
+            'GetProofBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProofBundle,
+                    request_deserializer=medledger_dot_v1_dot_ledger__pb2.GetProofBundleRequest.FromString,
+                    response_serializer=medledger_dot_v1_dot_ledger__pb2.ProofBundle.SerializeToString,
             ),
             'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInclusionProof,
@@ -372,6 +395,33 @@ class LedgerService:
             '/medledger.v1.LedgerService/GetEntryByEventId',
             medledger_dot_v1_dot_ledger__pb2.GetEntryByEventIdRequest.SerializeToString,
             medledger_dot_v1_dot_ledger__pb2.Entry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProofBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medledger.v1.LedgerService/GetProofBundle',
+            medledger_dot_v1_dot_ledger__pb2.GetProofBundleRequest.SerializeToString,
+            medledger_dot_v1_dot_ledger__pb2.ProofBundle.FromString,
             options,
             channel_credentials,
             insecure,

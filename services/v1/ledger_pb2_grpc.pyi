@@ -58,7 +58,16 @@ class LedgerServiceStub:
     GetEntryByEventId: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryByEventIdRequest, _ledger_pb2.Entry]
     """One entry by its event id: network auditors and services (PERMISSION_DENIED
     for anyone else, UNAUTHENTICATED without a token). INVALID_ARGUMENT for an
-    empty event_id; NOT_FOUND if the ledger never sequenced it.
+    empty event_id or one longer than 200 characters (no event id the ledger
+    sequences is); NOT_FOUND if the ledger never sequenced it.
+    """
+    GetProofBundle: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetProofBundleRequest, _ledger_pb2.ProofBundle]
+    """The offline proof of one event in a single call: its entry, the latest
+    signed checkpoint and the inclusion proof of the entry in the tree that
+    checkpoint signs, read together so they always agree. Same callers and
+    event_id checks as GetEntryByEventId. NOT_FOUND if the ledger never
+    sequenced the event, and also (the message says so) while it is sequenced
+    but no signed checkpoint covers it yet: ask again shortly.
     """
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.GetInclusionProofRequest, _ledger_pb2.InclusionProof]
     """Audit path for leaf `index` in the tree of `tree_size` entries. No token.
@@ -114,7 +123,16 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     GetEntryByEventId: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetEntryByEventIdRequest, _ledger_pb2.Entry]  # type: ignore[assignment]
     """One entry by its event id: network auditors and services (PERMISSION_DENIED
     for anyone else, UNAUTHENTICATED without a token). INVALID_ARGUMENT for an
-    empty event_id; NOT_FOUND if the ledger never sequenced it.
+    empty event_id or one longer than 200 characters (no event id the ledger
+    sequences is); NOT_FOUND if the ledger never sequenced it.
+    """
+    GetProofBundle: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetProofBundleRequest, _ledger_pb2.ProofBundle]  # type: ignore[assignment]
+    """The offline proof of one event in a single call: its entry, the latest
+    signed checkpoint and the inclusion proof of the entry in the tree that
+    checkpoint signs, read together so they always agree. Same callers and
+    event_id checks as GetEntryByEventId. NOT_FOUND if the ledger never
+    sequenced the event, and also (the message says so) while it is sequenced
+    but no signed checkpoint covers it yet: ask again shortly.
     """
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_ledger_pb2.GetInclusionProofRequest, _ledger_pb2.InclusionProof]  # type: ignore[assignment]
     """Audit path for leaf `index` in the tree of `tree_size` entries. No token.
@@ -197,7 +215,22 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ledger_pb2.Entry, _abc.Awaitable[_ledger_pb2.Entry]]:
         """One entry by its event id: network auditors and services (PERMISSION_DENIED
         for anyone else, UNAUTHENTICATED without a token). INVALID_ARGUMENT for an
-        empty event_id; NOT_FOUND if the ledger never sequenced it.
+        empty event_id or one longer than 200 characters (no event id the ledger
+        sequences is); NOT_FOUND if the ledger never sequenced it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetProofBundle(
+        self,
+        request: _ledger_pb2.GetProofBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ProofBundle, _abc.Awaitable[_ledger_pb2.ProofBundle]]:
+        """The offline proof of one event in a single call: its entry, the latest
+        signed checkpoint and the inclusion proof of the entry in the tree that
+        checkpoint signs, read together so they always agree. Same callers and
+        event_id checks as GetEntryByEventId. NOT_FOUND if the ledger never
+        sequenced the event, and also (the message says so) while it is sequenced
+        but no signed checkpoint covers it yet: ask again shortly.
         """
 
     @_abc_1.abstractmethod

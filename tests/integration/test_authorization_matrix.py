@@ -144,6 +144,11 @@ def test_a_service_token_reads_only_what_a_service_needs(network: Network) -> No
                60, what="the patient's registration on the ledger")
     entry = ledger.GetEntryByEventId(ledger_pb2.GetEntryByEventIdRequest(event_id=event_id), metadata=service.metadata, timeout=30)
     assert entry.event_id == event_id
+    # its proof bundle holds the same entry: the same readers
+    wait_until(lambda: _status(lambda: ledger.GetProofBundle(ledger_pb2.GetProofBundleRequest(event_id=event_id), metadata=service.metadata, timeout=30)) == grpc.StatusCode.OK,
+               60, what="a checkpoint over the patient's registration")
+    assert ledger.GetProofBundle(ledger_pb2.GetProofBundleRequest(event_id=event_id), metadata=service.metadata, timeout=30).entry == entry
+    assert _status(lambda: ledger.GetProofBundle(ledger_pb2.GetProofBundleRequest(event_id=event_id), metadata=auditors[1].metadata, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
     whole_log = ledger_pb2.GetEntriesRequest(start=0, count=10)
     assert _status(lambda: list(ledger.GetEntries(whole_log, metadata=service.metadata, timeout=30))) == grpc.StatusCode.PERMISSION_DENIED
     assert _status(lambda: list(ledger.GetEntryPages(whole_log, metadata=service.metadata, timeout=30))) == grpc.StatusCode.PERMISSION_DENIED

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import asyncpg
 import grpc
 import pytest
 
-from medledger.ledger import merkle
+import medledger.ledger
+from medledger.audit.prove import verify_bundle
+from medledger.ledger import merkle, note
+from medledger.ledger.api import LedgerApi
+from medledger.runtime.errors import DependencyUnavailable, NotFound
+from medledger.runtime.postgres import apply_migrations, ensure_database
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2, ledger_pb2
 from medledger.testing.ledger import audit, consume_all, produce, produce_raw, sample_events, stub, wait_for_checkpoint
@@ -171,6 +178,84 @@ async def test_bad_requests_get_clear_statuses(
         assert _status(lambda: ledger.GetInclusionProofByHash(R.GetInclusionProofByHashRequest(leaf_hash=b"short"))) == grpc.StatusCode.INVALID_ARGUMENT
         # a good request still works afterwards: bad input changed nothing
         assert ledger.GetCheckpoint(R.GetCheckpointRequest()).tree_size == 10
+
+
+async def test_a_proof_bundle_comes_in_one_call_and_verifies_offline(
+    spawn: Callable[..., ServiceProcess], topics: Topics, isolated_identity: IdentityHarness
+) -> None:
+    """GetProofBundle (issue #10): entry, latest checkpoint and the proof between
+    them, checked with nothing but the pinned key; callers as GetEntryByEventId."""
+    hospital = isolated_identity.organization()
+    service, auditor = isolated_identity.service(hospital).metadata, isolated_identity.auditor().metadata
+    patient, practitioner = isolated_identity.patient(hospital).metadata, isolated_identity.practitioner(hospital).metadata
+    ledger_proc = spawn("ledger").wait_serving()
+    pinned = note.NoteVerifier.from_verifier_key(
+        note.NoteSigner.from_signer_key(Path(ledger_proc.env["MEDLEDGER_LEDGER_SIGNING_KEY_FILE"]).read_text()).verifier_key
+    )
+    events = sample_events(40, topics)
+    await produce(events[:30])
+    R = ledger_pb2
+    channel, ledger = stub(ledger_proc.address)
+    with channel:
+        wait_for_checkpoint(ledger, 30)
+        latest = ledger.GetCheckpoint(R.GetCheckpointRequest())
+        for index in (0, 17, 29):
+            _, event = events[index]
+            got = ledger.GetProofBundle(R.GetProofBundleRequest(event_id=event.event_id), metadata=service)
+            result = verify_bundle(got, pinned)
+            assert result.valid, [f.describe() for f in result.findings]
+            assert got.entry.event == event.SerializeToString() and result.event_id == event.event_id
+            assert got.checkpoint == latest.checkpoint and got.inclusion_proof.tree_size == latest.tree_size == 30
+            assert got.verifier_key_name == "+".join(pinned.verifier_key.split("+")[:2])
+            assert got.entry == ledger.GetEntryByEventId(R.GetEntryByEventIdRequest(event_id=event.event_id), metadata=auditor)
+        # a newer checkpoint: the same event is proved against it
+        await produce(events[30:])
+        wait_for_checkpoint(ledger, 40)
+        newer = ledger.GetProofBundle(R.GetProofBundleRequest(event_id=events[17][1].event_id), metadata=auditor)
+        assert newer.checkpoint == ledger.GetCheckpoint(R.GetCheckpointRequest()).checkpoint
+        assert newer.inclusion_proof.tree_size == 40 and verify_bundle(newer, pinned).valid
+
+        def status(event_id: str, metadata: Metadata = service) -> grpc.StatusCode:
+            return _status(lambda: ledger.GetProofBundle(R.GetProofBundleRequest(event_id=event_id), metadata=metadata))
+
+        assert status("0190a1b2-0000-7000-8000-000000000000") == grpc.StatusCode.NOT_FOUND
+        assert status("") == grpc.StatusCode.INVALID_ARGUMENT
+        assert status("e" * 201) == grpc.StatusCode.INVALID_ARGUMENT
+        assert status("nul\x00id") == grpc.StatusCode.INVALID_ARGUMENT
+        # entries say who did what to whom: no token, a patient or a practitioner get nothing
+        some = events[0][1].event_id
+        assert status(some, ()) == grpc.StatusCode.UNAUTHENTICATED
+        assert status(some, patient) == grpc.StatusCode.PERMISSION_DENIED
+        assert status(some, practitioner) == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_sequenced_event_not_yet_under_a_checkpoint_has_no_bundle_yet(
+    database_factory: Callable[[str], str]
+) -> None:
+    """The window between the sequencer's commit and its checkpoint, held open:
+    the handler over a real ledger database with one entry and only the empty
+    log's checkpoint (before any, the ledger is still starting)."""
+    url = database_factory("ledger_bundle")
+    await ensure_database(url)
+    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+    try:
+        await apply_migrations(conn, Path(medledger.ledger.__file__).parent / "migrations")
+        api = LedgerApi(None, lambda: pool, None, None)  # no tile or key is reached
+        request = ledger_pb2.GetProofBundleRequest(event_id="e-0")
+        with pytest.raises(DependencyUnavailable):
+            await api.GetProofBundle(request, None)
+        now = datetime.now(timezone.utc)
+        await conn.execute("INSERT INTO checkpoints VALUES (0, $1, $2, $3, $4)", merkle.EMPTY_ROOT, bytes(32), b"cp 0\n", now)
+        await conn.execute("INSERT INTO entries VALUES (0, 'e-0', $1, $2, $3, 't', 0, 0, $4)",
+                           merkle.leaf_hash(b"x"), bytes(32), b"x", now)
+        with pytest.raises(NotFound, match="sequenced .* but not yet under a signed checkpoint"):
+            await api.GetProofBundle(request, None)
+        with pytest.raises(NotFound, match="no ledger entry"):
+            await api.GetProofBundle(ledger_pb2.GetProofBundleRequest(event_id="e-1"), None)
+    finally:
+        await pool.close()
+        await conn.close()
 
 
 async def test_watch_checkpoints_streams_each_new_checkpoint(spawn: Callable[..., ServiceProcess], topics: Topics) -> None:

@@ -17,7 +17,7 @@ from fhir.resources.R4B.bundle import Bundle
 from medledger.audit import checks, disclosures, index, prove
 from medledger.audit.compare import diff_rows
 from medledger.audit.envelopes import PatientEvent, check_envelopes, pinned_verifier
-from medledger.ledger import merkle, note
+from medledger.ledger import merkle, note, proofs
 from medledger.runtime.envelope import envelope, parse_producer_keys
 from medledger.testing.stack import PRODUCERS
 from medledger.v1 import consent_pb2, ledger_pb2, records_pb2
@@ -142,7 +142,7 @@ def bundle_for(values: list[bytes], index_: int, signer: note.NoteSigner) -> led
     path = ledger_pb2.InclusionProof(leaf_index=index_, tree_size=tree.size,
                                      hashes=merkle.assemble(plan, [nodes[i] for i in plan.ids]))
     signed = signer.sign(note.checkpoint_body(note.Checkpoint(ORIGIN, tree.size, tree.root())))
-    return prove.bundle(entries[index_], path, signed, signer.verifier_key)
+    return proofs.bundle(entries[index_], path, signed, signer.verifier_key)
 
 
 def test_a_proof_bundle_verifies_offline_and_survives_its_json_form() -> None:

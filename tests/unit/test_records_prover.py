@@ -1,53 +1,64 @@
 """The records service's proof lookup (medledger.records.peers.LedgerProver)
-against a stand-in ledger: the bundle it returns is always proved against the
-checkpoint it carries, even when the ledger signs a new checkpoint between
-the calls, and an event not yet under a checkpoint is PENDING (None)."""
+against a stand-in ledger stub: one GetProofBundle call as the records
+SERVICE identity; the bundle comes back as the ledger built it and verifies
+against its own checkpoint; NOT_FOUND (never sequenced, or sequenced but not
+under a checkpoint yet) is PENDING (None); any other failure is an error."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import pytest
 
+from medledger.audit.prove import verify_bundle
+from medledger.ledger import merkle, note, proofs
 from medledger.records.peers import LedgerProver
-from medledger.runtime.lru import Lru
-from medledger.runtime.errors import NotFound
+from medledger.runtime.errors import DependencyUnavailable
 from medledger.v1 import ledger_pb2
+
+ORIGIN = "records.test/log"
+TOKEN = (("authorization", "Bearer records-service"),)
 
 
 class FakeCredentials:
     async def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", "Bearer test"),)
+        return TOKEN
+
+
+def signed_bundle(signer: note.NoteSigner, size: int, index: int) -> ledger_pb2.ProofBundle:
+    """What the ledger serves: entry ``index`` of a log of ``size`` events,
+    proved against the checkpoint of that size."""
+    tree, nodes, entries = merkle.CompactRange.empty(), {}, []
+    for i in range(size):
+        event = f"event {i}".encode()
+        leaf = merkle.leaf_hash(event)
+        nodes.update(dict(tree.append(leaf)))
+        entries.append(ledger_pb2.Entry(index=i, event=event, leaf_hash=leaf))
+    plan = merkle.inclusion_plan(index, size)
+    path = ledger_pb2.InclusionProof(leaf_index=index, tree_size=size,
+                                     hashes=merkle.assemble(plan, [nodes[i] for i in plan.ids]))
+    checkpoint = signer.sign(note.checkpoint_body(note.Checkpoint(ORIGIN, size, tree.root())))
+    return proofs.bundle(entries[index], path, checkpoint, signer.verifier_key)
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
 class FakeLedger:
-    """Answers like the ledger's gRPC stub; ``sizes`` is what the newest
-    checkpoint says on each GetCheckpoint, ``current`` what tree_size=0 means."""
+    """Answers GetProofBundle like the ledger's stub: the bundle for a known
+    event id, else the given status; nothing else may be called."""
 
-    def __init__(self, index: int, sizes: list[int], current: int) -> None:
-        self.index, self.sizes, self.current = index, sizes, current
-        self.entry_calls = 0
-        self.proof_requests: list[int] = []
+    def __init__(self, bundles: dict[str, ledger_pb2.ProofBundle], failure: grpc.StatusCode = grpc.StatusCode.NOT_FOUND) -> None:
+        self.bundles, self.failure = bundles, failure
+        self.calls: list[tuple[str, Any]] = []
 
-    async def GetCheckpoint(self, request: Any, **_: Any) -> ledger_pb2.Checkpoint:
-        size = self.sizes.pop(0)
-        return ledger_pb2.Checkpoint(tree_size=size, checkpoint=f"checkpoint {size}".encode())
-
-    async def GetEntryByEventId(self, request: Any, **_: Any) -> ledger_pb2.Entry:
-        self.entry_calls += 1
-        if request.event_id != "event-1":
-            raise NotFound("no such event")
-        return ledger_pb2.Entry(index=self.index)
-
-    async def GetVerifierKey(self, request: Any, **_: Any) -> ledger_pb2.VerifierKey:
-        return ledger_pb2.VerifierKey(verifier_key="ledger+01234567+AAAA")
-
-    async def GetInclusionProof(self, request: Any, **_: Any) -> ledger_pb2.InclusionProof:
-        self.proof_requests.append(request.tree_size)
-        size = request.tree_size or self.current
-        if request.index >= size:
-            raise NotFound("index beyond the tree")
-        return ledger_pb2.InclusionProof(leaf_index=request.index, tree_size=size)
+    async def GetProofBundle(self, request: ledger_pb2.GetProofBundleRequest, metadata: Any = None, **_: Any) -> ledger_pb2.ProofBundle:
+        self.calls.append((request.event_id, metadata))
+        if request.event_id in self.bundles:
+            return self.bundles[request.event_id]
+        raise rpc_error(self.failure, f"no proof for {request.event_id}")
 
 
 def prover_for(ledger: FakeLedger) -> LedgerProver:
@@ -56,34 +67,32 @@ def prover_for(ledger: FakeLedger) -> LedgerProver:
     return prover
 
 
-async def test_the_proof_is_always_against_the_checkpoint_in_the_bundle() -> None:
-    ledger = FakeLedger(index=3, sizes=[10, 10, 11], current=10)
+async def test_one_call_as_the_service_and_the_bundle_verifies_against_its_own_checkpoint() -> None:
+    signer = note.NoteSigner.generate(ORIGIN)
+    served = signed_bundle(signer, size=11, index=6)
+    ledger = FakeLedger({"event-1": served})
+    proved = await prover_for(ledger).prove("event-1")
+    assert proved == served
+    assert ledger.calls == [("event-1", TOKEN)], "one round trip, with the records service's token"
+    result = verify_bundle(proved, note.NoteVerifier.from_verifier_key(signer.verifier_key))
+    assert result.findings == [] and result.checkpoint_size == 11
+    assert proved.verifier_key_name == f"{signer.name}+{signer.key_hash.hex()}"
+    # a bundle that mixes a proof with a different checkpoint is what one call rules out: it would not verify
+    mixed = ledger_pb2.ProofBundle()
+    mixed.CopyFrom(served)
+    mixed.checkpoint = signed_bundle(signer, size=12, index=6).checkpoint
+    assert not verify_bundle(mixed, note.NoteVerifier.from_verifier_key(signer.verifier_key)).valid
+
+
+async def test_not_found_is_pending_whether_unknown_or_not_yet_under_a_checkpoint() -> None:
+    ledger = FakeLedger({})
     prover = prover_for(ledger)
-    first = await prover.prove("event-1")
-    assert first is not None and first.inclusion_proof.tree_size == 10 and first.checkpoint == b"checkpoint 10"
-    again = await prover.prove("event-1")  # entry known: checkpoint and proof asked side by side
-    assert again is not None and again.inclusion_proof.tree_size == 10
-    assert ledger.entry_calls == 1, "a sequenced entry never changes, so it is asked once"
-    ledger.current = 12  # a checkpoint was signed between GetCheckpoint and the proof
-    third = await prover.prove("event-1")
-    assert third is not None and third.checkpoint == b"checkpoint 11" and third.inclusion_proof.tree_size == 11
-    assert ledger.proof_requests[-2:] == [0, 11]
+    assert await prover.prove("unknown") is None
+    assert await prover.prove("sequenced-not-yet-signed") is None
+    assert [event for event, _ in ledger.calls] == ["unknown", "sequenced-not-yet-signed"]
 
 
-async def test_pending_until_a_checkpoint_covers_the_entry_and_unknown_events_are_pending() -> None:
-    ledger = FakeLedger(index=10, sizes=[10, 10, 11], current=10)
-    prover = prover_for(ledger)
-    assert await prover.prove("event-1") is None
-    assert await prover.prove("event-1") is None  # the early proof failed: still pending, no error
-    proved = await prover.prove("event-1")
-    assert proved is not None and proved.inclusion_proof.tree_size == 11
-    assert await prover_for(FakeLedger(index=0, sizes=[5], current=5)).prove("other") is None
-
-
-@pytest.mark.parametrize("limit", [1, 3])
-def test_lru_keeps_the_most_recently_used(limit: int) -> None:
-    cache: Lru[int] = Lru(limit)
-    for i in range(5):
-        cache.put(str(i), i)
-        assert cache.get(str(i)) == i
-    assert cache.get("0") is None and cache.get("4") == 4
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
+async def test_an_unreachable_ledger_is_an_error_not_pending(code: grpc.StatusCode) -> None:
+    with pytest.raises(DependencyUnavailable, match="ledger service, GetProofBundle"):
+        await prover_for(FakeLedger({}, failure=code)).prove("event-1")
