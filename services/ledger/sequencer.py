@@ -39,27 +39,6 @@ SEQUENCER_LOCK = 0x6C656467  # "ledg"
 Verdict: TypeAlias = "Admitted | Refused"
 Checked: TypeAlias = "tuple[list[SourceRecord], asyncio.Future[list[Verdict]]]"
 
-# Fetched batches one transaction may take together (group commit): while a
-# commit waits on the disk, later batches are fetched and verified, and the
-# next commit takes them all, so a slow fsync costs one wait per group instead
-# of one per batch (docs/architecture.md, Decisions, "The sequencer commits
-# what piled up"). Bounds memory at this many batches of batch_max_records.
-GROUP_COMMIT_BATCHES = 4
-
-
-async def _group(first: Checked, checked: asyncio.Queue[Checked]) -> tuple[list[SourceRecord], list[Verdict]]:
-    """The first batch and the batches already waiting behind it (at most
-    GROUP_COMMIT_BATCHES in all, as the reader keeps adding), in order, with
-    their verdicts."""
-    records, verdicts = list(first[0]), list(await first[1])
-    for _ in range(GROUP_COMMIT_BATCHES - 1):
-        if checked.empty():
-            break
-        more, pending = checked.get_nowait()
-        records.extend(more)
-        verdicts.extend(await pending)
-    return records, verdicts
-
 
 class Sequencer:
     def __init__(
@@ -125,19 +104,18 @@ class Sequencer:
             if self.publisher
             else None
         )
-        checked: asyncio.Queue[Checked] = asyncio.Queue(maxsize=GROUP_COMMIT_BATCHES - 1)
+        checked: asyncio.Queue[Checked] = asyncio.Queue(maxsize=2)
         reader = asyncio.create_task(self._read(consumer, checked))
         try:
             await self._checkpoint_if_due(conn, force=True)
             while not stop.is_set():
                 try:
-                    first = await asyncio.wait_for(checked.get(), 0.05)
+                    records, verdicts = await asyncio.wait_for(checked.get(), 0.05)
                 except asyncio.TimeoutError:
                     if reader.done():
                         reader.result()  # the reader failed: let keep_running restart us
                 else:
-                    records, verdicts = await _group(first, checked)
-                    await self._sequence(conn, records, verdicts)
+                    await self._sequence(conn, records, await verdicts)
                 await self._checkpoint_if_due(conn)
         finally:
             self.role = "stopping"
@@ -151,7 +129,7 @@ class Sequencer:
     async def _read(self, consumer: PositionedConsumer, checked: asyncio.Queue[Checked]) -> None:
         """Fetch batches and start checking them on worker threads while the
         loop sequences earlier ones: signature checks stay off the critical
-        path, and at most GROUP_COMMIT_BATCHES batches wait (the queue bounds memory)."""
+        path, and at most two batches wait (the queue bounds memory)."""
         while True:
             records = await consumer.fetch(timeout_ms=50, max_records=self.settings.batch_max_records)
             if records:
