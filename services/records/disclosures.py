@@ -38,15 +38,19 @@ log = logging.getLogger(__name__)
 _BREAK_GLASS_TYPES = frozenset({BREAK_GLASS_INVOKED, BREAK_GLASS_REVIEWED})
 
 
-def ledger_indices(deliveries: Sequence[Delivery], topics: Topics) -> list[tuple[str, int]]:
-    """(event id, ledger index) of the entries of indexed event types. Not
-    verified: the ledger alone writes ledger.entries, and an index is a
-    pointer anyone checks with an inclusion proof (as consent's)."""
+def ledger_indices(deliveries: Sequence[Delivery], topics: Topics) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(event id, ledger index) of the entries of indexed event types, and of
+    records.events' own entries (record versions). Not verified: the ledger
+    alone writes ledger.entries, and an index is a pointer anyone checks with
+    an inclusion proof (as consent's)."""
     found: list[tuple[str, int]] = []
+    versions: list[tuple[str, int]] = []
     for d in deliveries:
         try:
             entry = events_pb2.LedgerEntry.FromString(d.value or b"")
-            if entry.source_topic == topics.access_events:
+            if entry.source_topic == topics.records_events:
+                versions.append((entry.event_id, entry.index))
+            elif entry.source_topic == topics.access_events:
                 found.append((entry.event_id, entry.index))
             elif entry.source_topic in ("", topics.consent_events):
                 if events_pb2.EventEnvelope.FromString(entry.event).event_type in (
@@ -54,12 +58,14 @@ def ledger_indices(deliveries: Sequence[Delivery], topics: Topics) -> list[tuple
                     found.append((entry.event_id, entry.index))
         except DecodeError:
             log.warning("skipping a ledger.entries record that does not parse", extra={"offset": d.offset})
-    return found
+    return found, versions
 
 
 async def apply_batch(conn: Conn, rows: Sequence[IndexRow], indices: Sequence[tuple[str, int]],
-                      positions: dict[tuple[str, int], int]) -> None:
-    """Store rows, ledger indices and the next offsets in the caller's transaction."""
+                      positions: dict[tuple[str, int], int], versions: Sequence[tuple[str, int]] = ()) -> None:
+    """Store rows, ledger indices (of disclosures and of record versions) and
+    the next offsets in the caller's transaction."""
+    await store.remember_ledger_indices(conn, versions)
     if rows:
         await conn.executemany(
             "INSERT INTO disclosure_index (event_id, patient_id, event_type, occurred_at, break_glass_id, envelope)"
@@ -107,8 +113,9 @@ class DisclosureIndexer:
                 events = [d for d in deliveries if d.topic != self.topics.ledger_entries]
                 index_rows = [row for o in consumer.envelopes(events, self.verifier)
                               if (row := index_row(o.envelope, o.delivery.value or b"")) is not None]
+                indices, versions = ledger_indices(entries, self.topics)
                 async with self.pool().acquire() as conn, conn.transaction():
-                    await apply_batch(conn, index_rows, ledger_indices(entries, self.topics), positions)
+                    await apply_batch(conn, index_rows, indices, positions, versions)
                 known = positions
         finally:
             await consumer.stop()

@@ -132,32 +132,28 @@ class RecordsReads:
         }, None
 
     async def _disclose(self, reader: Reader, patient_id: str, operation: str, served: Served,
-                        ledger_indices: Sequence[tuple[str, int]] = (), conn: Conn | None = None) -> list[str]:
-        """Commit the RecordsDisclosed events (and learned ledger indices); their ids."""
+                        conn: Conn | None = None) -> list[str]:
+        """Commit the RecordsDisclosed events; their ids."""
         events = [] if served.erased_at is not None else views.disclosures(
             new_event_id(), reader, patient_id, operation, served.items
         )
         envs = [envelope(e, aggregate_id=patient_id, producer=SERVICE, actor=reader.identity_id) for e in events]
-        if (envs or ledger_indices) and conn is not None:
-            await self._commit(conn, envs, ledger_indices)
-        elif envs or ledger_indices:
+        if envs and conn is not None:
+            await self._commit(conn, envs)
+        elif envs:
             async with self.ports.pool().acquire() as own:
-                await self._commit(own, envs, ledger_indices)
+                await self._commit(own, envs)
         return [env.event_id for env in envs]
 
-    async def _commit(self, conn: Conn, envs: Sequence[events_pb2.EventEnvelope],
-                      ledger_indices: Sequence[tuple[str, int]]) -> None:
+    async def _commit(self, conn: Conn, envs: Sequence[events_pb2.EventEnvelope]) -> None:
         """The disclosures atomically (one event is one statement, already
-        atomic; several take a transaction), then the ledger indices learned,
-        which only spare a later lookup."""
+        atomic; several take a transaction)."""
         if len(envs) == 1:
             await self.ports.disclosures.enqueue(conn, envs[0])
-        elif envs:
+        else:
             async with conn.transaction():
                 for env in envs:
                     await self.ports.disclosures.enqueue(conn, env)
-        for event_id, index in ledger_indices:
-            await store.remember_ledger_index(conn, event_id, index)
 
     # ---- GetRecord / GetRecordHistory ----
 
@@ -212,9 +208,8 @@ class RecordsReads:
                 raise OutOfRange(f"record {head.record_id} has {head.latest_version} versions")
             version, key, proof = await material
             payloads, erased_at = self._open(head.patient_id, key, [version])
-            indices = [(version.event_id, proof.entry.index)] if proof is not None and version.ledger_index is None else []
             served = Served([(grounds, head, version)], erased_at)
-            disclosure_ids = await self._disclose(reader, head.patient_id, "GetRecord", served, indices, conn)
+            disclosure_ids = await self._disclose(reader, head.patient_id, "GetRecord", served, conn)
         record = views.record_message(head, version, payloads.get((head.record_id, number)), erased_at)
         response = pb.GetRecordResponse(record=record, disclosure_event_ids=disclosure_ids,
                                         proof_status=pb.PROOF_PENDING)

@@ -328,10 +328,17 @@ async def insert_version(conn: Conn, v: StoredVersion) -> None:
     )
 
 
-async def remember_ledger_index(conn: Conn, event_id: str, index: int) -> None:
-    await conn.execute(
-        "UPDATE record_versions SET ledger_index = $2 WHERE event_id = $1 AND ledger_index IS NULL", event_id, index
-    )
+async def remember_ledger_indices(conn: Conn, indices: Sequence[tuple[str, int]]) -> None:
+    """Versions' ledger indices learned from ledger.entries (disclosures.py's
+    consumer), so lists and histories show them without asking the ledger.
+    A pointer only: anyone checks it with an inclusion proof."""
+    if indices:
+        await conn.execute(
+            "UPDATE record_versions v SET ledger_index = u.idx"
+            " FROM unnest($1::text[], $2::bigint[]) AS u(event_id, idx)"
+            " WHERE v.event_id = u.event_id AND v.ledger_index IS NULL",
+            [e for e, _ in indices], [i for _, i in indices],
+        )
 
 
 # ---- research artifacts -------------------------------------------------------------------

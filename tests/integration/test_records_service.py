@@ -203,6 +203,22 @@ async def test_custodian_writes_other_hospital_needs_consent_and_every_read_is_d
     assert marker.encode() not in b"".join(e.SerializeToString() for e in await read_topic(w.topics.access_events))
 
 
+async def test_lists_learn_each_versions_ledger_index_from_the_ledger_without_any_read(world: World) -> None:
+    """records learns where each version sits in the ledger from
+    ledger.entries in the background; a list shows it without anyone having
+    read the record, and it is the index the record's proof proves."""
+    w = world
+    _, receipt = w.write(w.doc_a, w.org_a, observation(w.patient.identity_id, "indexed"))
+    listed: list[pb.Record] = []
+
+    def indexed() -> bool:
+        listed[:] = [r for r in w.listing(w.doc_a).records if r.record_id == receipt.record_id]
+        return bool(listed) and listed[0].ledger_index > 0
+
+    wait_until(indexed, 60, 0.3, "the version's ledger index in a list")
+    assert listed[0].ledger_index == w.proof_when_included(w.doc_a, receipt.record_id).proof.entry.index
+
+
 async def test_bad_input_is_refused_and_nothing_is_stored_or_published(world: World) -> None:
     w = world
     pid = w.patient.identity_id
