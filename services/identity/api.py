@@ -19,7 +19,7 @@ from medledger.identity import codec, domain
 from medledger.identity.authn import Authenticator
 from medledger.identity.registry import Registration, Registry, now
 from medledger.runtime.auth import current_caller
-from medledger.runtime.errors import InvalidArgument, NotFound
+from medledger.runtime.errors import InvalidArgument
 from medledger.v1 import identity_pb2, identity_pb2_grpc
 
 SERVICE = "/medledger.v1.IdentityService/"
@@ -74,11 +74,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
     async def ResolveKey(self, request: identity_pb2.ResolveKeyRequest, context: Context) -> identity_pb2.ResolvedKey:
         state = await self.registry.get(_required(request.identity_id, "identity_id"))
         at = _time(request)
-        key = state.key(request.key_id) if request.key_id else state.key_at(at)
-        if key is None:
-            what = f"key {request.key_id}" if request.key_id else f"key in effect at {at.isoformat()}"
-            raise NotFound(f"identity {state.identity_id} has no {what}")
-        return codec.key_message(state.identity_id, key, at)
+        return codec.key_message(state.identity_id, domain.resolve_key(state.identity_id, state.keys, request.key_id, at), at)
 
     async def VerifySignature(self, request: identity_pb2.VerifySignatureRequest, context: Context) -> identity_pb2.VerifySignatureResponse:
         state = await self.registry.get(_required(request.identity_id, "identity_id"))

@@ -40,7 +40,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from enum import Enum
-from typing import Mapping, Union
+from typing import Mapping, Sequence, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -206,6 +206,9 @@ class Identity:
         """The key in effect at ``at`` (revoked or not), None before registration."""
         return next((k for k in reversed(self.keys) if k.in_effect(at)), None)
 
+    def key_for(self, key_id: str, at: datetime) -> Key | None:
+        return key_for(self.keys, key_id, at)
+
     def membership(self, membership_id: str) -> Membership | None:
         return next((m for m in self.memberships if m.membership_id == membership_id), None)
 
@@ -217,13 +220,32 @@ class Identity:
         return self.revoked_at is not None and self.revoked_at <= at
 
 
+def key_for(keys: Sequence[Key], key_id: str, at: datetime) -> Key | None:
+    """ResolveKey's choice among an identity's keys (oldest first): the key
+    named key_id whatever its period, or without one the key in effect at
+    ``at`` (revoked or not)."""
+    if key_id:
+        return next((k for k in keys if k.key_id == key_id), None)
+    return next((k for k in reversed(keys) if k.in_effect(at)), None)
+
+
+def resolve_key(identity_id: str, keys: Sequence[Key], key_id: str, at: datetime) -> Key:
+    """What ResolveKey answers, here and wherever identity's keys are
+    projected (records): ``key_for``, or NotFound naming what is missing."""
+    key = key_for(keys, key_id, at)
+    if key is None:
+        what = f"key {key_id}" if key_id else f"key in effect at {at.isoformat()}"
+        raise NotFound(f"identity {identity_id} has no {what}")
+    return key
+
+
 def verify_signature_at(
     identity: Identity, message: bytes, signature: bytes, at: datetime, key_id: str = ""
 ) -> tuple[bool, str]:
     """(valid, key id checked): the named key, or the one in effect at ``at``,
     must have been in effect and unrevoked then, the identity unrevoked, and the
     signature must verify."""
-    key = identity.key(key_id) if key_id else identity.key_at(at)
+    key = identity.key_for(key_id, at)
     if key is None:
         return False, ""
     usable = key.in_effect(at) and not key.revoked_by(at) and not identity.revoked_by(at)

@@ -153,10 +153,7 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
                 f"event_id {event_id} is sequenced (entry {entry.index}) but not yet under a signed checkpoint"
                 f" (the latest covers {cp.tree_size} entries): ask again shortly"
             )
-        proof = await proofs.inclusion(self.tiles, entry.index, cp.tree_size)
-        path = ledger_pb2.InclusionProof(
-            leaf_index=entry.index, tree_size=cp.tree_size, hashes=proof.hashes, root_hash=proof.roots[0]
-        )
+        path = await self._inclusion(entry.index, cp.tree_size)
         return proofs.bundle(entry, path, cp.note, self.settings.signer.verifier_key)
 
     async def _sizes(self, conn: store.Conn, requested: int) -> tuple[int, int]:
@@ -174,13 +171,15 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
         async with self.pool().acquire() as conn:
             return await self._sizes(conn, requested)
 
+    async def _inclusion(self, index: int, size: int) -> ledger_pb2.InclusionProof:
+        """The proof message of a checked (index, size), from the tiles."""
+        proof = await proofs.inclusion(self.tiles, index, size)
+        return ledger_pb2.InclusionProof(leaf_index=index, tree_size=size, hashes=proof.hashes, root_hash=proof.roots[0])
+
     async def GetInclusionProof(self, request: ledger_pb2.GetInclusionProofRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.InclusionProof:
         size, current = await self._sizes_known(request.tree_size)
         proofs.check_inclusion(request.index, size, current)
-        proof = await proofs.inclusion(self.tiles, request.index, size)
-        return ledger_pb2.InclusionProof(
-            leaf_index=request.index, tree_size=size, hashes=proof.hashes, root_hash=proof.roots[0]
-        )
+        return await self._inclusion(request.index, size)
 
     async def GetInclusionProofByHash(self, request: ledger_pb2.GetInclusionProofByHashRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.InclusionProof:
         if len(request.leaf_hash) != 32:
@@ -192,8 +191,7 @@ class LedgerApi(ledger_pb2_grpc.LedgerServiceServicer):
             index = await store.index_of_leaf(conn, request.leaf_hash, size)
         if index is None:
             raise NotFound(f"no leaf with hash {request.leaf_hash.hex()} in the tree of {size} entries")
-        proof = await proofs.inclusion(self.tiles, index, size)
-        return ledger_pb2.InclusionProof(leaf_index=index, tree_size=size, hashes=proof.hashes, root_hash=proof.roots[0])
+        return await self._inclusion(index, size)
 
     async def GetConsistencyProof(self, request: ledger_pb2.GetConsistencyProofRequest, context: grpc.aio.ServicerContext) -> ledger_pb2.ConsistencyProof:
         second, current = await self._sizes_known(request.second_size)

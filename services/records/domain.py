@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from medledger.identity import domain as identity_domain
 from medledger.identity.domain import Key
 from medledger.records.resource import COMMITMENT_BYTES
 from medledger.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
@@ -99,13 +100,7 @@ def resolve_key(identity_id: str, known: bool, history: Sequence[Key], key_id: s
     own). NotFound, as ResolveKey, for an unknown identity or key."""
     if not known:
         raise NotFound(f"no identity {identity_id}")
-    if key_id:
-        key = next((k for k in history if k.key_id == key_id), None)
-    else:
-        key = next((k for k in reversed(history) if k.in_effect(at)), None)
-    if key is None:
-        what = f"key {key_id}" if key_id else f"key in effect at {at.isoformat()}"
-        raise NotFound(f"identity {identity_id} has no {what}")
+    key = identity_domain.resolve_key(identity_id, history, key_id, at)
     return SigningKey(key.key_id, key.public_key, key.valid_from, key.valid_until, key.revoked_at)
 
 
