@@ -124,25 +124,45 @@ class TokenVerifier:
     keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     refresh: Callable[[], Awaitable[Mapping[str, bytes]]] | None = None
     leeway_s: int = 5
-    _last_refresh: float = 0.0
-    _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    min_refresh_interval_s: float = 1.0
+    _last_refresh: float = float("-inf")
+    _refreshing: "asyncio.Future[None] | None" = None
 
     def add_key(self, key_id: str, public_key: bytes) -> None:
         self.keys[key_id] = Ed25519PublicKey.from_public_bytes(public_key)
 
     async def _key_for(self, key_id: str) -> Ed25519PublicKey:
         if key_id not in self.keys and self.refresh:
-            # Calls arriving together wait for one refresh instead of failing;
-            # an unknown key id refreshes at most once a second.
-            async with self._refreshing:
-                if key_id not in self.keys and time.monotonic() - self._last_refresh > 1.0:
-                    self._last_refresh = time.monotonic()
-                    for kid, raw in (await self.refresh()).items():
-                        self.add_key(kid, raw)
+            await self._refresh_keys()
         try:
             return self.keys[key_id]
         except KeyError:
             raise Unauthenticated(f"token signed by unknown key {key_id!r}") from None
+
+    async def _refresh_keys(self) -> None:
+        """Calls arriving together wait for one refresh instead of failing, and
+        an unknown key id refreshes at most once per ``min_refresh_interval_s``
+        (a flood of made-up key ids does not become a flood on identity). The
+        refresh runs as a task of its own, shielded from its waiters: an RPC
+        cancelled by its client while waiting (a read whose access check was
+        refused) must not cancel the fetch the other callers wait for, nor
+        leave the interval started with no keys learned."""
+        if self._refreshing is None:
+            if time.monotonic() - self._last_refresh < self.min_refresh_interval_s:
+                return
+            self._refreshing = asyncio.ensure_future(self._fetch_keys())
+            # its failure reaches whoever still waits; none left is not an error
+            self._refreshing.add_done_callback(lambda done: done.cancelled() or done.exception())
+        await asyncio.shield(self._refreshing)
+
+    async def _fetch_keys(self) -> None:
+        assert self.refresh is not None
+        try:
+            for kid, raw in (await self.refresh()).items():
+                self.add_key(kid, raw)
+        finally:
+            self._last_refresh = time.monotonic()
+            self._refreshing = None
 
     async def verify(self, token: str, audience: str) -> Caller:
         """The caller a valid token names, if the token is for ``audience``."""

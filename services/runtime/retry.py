@@ -53,3 +53,16 @@ async def keep_running(
             log.warning("background job failed, retrying", extra={"job": what, "error": repr(exc), "delay_s": delay})
             await _sleep_unless_stopped(stop, delay)
             delay = min(cap, delay * 2)
+
+
+async def until_stopped(job: Awaitable[None], stop: asyncio.Event) -> None:
+    """Run job, a reader that never returns by itself, and cancel it once stop
+    is set: a service that closes its background tasks gracefully (waiting
+    rather than cancelling) would otherwise wait for it forever, and be
+    killed by its supervisor after the grace period."""
+    task = asyncio.ensure_future(job)
+    try:
+        await stop.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

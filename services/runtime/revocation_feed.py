@@ -31,7 +31,7 @@ from medledger.runtime.consumer import PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.errors import DependencyUnavailable, SettingsError
 from medledger.runtime.positions import Delivery, Position
-from medledger.runtime.retry import keep_running
+from medledger.runtime.retry import keep_running, until_stopped
 from medledger.runtime.revocations import RevocationList, TokenClaims
 from medledger.runtime.settings import env_float
 
@@ -83,8 +83,9 @@ class RevocationFeed:
             raise error
 
     async def follow(self, bootstrap: str, topic: str, stop: asyncio.Event) -> None:
-        """Keep the list current until stop is set (restarting after Kafka errors)."""
-        await keep_running("token revocations", lambda: self.run(bootstrap, topic), stop)
+        """Keep the list current until stop is set (restarting after Kafka
+        errors); ``run`` reads until cancelled, so stop cancels it."""
+        await until_stopped(keep_running("token revocations", lambda: self.run(bootstrap, topic), stop), stop)
 
     async def run(self, bootstrap: str, topic: str) -> None:
         """Read identity.events until cancelled or a Kafka error; a restart

@@ -174,6 +174,50 @@ def test_pinned_token_keys_are_used_and_nothing_is_fetched(tmp_path: Path, monke
         make_verifier("identity.example:50051")
 
 
+async def test_a_caller_cancelled_during_a_key_fetch_does_not_spoil_it_for_the_next() -> None:
+    """The first token with a new key id starts a fetch of identity's keys. If
+    that caller's RPC is cancelled meanwhile (records cancels its proof lookup
+    when consent refuses the read), the fetch still completes, and a caller
+    right behind it is served: once, the fetch died with the cancelled RPC
+    and every call for the next second answered 'unknown key'."""
+    key = Ed25519PrivateKey.generate()
+    raw = keyfiles.raw_public_key(key)
+    fetches: list[int] = []
+    identity_answers = asyncio.Event()
+
+    async def fetch() -> dict[str, bytes]:
+        fetches.append(1)
+        await identity_answers.wait()
+        return {key_id_for(raw): raw}
+
+    verifier = TokenVerifier(refresh=fetch)
+    token = mint_token(key, key_id_for(raw), Caller("doc", "PRACTITIONER", audience=("ledger",), key_id="k1"), 600)
+    cancelled = asyncio.ensure_future(verifier.verify(token, "ledger"))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    behind = asyncio.ensure_future(verifier.verify(token, "ledger"))
+    await asyncio.sleep(0)
+    identity_answers.set()
+    assert (await behind).subject == "doc"
+    assert cancelled.cancelled() and len(fetches) == 1
+
+
+async def test_made_up_key_ids_fetch_identity_s_keys_at_most_once_per_interval() -> None:
+    fetches: list[int] = []
+
+    async def fetch() -> dict[str, bytes]:
+        fetches.append(1)
+        return {}
+
+    verifier = TokenVerifier(refresh=fetch, min_refresh_interval_s=60)
+    forger = Ed25519PrivateKey.generate()
+    for n in range(20):
+        token = mint_token(forger, f"made-up-{n}", Caller("doc", "PRACTITIONER", audience=("ledger",)), 600)
+        with pytest.raises(Unauthenticated, match="unknown key"):
+            await verifier.verify(token, "ledger")
+    assert len(fetches) == 1
+
+
 # ---- Challenge rate limits -------------------------------------------------------------
 
 
