@@ -4,12 +4,14 @@ processes started exactly as operators start them (``medledger serve``)."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -54,12 +56,36 @@ def _ephemeral_low() -> int:
 # Kafka or PostgreSQL client): CI once failed on exactly that race.
 _TEST_PORTS = range(max(1024, min(_ephemeral_low(), 32768) - 12000), min(_ephemeral_low(), 32768))
 _handed_out: set[int] = set()
+# Test processes running side by side (two pytest runs, a benchmark beside a
+# suite) each take one of a few interleaved slices of those ports, claimed
+# with a lock file held for the process's life: without it, two processes
+# could each check the same port free and start servers on it, and a test
+# talked to another test's identity service. No slice free: all the ports.
+_SLICES = 4
+_slice_lock: object = None
+_own_ports: range | None = None
+
+
+def _my_ports() -> range:
+    global _slice_lock, _own_ports
+    if _own_ports is None:
+        _own_ports = _TEST_PORTS
+        for index in range(_SLICES):
+            lock = open(Path(tempfile.gettempdir()) / f"medledger-test-ports-{index}.lock", "a")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.close()
+                continue
+            _slice_lock, _own_ports = lock, _TEST_PORTS[index::_SLICES]
+            break
+    return _own_ports
 
 
 def free_port() -> int:
     """A loopback port nothing listens on, never handed out twice in this process."""
     for _ in range(10_000):
-        port = random.choice(_TEST_PORTS)
+        port = random.choice(_my_ports())
         if port in _handed_out:
             continue
         with socket.socket() as s:
