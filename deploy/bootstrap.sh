@@ -13,9 +13,13 @@ if [ ! -x "$MEDLEDGER_VENV/bin/python" ]; then
   "$py" -m venv "$MEDLEDGER_VENV" || die "cannot create a venv: apt-get install python3-venv"
 fi
 stamp="$MEDLEDGER_VENV/.medledger-installed"
-if [ ! -f "$stamp" ] || [ "$MEDLEDGER_ROOT/pyproject.toml" -nt "$stamp" ]; then
-  log "installing MedLedger and its dependencies into the venv"
+native="$MEDLEDGER_ROOT/native/ed25519-batch"  # ZIP 215 batch verification (Rust, built here)
+if [ ! -f "$stamp" ] || [ "$MEDLEDGER_ROOT/pyproject.toml" -nt "$stamp" ] \
+   || [ -n "$(find "$native/src" "$native/Cargo.toml" "$native/Cargo.lock" "$native/pyproject.toml" -newer "$stamp" 2>/dev/null)" ]; then
+  command -v cargo >/dev/null || die "Rust's cargo is required to build $native (https://rustup.rs, or apt-get install cargo)"
+  log "installing MedLedger and its dependencies into the venv (builds native/ed25519-batch with cargo)"
   "$MEDLEDGER_VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
+  "$MEDLEDGER_VENV/bin/pip" install -q --disable-pip-version-check "$native"
   "$MEDLEDGER_VENV/bin/pip" install -q --disable-pip-version-check -e "$MEDLEDGER_ROOT[dev]"
   touch "$stamp"
 fi

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from medledger.ledger import merkle
 from medledger.ledger.tile_tree import TileEdge, TileId
-from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
+from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.positions import Delivery as SourceRecord
 from medledger.v1 import events_pb2
 
@@ -54,6 +54,12 @@ def admit(
     """Decide whether a record may be sequenced: a valid EventEnvelope with
     event_id and event_type, at most max_bytes long, signed by a producer
     allowed to publish its type on its topic (docs/architecture.md, Event signing)."""
+    return classify([record], verifier, max_bytes)[0]
+
+
+def _envelope(record: SourceRecord, max_bytes: int) -> events_pb2.EventEnvelope | Refused:
+    """The record's envelope if it is well formed and within bounds; its
+    signature is not checked here."""
     value = record.value
     if value is None:
         return Refused("record has no value (tombstone)", "tombstone")
@@ -72,11 +78,28 @@ def admit(
         return Refused(f"event_id longer than {MAX_EVENT_ID_CHARS} characters", "bad_event_id")
     if "\x00" in envelope.event_id:
         return Refused("event_id contains a NUL character", "bad_event_id")
-    try:
-        verifier.check(record.topic, envelope)
-    except UnauthenticatedEvent as exc:
-        return Refused(f"{UNAUTHENTICATED}: {exc}", "unauthenticated_producer")
-    return Admitted(envelope.event_id, merkle.leaf_hash(value))
+    return envelope
+
+
+def classify(
+    records: Sequence[SourceRecord], verifier: EnvelopeVerifier, max_bytes: int = MAX_EVENT_BYTES
+) -> list[Admitted | Refused]:
+    """admit() for each record of a batch, in order, with all their signatures
+    checked in one batch verification (EnvelopeVerifier.check_batch). CPU-bound;
+    the sequencer runs it on worker threads, beside sequencing."""
+    parsed = [_envelope(r, max_bytes) for r in records]
+    problems = iter(verifier.check_batch(
+        [(r.topic, p) for r, p in zip(records, parsed) if not isinstance(p, Refused)]
+    ))
+    verdicts: list[Admitted | Refused] = []
+    for record, envelope in zip(records, parsed):
+        if isinstance(envelope, Refused):
+            verdicts.append(envelope)
+        elif (problem := next(problems)) is not None:
+            verdicts.append(Refused(f"{UNAUTHENTICATED}: {problem}", "unauthenticated_producer"))
+        else:
+            verdicts.append(Admitted(envelope.event_id, merkle.leaf_hash(record.value or b"")))
+    return verdicts
 
 
 @dataclass
@@ -121,12 +144,6 @@ class BatchPlan:
     rejections: list[Rejection] = field(default_factory=list)
     duplicates: int = 0
     offsets: dict[SourcePartition, int] = field(default_factory=dict)  # next offset per partition touched
-
-
-def classify(records: Sequence[SourceRecord], verifier: EnvelopeVerifier) -> list[Admitted | Refused]:
-    """admit() for each record of a batch, in order. CPU-bound (signature
-    checks); the sequencer runs it on worker threads, beside sequencing."""
-    return [admit(r, verifier) for r in records]
 
 
 def event_ids(verdicts: Iterable[Admitted | Refused]) -> list[str]:

@@ -16,6 +16,7 @@ from medledger.consent import metrics as consent_metrics
 from medledger.consent.decisions import Verdict
 from medledger.ledger.intake import REJECT_KINDS, BatchPlan, Refused, admit, plan_batch
 from medledger.ledger.metrics import SequencerMetrics
+from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.metrics import ConsumerLag, Every
 from medledger.runtime.positions import Delivery
 from medledger.v1 import consent_pb2 as pb
@@ -109,7 +110,7 @@ def test_rejects_are_counted_by_kind_never_by_their_detailed_reason() -> None:
 
     event_id = "0195f1c8-6c2e-7d5b-9e0a-3f4c5d6e7f80"
     record = Delivery("t.access.events", 0, 5, b"\xff\x00 not an envelope " + event_id.encode())
-    refused = admit(record, verifier=None)  # type: ignore[arg-type]  # refused before any signature check
+    refused = admit(record, EnvelopeVerifier({}, {}))  # refused before any signature check
     assert isinstance(refused, Refused) and refused.kind == "not_an_envelope"
     state = LogState(merkle.CompactRange(0, []), b"\x00" * 32, {})
     plan = plan_batch(state, [record], [refused], {})
@@ -129,7 +130,7 @@ def test_rejects_are_counted_by_kind_never_by_their_detailed_reason() -> None:
     (b"\xff\xff", "not_an_envelope"),
 ])
 def test_every_refusal_has_a_known_kind(value: bytes | None, kind: str) -> None:
-    verdict = admit(Delivery("t", 0, 0, value), verifier=None)  # type: ignore[arg-type]
+    verdict = admit(Delivery("t", 0, 0, value), EnvelopeVerifier({}, {}))
     assert isinstance(verdict, Refused) and verdict.kind == kind and kind in REJECT_KINDS
 
 
