@@ -247,6 +247,25 @@ class EnvelopeVerifier:
         self.check(topic, env)
         return env
 
+    def open_batch(
+        self, records: Sequence[tuple[str, bytes | None]]
+    ) -> list[events_pb2.EventEnvelope | UnauthenticatedEvent]:
+        """open() for each (topic, record value), in order, the signatures
+        checked in one batch verification (check_batch): the envelope where it
+        may be trusted, else why not."""
+        parsed: list[events_pb2.EventEnvelope | UnauthenticatedEvent] = []
+        for _, value in records:
+            try:
+                parsed.append(events_pb2.EventEnvelope.FromString(value or b""))
+            except DecodeError as exc:
+                parsed.append(UnauthenticatedEvent(f"not a medledger.v1.EventEnvelope: {exc}"))
+        to_check = [(topic, env) for (topic, _), env in zip(records, parsed) if not isinstance(env, UnauthenticatedEvent)]
+        problems = iter(self.check_batch(to_check))
+        return [
+            env if isinstance(env, UnauthenticatedEvent) else (next(problems) or env)
+            for env in parsed
+        ]
+
 
 def topic_kinds(prefix: str, logical: Iterable[str] = PRODUCER_POLICY) -> dict[str, str]:
     """Actual topic name -> logical name, for topics under ``prefix``."""

@@ -126,3 +126,23 @@ def test_a_small_order_producer_key_is_never_pinned() -> None:
         parse_producer_keys(line + "\n")
     # S = 0 and an R of small order: "valid" for that key under ZIP 215, for any message
     assert medledger_ed25519.verify(identity_point, b"anything", bytes(64))
+
+
+def test_open_batch_opens_what_open_opens_and_refuses_what_it_refuses() -> None:
+    """What every consumer's PositionedConsumer.envelopes relies on."""
+    records = [
+        ("t", _event(1)),
+        ("t", b"\xff\xff"),
+        ("t", _resigned_with_a_changed_payload(_event(2))),
+        ("t", None),
+        ("i", _event(3)),
+        ("t", _event(4)),
+    ]
+    opened = VERIFIER.open_batch(records)
+    for (topic, value), result in zip(records, opened, strict=True):
+        try:
+            alone: object = VERIFIER.open(topic, value)
+        except Exception as exc:  # noqa: BLE001 - compared by message
+            alone = str(exc)
+        assert (str(result) if isinstance(result, Exception) else result) == alone
+    assert [isinstance(r, events_pb2.EventEnvelope) for r in opened] == [True, False, False, False, False, True]
