@@ -24,6 +24,11 @@ EVENTS = Counter(
 )
 COUNTED, UNAUTHENTICATED = EVENTS.labels("counted"), EVENTS.labels("unauthenticated")
 FROM_THE_FUTURE = EVENTS.labels("future")
+REJOINS = Counter(
+    "medledger_monitor_stall_rebalances",
+    "Rebalances this replica asked for because a partition it owns had events waiting and no "
+    "committed progress for 20 s (monitor/stall.py, process.STALL_S); each is logged.",
+)
 
 
 def declare(rules: Iterable[str]) -> None:

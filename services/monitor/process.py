@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 
 import grpc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from medledger.monitor import metrics as monitor_metrics
 from medledger.monitor.alerts import alert_envelope
 from medledger.monitor.rules import Firing
 from medledger.monitor.settings import MonitorSettings
+from medledger.monitor.stall import StallWatch
 from medledger.monitor.streams import MonitorStreams
 from medledger.runtime import metrics
 from medledger.runtime.envelope import EnvelopeVerifier, EventSigner
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 # The monitor's consumer lag, as medledger_kafka_consumer_lag_records{reader="access monitor"}.
 LAG_READER = "access monitor"
 LAG_EVERY_S = 5.0
+# No committed progress for this long on a partition with events waiting: a stalled replica (stall.py).
+STALL_S = 20.0
 
 
 class MonitorProcess:
@@ -182,12 +187,14 @@ class LagProbe:
     """Measures the monitor's consumer lag every LAG_EVERY_S, best effort: a failed
     measurement leaves the last figures and is retried at the next interval. Any
     error is caught: faust's assignment may be mid-rebalance, and a metric must
-    never stop the monitor."""
+    never stop the monitor. From the same figures it notices a stalled replica
+    (stall.py) and asks the group for a fresh rebalance."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, stall_s: float = STALL_S) -> None:
         self.lag, self.every = ConsumerLag(LAG_READER), Every(LAG_EVERY_S)
         self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000, **kafka_security())
         self.offsets: AIOKafkaConsumer = make_consumer(bootstrap, group_id=None)  # offsets only, never records
+        self.stalls = StallWatch(stall_s)
         self.started = False
 
     async def measure(self, streams: MonitorStreams) -> None:
@@ -198,7 +205,14 @@ class LagProbe:
                 await self.admin.start()
                 await self.offsets.start()
                 self.started = True
-            await streams.measure_lag(self.admin, self.offsets, self.lag)
+            measured = await streams.measure_lag(self.admin, self.offsets, self.lag)
+            stuck = self.stalls.stalled(time.monotonic(), measured)
+            if stuck:
+                log.warning("no progress on partitions with events waiting; asking the group to rebalance", extra={
+                    "stalled_s": self.stalls.stall_s, "partitions": ",".join(f"{t}:{p}" for t, p in stuck),
+                })
+                monitor_metrics.REJOINS.inc()
+                streams.rejoin()
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             log.warning("could not measure the monitor's consumer lag", extra={"error": repr(exc)})
 

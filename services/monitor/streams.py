@@ -40,6 +40,7 @@ from medledger.monitor.observations import (
     SOURCE_TOPIC, from_the_future, observations, occurred_ms, partition_of, subject_of,
 )
 from medledger.monitor.settings import DEFAULT_MAX_CLOCK_SKEW_S
+from medledger.monitor.stall import Measured
 from medledger.monitor.rules import Bucket, CountingRule, Firing, Observation, Rule, tally
 from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
 from medledger.runtime.kafka import MAX_RECORD_BYTES
@@ -233,24 +234,26 @@ class MonitorStreams:
 
     # ---- lag -------------------------------------------------------------------------------------
 
-    async def measure_lag(self, admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer, lag: ConsumerLag) -> None:
+    async def measure_lag(
+        self, admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer, lag: ConsumerLag
+    ) -> list[Measured]:
         """The group's lag on this replica's partitions: log end minus the committed
         offset (the earliest offset before the first commit). Committed, not fetched:
         faust fetches ahead, and a counter stuck on a publish still fetches. Offsets
         come from a consumer of our own (``offsets``, no group): asking faust's
         consumer for them stalled its fetching (live alerts 5-20 s late, measured
-        with deploy/bench_monitor.py)."""
+        with deploy/bench_monitor.py). Returns what it measured, for StallWatch."""
         tps = sorted(
             TopicPartition(tp.topic, tp.partition)
             for tp in self.app.consumer.assignment() if tp.topic in self.committed_topics
         )
         if not tps:
             lag.forget()
-            return
+            return []
         ends = await offsets.end_offsets(tps)
         earliest = await offsets.beginning_offsets(tps)
         committed = await admin.list_consumer_group_offsets(self.group_id, partitions=tps)
-        measured = []
+        measured: list[Measured] = []
         for tp in tps:
             done = committed.get(tp)
             position = done.offset if done is not None and done.offset >= 0 else earliest.get(tp, 0)
@@ -258,6 +261,13 @@ class MonitorStreams:
         lag.forget()  # partitions move between replicas: report only this one's
         for topic, partition, end, position in measured:
             lag.observe(topic, partition, end, position)
+        return measured
+
+    def rejoin(self) -> None:
+        """Ask the consumer group for a fresh rebalance: what clears faust's
+        post-rebalance stall (stall.py). aiokafka has no public call for it; its
+        group coordinator's request_rejoin is what a failed heartbeat uses."""
+        self.app.consumer._thread._ensure_consumer()._coordinator.request_rejoin()  # type: ignore[attr-defined]
 
     # ---- lifecycle -----------------------------------------------------------------------------------
 
