@@ -4,7 +4,7 @@ every core.
 
 The main thread reads pages from the source and replays the tree (hashing
 holds the GIL but is cheap); each page's envelopes go to a thread pool at the
-same time, where libsodium and OpenSSL release the GIL, so producer and
+same time, where the batch verifier and OpenSSL release the GIL, so producer and
 consent signatures run on the other cores (as the ledger's sequencer does,
 docs/architecture.md, Event signing). Sources (gRPC, Kafka) are adapters
 handed in; nothing here does network I/O itself.

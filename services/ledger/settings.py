@@ -23,7 +23,7 @@ class LedgerSettings:
     # The pinned producer keys every event must be signed with to be sequenced.
     events: EnvelopeVerifier
     # Threads that check producer signatures beside the sequencing loop
-    # (libsodium releases the GIL, so they use the other cores).
+    # (the native batch verifier releases the GIL, so they use the other cores).
     verify_threads: int
     # WatchCheckpoints streams one process serves at once; more are refused.
     max_watchers: int = 100
