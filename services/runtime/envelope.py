@@ -176,6 +176,14 @@ def valid_public_key(raw: bytes) -> bool:
     return len(raw) == 32 and bool(nacl.bindings.crypto_core_ed25519_is_valid_point(raw))
 
 
+def _parsed(value: bytes | None) -> events_pb2.EventEnvelope | UnauthenticatedEvent:
+    """A record value as an envelope, or why it is not one."""
+    try:
+        return events_pb2.EventEnvelope.FromString(value or b"")
+    except DecodeError as exc:
+        return UnauthenticatedEvent(f"not a medledger.v1.EventEnvelope: {exc}")
+
+
 class EnvelopeVerifier:
     """Decides whether an envelope read from a topic is authentic."""
 
@@ -240,10 +248,9 @@ class EnvelopeVerifier:
     def open(self, topic: str, value: bytes | None) -> events_pb2.EventEnvelope:
         """Parse and check a record value; UnauthenticatedEvent if it is not a
         trustworthy envelope."""
-        try:
-            env = events_pb2.EventEnvelope.FromString(value or b"")
-        except DecodeError as exc:
-            raise UnauthenticatedEvent(f"not a medledger.v1.EventEnvelope: {exc}") from None
+        env = _parsed(value)
+        if isinstance(env, UnauthenticatedEvent):
+            raise env
         self.check(topic, env)
         return env
 
@@ -253,12 +260,7 @@ class EnvelopeVerifier:
         """open() for each (topic, record value), in order, the signatures
         checked in one batch verification (check_batch): the envelope where it
         may be trusted, else why not."""
-        parsed: list[events_pb2.EventEnvelope | UnauthenticatedEvent] = []
-        for _, value in records:
-            try:
-                parsed.append(events_pb2.EventEnvelope.FromString(value or b""))
-            except DecodeError as exc:
-                parsed.append(UnauthenticatedEvent(f"not a medledger.v1.EventEnvelope: {exc}"))
+        parsed = [_parsed(value) for _, value in records]
         to_check = [(topic, env) for (topic, _), env in zip(records, parsed) if not isinstance(env, UnauthenticatedEvent)]
         problems = iter(self.check_batch(to_check))
         return [
