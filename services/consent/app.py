@@ -28,7 +28,7 @@ from medledger.consent.mirror import ConsentMirror
 from medledger.consent.projection import Projection
 from medledger.consent.settings import ConsentSettings
 from medledger.consent.stream import ConsentStream
-from medledger.consent.tokens import caching_verifier, preload_keys
+from medledger.runtime.token_cache import caching_verifier, preload_keys
 from medledger.runtime.auth import AuthInterceptor
 from medledger.runtime.errors import DependencyUnavailable, SettingsError
 from medledger.runtime.background import BackgroundTasks

@@ -94,6 +94,10 @@ class Freshness:
         return self.clock() - self.fresh_as_of
 
 
+LEDGER_ENTRIES_WAIT_MS = 250
+LEDGER_ENTRIES_MIN_BYTES = 1024 * 1024
+
+
 class ConsentStream:
     """Consumes into the projection until stopped; restarts resume where it was."""
 
@@ -152,30 +156,50 @@ class ConsentStream:
         ListOffsets would wait behind the long-polling fetch (up to
         fetch_max_wait_ms) and every probe would look that much older."""
         watched = (self.topics.consent_events, self.topics.identity_events)
-        consumer = PositionedConsumer(
-            self.bootstrap, [*watched, self.topics.ledger_entries], fetch_max_wait_ms=100, reader="consent projection"
+        consumer = PositionedConsumer(self.bootstrap, watched, fetch_max_wait_ms=100, reader="consent projection")
+        # ledger.entries carries every event of the network, and nothing waits
+        # on a consent's ledger index: a consumer of its own lets the broker
+        # gather entries (up to LEDGER_ENTRIES_WAIT_MS) instead of waking this
+        # process for each one, and keeps sync() off the busiest topic.
+        entries = PositionedConsumer(
+            self.bootstrap, [self.topics.ledger_entries], fetch_max_wait_ms=LEDGER_ENTRIES_WAIT_MS,
+            fetch_min_bytes=LEDGER_ENTRIES_MIN_BYTES, reader="consent ledger indices",
         )
         offsets = make_consumer(self.bootstrap, group_id=None)
         await offsets.start()
+        followers: list[asyncio.Task[None]] = []
         try:
-            await consumer.start({(tp.topic, tp.partition): at for tp, at in self._positions.items()})
+            known = {(tp.topic, tp.partition): at for tp, at in self._positions.items()}
+            await consumer.start(known)
+            await entries.start(known)
             self._watched = sorted(tp for tp in consumer.partitions if tp.topic in watched)
             self._offsets = offsets
-            probe = asyncio.create_task(self._probe(offsets))
-            try:
-                while True:
-                    self._apply(await consumer.fetch(timeout_ms=200, max_records=5000))
-                    self._watched = sorted(tp for tp in consumer.partitions if tp.topic in watched)
-                    for (topic, partition), at in (await consumer.positions()).items():
-                        self._positions[TopicPartition(topic, partition)] = at
-                    self._progress()
-            finally:
-                probe.cancel()
-                await asyncio.gather(probe, return_exceptions=True)
+            followers = [asyncio.create_task(self._probe(offsets)), asyncio.create_task(self._follow(entries))]
+            while True:
+                await self._read(consumer)
+                self._watched = sorted(tp for tp in consumer.partitions if tp.topic in watched)
+                self._progress()
+                for follower in followers:
+                    if follower.done():
+                        follower.result()  # a failed follower fails the run: the caller restarts it
         finally:
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
             self._offsets = None
             await consumer.stop()
+            await entries.stop()
             await offsets.stop()
+
+    async def _read(self, consumer: PositionedConsumer) -> None:
+        """Apply one fetch and remember where it left off."""
+        self._apply(await consumer.fetch(timeout_ms=200, max_records=5000))
+        for (topic, partition), at in (await consumer.positions()).items():
+            self._positions[TopicPartition(topic, partition)] = at
+
+    async def _follow(self, entries: PositionedConsumer) -> None:
+        while True:
+            await self._read(entries)
 
     def _apply(self, deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:

@@ -17,7 +17,7 @@ from medledger.ledger.tile_cache import TileCache
 from medledger.ledger.tiles import TilesApi, TilesServer, TilesSettings, server_tls
 from medledger.ledger.watch import CheckpointFeed
 from medledger.runtime.auth import NETWORK_AUDITOR, AuthInterceptor
-from medledger.runtime.identity_client import make_verifier
+from medledger.runtime.token_cache import caching_verifier
 from medledger.runtime.revocation_feed import RevocationFeed
 from medledger.runtime.background import BackgroundTasks
 from medledger.runtime.grpc_server import Registration, full_service_name
@@ -58,7 +58,7 @@ class LedgerApp:
         self.sequencer: Sequencer | None = None
         self.background = BackgroundTasks()
         self.revocations = RevocationFeed.from_env(settings.events)  # tokens revoked since issue
-        self.tokens = make_verifier(settings.identity_address)
+        self.tokens = caching_verifier(settings.identity_address)
         self.tiles: TilesServer | None = None  # the tlog-tiles HTTP reads (tiles.py)
         self.tile_cache = TileCache(self._pool, settings.leaf_tile_cache)  # proofs from memory
 

@@ -101,7 +101,7 @@ class DisclosureIndexer:
             rows = await conn.fetch("SELECT topic, partition, next_offset FROM disclosure_index_positions"
                                     " WHERE topic = ANY($1::text[])", list(watched))
         known = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-        consumer = PositionedConsumer(self.bootstrap, watched, fetch_max_wait_ms=200, reader="records disclosure index")
+        consumer = PositionedConsumer(self.bootstrap, watched, fetch_max_wait_ms=250, fetch_min_bytes=1024 * 1024, reader="records disclosure index")
         await consumer.start(known)
         try:
             while True:

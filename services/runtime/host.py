@@ -11,6 +11,7 @@ SIGTERM and SIGINT shut down gracefully.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -152,6 +153,10 @@ class ServiceHost:
         monitor: asyncio.Task[None] | None = None
         try:
             await self.app.on_ready(ctx)
+            # Everything alive now (modules, schemas, settings) lives as long as
+            # the process: out of the collector's sight, a full collection on
+            # the request path walks only what requests and events created.
+            gc.freeze()
             monitor = asyncio.create_task(self._monitor(ctx))
             await self.stop_event.wait()
         finally:
