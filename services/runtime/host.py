@@ -94,7 +94,8 @@ class ServiceHost:
         metrics.watch_pool(pool)
 
         async def producer() -> AIOKafkaProducer:
-            p = make_producer(self.settings.kafka_bootstrap)
+            # optional: the service's own producer settings (consent lingers for its decisions)
+            p = make_producer(self.settings.kafka_bootstrap, **getattr(self.app, "producer_options", {}))
             await start_producer(p)
             return p
 

@@ -130,12 +130,17 @@ async def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
 
 def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
     """An idempotent producer (enable_idempotence, acks=all) that never loses an
-    acknowledged event and never writes one twice on retry."""
+    acknowledged event and never writes one twice on retry.
+
+    No linger by default: outbox relays and the ledger's publisher hand over
+    whole batches, and a command waiting for its event's publication would
+    wait out every linger. Records still gather while a request is in
+    flight. A producer of many single events (consent's decisions) lingers."""
     options: dict[str, object] = dict(
         bootstrap_servers=bootstrap,
         enable_idempotence=True,
         acks="all",
-        linger_ms=2,
+        linger_ms=0,
         max_request_size=2 * MAX_RECORD_BYTES,
         request_timeout_ms=30000,
         **kafka_security(),

@@ -194,11 +194,14 @@ class OutboxRelay:
         topic = self.outbox.topic
         sends = [await self.producer.send(topic, value=r["envelope"], key=r["aggregate_id"].encode()) for r in rows]
         placed = await asyncio.gather(*sends)
-        await self.outbox.mark_published(conn, [(r["event_id"], m.partition, m.offset) for r, m in zip(rows, placed)])
-        self.backlog.published.inc(len(rows))
+        # On the topic now (acks=all): waiters are told before the rows are
+        # marked, which they need not wait for. A relay that dies before
+        # marking leaves it to the next one's reconcile, as for any crash.
         self._remember(r["event_id"] for r in rows)
         async with self._published:
             self._published.notify_all()
+        await self.outbox.mark_published(conn, [(r["event_id"], m.partition, m.offset) for r, m in zip(rows, placed)])
+        self.backlog.published.inc(len(rows))
         return True
 
     def _remember(self, event_ids: Iterable[str]) -> None:
