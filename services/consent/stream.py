@@ -54,6 +54,7 @@ from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
 from medledger.consent.projection import CONSENT_EVENTS, MalformedEvent, Projection
+from medledger.runtime.coalesce import FreshAsk
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.consumer import PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
@@ -114,6 +115,7 @@ class ConsentStream:
         self.freshness = Freshness()
         self.caught_up = asyncio.Event()
         self._offsets: AIOKafkaConsumer | None = None  # the client that asks for log ends
+        self._log_ends = FreshAsk(self._ask_log_ends)  # concurrent commands share one ask
         self._watched: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
         self._advanced = asyncio.Event()
@@ -128,14 +130,18 @@ class ConsentStream:
             shown = "never caught up" if math.isinf(age) else f"{age * 1000:.0f} ms behind"
             raise DependencyUnavailable(f"consent projection is {shown}; failing closed, try another replica")
 
+    async def _ask_log_ends(self) -> dict[TopicPartition, int]:
+        if self._offsets is None:
+            raise DependencyUnavailable("consent projection is not running")
+        return dict(await self._offsets.end_offsets(self._watched))
+
     async def sync(self, timeout: float = 5.0) -> None:
         """Wait until everything on the log now has been applied (commands
         decide on the latest state: read-your-log)."""
-        offsets = self._offsets
-        if offsets is None or not self._watched:
+        if self._offsets is None or not self._watched:
             raise DependencyUnavailable("consent projection is not running yet")
         try:
-            ends = await asyncio.wait_for(offsets.end_offsets(self._watched), timeout)
+            ends = await asyncio.wait_for(self._log_ends(), timeout)
         except (KafkaError, asyncio.TimeoutError) as exc:
             raise DependencyUnavailable(f"Kafka unavailable: {exc!r}") from None
         deadline = time.monotonic() + timeout

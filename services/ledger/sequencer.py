@@ -91,7 +91,7 @@ class Sequencer:
         if latest:
             self.metrics.checkpointed(latest.tree_size, latest.signed_at.timestamp(), signed_here=False)
         consumer = PositionedConsumer(
-            self.bootstrap, self.topics.event_topics, fetch_max_wait_ms=25, fetch_min_bytes=64 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
+            self.bootstrap, self.topics.event_topics, fetch_max_wait_ms=25, fetch_min_bytes=16 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
             reader="ledger sequencer",
         )
         await consumer.start(self.state.offsets)

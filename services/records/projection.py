@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 from google.protobuf.message import Message
 
 from medledger.records import domain
+from medledger.runtime.coalesce import FreshAsk
 from medledger.runtime.consumer import Opened, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.errors import DependencyUnavailable
@@ -237,6 +238,7 @@ class RecordsProjection:
         self._positions: dict[tuple[str, int], int] = {}
         self._partitions: list[TopicPartition] = []
         self._offsets: AIOKafkaConsumer | None = None
+        self._log_ends = FreshAsk(self._ask_log_ends)  # concurrent commands share one ask
         self._advanced = asyncio.Event()
 
     async def run(self) -> None:
@@ -270,14 +272,18 @@ class RecordsProjection:
         advanced, self._advanced = self._advanced, asyncio.Event()
         advanced.set()
 
+    async def _ask_log_ends(self) -> dict[TopicPartition, int]:
+        if self._offsets is None:
+            raise DependencyUnavailable("the records projection is not running")
+        return dict(await self._offsets.end_offsets(self._partitions))
+
     async def sync(self, timeout: float) -> None:
         """Wait until every record on the watched topics now is applied;
         DependencyUnavailable if that takes longer than timeout."""
-        offsets = self._offsets
-        if offsets is None or not self._partitions:
+        if self._offsets is None or not self._partitions:
             raise DependencyUnavailable("the records projection is not running yet")
         try:
-            ends = await asyncio.wait_for(offsets.end_offsets(self._partitions), timeout)
+            ends = await asyncio.wait_for(self._log_ends(), timeout)
         except (KafkaError, asyncio.TimeoutError) as exc:
             raise DependencyUnavailable(f"Kafka unavailable: {exc!r}") from None
         deadline = time.monotonic() + timeout
