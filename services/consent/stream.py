@@ -56,7 +56,7 @@ from google.protobuf.message import DecodeError
 from medledger.consent.projection import CONSENT_EVENTS, MalformedEvent, Projection
 from medledger.runtime.coalesce import FreshAsk
 from medledger.runtime.errors import DependencyUnavailable
-from medledger.runtime.consumer import PositionedConsumer
+from medledger.runtime.consumer import GATHERED_FETCH, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
 from medledger.runtime.kafka import make_consumer
 from medledger.runtime.positions import Delivery
@@ -93,10 +93,6 @@ class Freshness:
     def staleness(self) -> float:
         """Seconds since the instant the projection is known to be fresh as of."""
         return self.clock() - self.fresh_as_of
-
-
-LEDGER_ENTRIES_WAIT_MS = 250
-LEDGER_ENTRIES_MIN_BYTES = 1024 * 1024
 
 
 class ConsentStream:
@@ -165,11 +161,10 @@ class ConsentStream:
         consumer = PositionedConsumer(self.bootstrap, watched, fetch_max_wait_ms=100, reader="consent projection")
         # ledger.entries carries every event of the network, and nothing waits
         # on a consent's ledger index: a consumer of its own lets the broker
-        # gather entries (up to LEDGER_ENTRIES_WAIT_MS) instead of waking this
-        # process for each one, and keeps sync() off the busiest topic.
+        # gather entries instead of waking this process for each one, and
+        # keeps sync() off the busiest topic.
         entries = PositionedConsumer(
-            self.bootstrap, [self.topics.ledger_entries], fetch_max_wait_ms=LEDGER_ENTRIES_WAIT_MS,
-            fetch_min_bytes=LEDGER_ENTRIES_MIN_BYTES, reader="consent ledger indices",
+            self.bootstrap, [self.topics.ledger_entries], reader="consent ledger indices", **GATHERED_FETCH
         )
         offsets = make_consumer(self.bootstrap, group_id=None)
         await offsets.start()

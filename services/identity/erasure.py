@@ -19,7 +19,7 @@ from typing import Callable
 import asyncpg
 
 from medledger.identity import store
-from medledger.runtime.consumer import PositionedConsumer
+from medledger.runtime.consumer import GATHERED_FETCH, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.outbox import Conn
 from medledger.v1 import records_pb2
@@ -45,11 +45,8 @@ class ErasureListener:
         """Read until stop is set or an error (the caller restarts it)."""
         async with self.pool().acquire() as conn:
             rows = await conn.fetch("SELECT partition, next_offset FROM consumer_positions WHERE topic = $1", self.topic)
-        # records.events carries every record version and erasures are rare:
-        # the broker gathers up to a quarter second per fetch (docs/architecture.md,
-        # Consumers and positions) rather than waking this reader per write.
-        consumer = PositionedConsumer(self.bootstrap, [self.topic], fetch_max_wait_ms=250,
-                                      fetch_min_bytes=1024 * 1024, reader="identity erasures")
+        # records.events carries every record version and erasures are rare
+        consumer = PositionedConsumer(self.bootstrap, [self.topic], reader="identity erasures", **GATHERED_FETCH)
         await consumer.start({(self.topic, r["partition"]): r["next_offset"] for r in rows})
         try:
             while not stop.is_set():

@@ -26,7 +26,7 @@ from medledger.records.disclosure_index import (
     BREAK_GLASS_INVOKED, BREAK_GLASS_REVIEWED, PATIENT_EVENT_TYPES, IndexRow, index_row, may_list, page, window,
 )
 from medledger.runtime.auth import Caller
-from medledger.runtime.consumer import PositionedConsumer
+from medledger.runtime.consumer import GATHERED_FETCH, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.errors import PermissionDenied
 from medledger.runtime.outbox import Conn
@@ -101,7 +101,7 @@ class DisclosureIndexer:
             rows = await conn.fetch("SELECT topic, partition, next_offset FROM disclosure_index_positions"
                                     " WHERE topic = ANY($1::text[])", list(watched))
         known = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
-        consumer = PositionedConsumer(self.bootstrap, watched, fetch_max_wait_ms=250, fetch_min_bytes=1024 * 1024, reader="records disclosure index")
+        consumer = PositionedConsumer(self.bootstrap, watched, reader="records disclosure index", **GATHERED_FETCH)
         await consumer.start(known)
         try:
             while True:

@@ -38,6 +38,11 @@ from medledger.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
+# Fetch options for a reader nothing waits on (docs/architecture.md, Consumers
+# and positions): the broker holds each fetch until 1 MiB or 250 ms have
+# gathered, instead of waking the reader (and its commit) for every record.
+GATHERED_FETCH: dict[str, object] = {"fetch_max_wait_ms": 250, "fetch_min_bytes": 1024 * 1024}
+
 
 @dataclass(frozen=True)
 class Opened:
