@@ -54,12 +54,12 @@ from aiokafka.errors import KafkaError
 from google.protobuf.message import DecodeError
 
 from medledger.consent.projection import CONSENT_EVENTS, MalformedEvent, Projection
-from medledger.runtime.coalesce import FreshAsk
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.consumer import GATHERED_FETCH, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
 from medledger.runtime.kafka import make_consumer
-from medledger.runtime.positions import Delivery
+from medledger.runtime.log_sync import LogSync, by_partition
+from medledger.runtime.positions import Delivery, Position
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2
 
@@ -110,11 +110,8 @@ class ConsentStream:
         self.probe_interval_s = probe_interval_s
         self.freshness = Freshness()
         self.caught_up = asyncio.Event()
-        self._offsets: AIOKafkaConsumer | None = None  # the client that asks for log ends
-        self._log_ends = FreshAsk(self._ask_log_ends)  # concurrent commands share one ask
-        self._watched: list[TopicPartition] = []
-        self._positions: dict[TopicPartition, int] = {}
-        self._advanced = asyncio.Event()
+        self.log_sync = LogSync("consent projection", "the log")  # consent.events and identity.events
+        self._entries_read: dict[Position, int] = {}  # ledger.entries': nothing syncs on them
 
     def staleness(self) -> float:
         return self.freshness.staleness()
@@ -126,29 +123,10 @@ class ConsentStream:
             shown = "never caught up" if math.isinf(age) else f"{age * 1000:.0f} ms behind"
             raise DependencyUnavailable(f"consent projection is {shown}; failing closed, try another replica")
 
-    async def _ask_log_ends(self) -> dict[TopicPartition, int]:
-        if self._offsets is None:
-            raise DependencyUnavailable("consent projection is not running")
-        return dict(await self._offsets.end_offsets(self._watched))
-
     async def sync(self, timeout: float = 5.0) -> None:
         """Wait until everything on the log now has been applied (commands
-        decide on the latest state: read-your-log)."""
-        if self._offsets is None or not self._watched:
-            raise DependencyUnavailable("consent projection is not running yet")
-        try:
-            ends = await asyncio.wait_for(self._log_ends(), timeout)
-        except (KafkaError, asyncio.TimeoutError) as exc:
-            raise DependencyUnavailable(f"Kafka unavailable: {exc!r}") from None
-        deadline = time.monotonic() + timeout
-        while any(self._positions.get(tp, 0) < end for tp, end in ends.items()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DependencyUnavailable("consent projection did not catch up with the log in time")
-            try:
-                await asyncio.wait_for(self._advanced.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
+        decide on the latest state: read-your-log, runtime/log_sync)."""
+        await self.log_sync.sync(timeout)
 
     async def run(self) -> None:
         """Read until cancelled or a Kafka error (the caller restarts it).
@@ -170,15 +148,15 @@ class ConsentStream:
         await offsets.start()
         followers: list[asyncio.Task[None]] = []
         try:
-            known = {(tp.topic, tp.partition): at for tp, at in self._positions.items()}
-            await consumer.start(known)
-            await entries.start(known)
-            self._watched = sorted(tp for tp in consumer.partitions if tp.topic in watched)
-            self._offsets = offsets
+            await consumer.start({(tp.topic, tp.partition): at for tp, at in self.log_sync.positions.items()})
+            await entries.start(self._entries_read)
+            self.log_sync.watch(consumer.partitions)
+            self.log_sync.attach(offsets)
             followers = [asyncio.create_task(self._probe(offsets)), asyncio.create_task(self._follow(entries))]
             while True:
-                await self._read(consumer)
-                self._watched = sorted(tp for tp in consumer.partitions if tp.topic in watched)
+                read = await self._read(consumer)
+                self.log_sync.watch(consumer.partitions)
+                self.log_sync.advanced(by_partition(read))
                 self._progress()
                 for follower in followers:
                     if follower.done():
@@ -187,20 +165,19 @@ class ConsentStream:
             for follower in followers:
                 follower.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
-            self._offsets = None
+            self.log_sync.detach()
             await consumer.stop()
             await entries.stop()
             await offsets.stop()
 
-    async def _read(self, consumer: PositionedConsumer) -> None:
-        """Apply one fetch and remember where it left off."""
+    async def _read(self, consumer: PositionedConsumer) -> dict[Position, int]:
+        """Apply one fetch; where it left off."""
         self._apply(await consumer.fetch(timeout_ms=200, max_records=5000))
-        for (topic, partition), at in (await consumer.positions()).items():
-            self._positions[TopicPartition(topic, partition)] = at
+        return await consumer.positions()
 
     async def _follow(self, entries: PositionedConsumer) -> None:
         while True:
-            await self._read(entries)
+            self._entries_read.update(await self._read(entries))
 
     def _apply(self, deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:
@@ -225,9 +202,7 @@ class ConsentStream:
             self.projection.apply_ledger_entry(entry.event_id, entry.index)
 
     def _progress(self) -> None:
-        self.freshness.applied(self._positions)
-        advanced, self._advanced = self._advanced, asyncio.Event()
-        advanced.set()
+        self.freshness.applied(self.log_sync.positions)
         if self.staleness() < math.inf and not self.caught_up.is_set():
             log.info("consent projection caught up", extra={
                 "consents": self.projection.consent_count, "events": self.projection.events_applied
@@ -238,7 +213,7 @@ class ConsentStream:
         while True:
             sent = time.monotonic()
             try:
-                ends = await consumer.end_offsets(self._watched)
+                ends = await consumer.end_offsets(self.log_sync.watched)
             except KafkaError as exc:
                 log.warning("cannot read the log end; the projection ages", extra={"error": repr(exc)})
             else:

@@ -15,30 +15,27 @@ run for every identity event read, tracked or not: migration 0005 has the
 projection read identity.events again from offset 0 to fill the table, past
 events whose other effects applied_events already holds.
 
-Commands call ``sync()`` before deciding: it waits until the projection has
-applied everything the topics held when the command arrived, so a patient
-registered, a consent granted or a key revoked a moment ago is seen
-(read-your-log): there is no window in which a revoked key still signs.
+Commands call ``sync()`` before deciding (runtime/log_sync.LogSync): it waits
+until the projection has applied everything the topics held when the command
+arrived, so a patient registered, a consent granted or a key revoked a moment
+ago is seen (read-your-log): there is no window in which a revoked key still
+signs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Awaitable, Callable, Sequence, TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from google.protobuf.message import Message
 
 from medledger.records import domain
-from medledger.runtime.coalesce import FreshAsk
 from medledger.runtime.consumer import Opened, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier
-from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.kafka import make_consumer
+from medledger.runtime.log_sync import LogSync, by_partition
 from medledger.runtime.outbox import Conn
 from medledger.runtime.settings import Topics
 from medledger.v1 import consent_pb2, events_pb2, identity_pb2
@@ -235,63 +232,37 @@ class RecordsProjection:
         self.verifier = verifier
         self.pool = pool
         self.caught_up = asyncio.Event()
-        self._positions: dict[tuple[str, int], int] = {}
-        self._partitions: list[TopicPartition] = []
-        self._offsets: AIOKafkaConsumer | None = None
-        self._log_ends = FreshAsk(self._ask_log_ends)  # concurrent commands share one ask
-        self._advanced = asyncio.Event()
+        self.log_sync = LogSync("the records projection", "identity and consent events")
 
     async def run(self) -> None:
         async with self.pool().acquire() as conn:
-            self._positions = await stored_positions(conn, self.watched)
+            applied = await stored_positions(conn, self.watched)
+        self.log_sync.advanced(by_partition(applied))
         consumer = PositionedConsumer(self.bootstrap, self.watched, fetch_max_wait_ms=100, reader="records projection")
         offsets = make_consumer(self.bootstrap, group_id=None)  # asks log ends beside the long-polling fetch
         await offsets.start()
         try:
-            await consumer.start(self._positions)
-            self._offsets = offsets
+            await consumer.start(applied)
+            self.log_sync.attach(offsets)
             while True:
-                self._partitions = sorted(consumer.partitions)
+                self.log_sync.watch(consumer.partitions)
                 deliveries = await consumer.fetch(timeout_ms=200, max_records=2000)
                 positions = await consumer.positions()
                 opened = consumer.envelopes(deliveries, self.verifier)
-                if deliveries or positions != self._positions:
+                if deliveries or positions != applied:
                     async with self.pool().acquire() as conn, conn.transaction():
                         await apply_batch(conn, opened, positions)
-                self._positions = positions
-                self._advance()
+                applied = positions
+                self.log_sync.advanced(by_partition(applied))
                 if not self.caught_up.is_set() and not await consumer.behind(await consumer.end_offsets()):
                     log.info("records projection caught up")
                     self.caught_up.set()
         finally:
-            self._offsets = None
+            self.log_sync.detach()
             await consumer.stop()
             await offsets.stop()
-
-    def _advance(self) -> None:
-        advanced, self._advanced = self._advanced, asyncio.Event()
-        advanced.set()
-
-    async def _ask_log_ends(self) -> dict[TopicPartition, int]:
-        if self._offsets is None:
-            raise DependencyUnavailable("the records projection is not running")
-        return dict(await self._offsets.end_offsets(self._partitions))
 
     async def sync(self, timeout: float) -> None:
         """Wait until every record on the watched topics now is applied;
         DependencyUnavailable if that takes longer than timeout."""
-        if self._offsets is None or not self._partitions:
-            raise DependencyUnavailable("the records projection is not running yet")
-        try:
-            ends = await asyncio.wait_for(self._log_ends(), timeout)
-        except (KafkaError, asyncio.TimeoutError) as exc:
-            raise DependencyUnavailable(f"Kafka unavailable: {exc!r}") from None
-        deadline = time.monotonic() + timeout
-        while any(self._positions.get((tp.topic, tp.partition), 0) < end for tp, end in ends.items()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DependencyUnavailable("the records projection did not catch up with identity and consent events in time")
-            try:
-                await asyncio.wait_for(self._advanced.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
+        await self.log_sync.sync(timeout)
