@@ -14,7 +14,7 @@ import asyncpg
 from medledger.identity.domain import Key
 from medledger.records import domain
 from medledger.records.domain import BreakGlassFact, ConsentFact, Party, PatientFacts, RecordHead
-from medledger.runtime.outbox import Conn
+from medledger.runtime.outbox import Conn, QueuedEvent
 
 # ---- facts (projection) -------------------------------------------------------------
 
@@ -80,6 +80,7 @@ _FACTS = (
     " ARRAY(SELECT row(break_glass_id, practitioner_id, organization_id, valid_until) FROM break_glass"
     " WHERE patient_id = $1) AS break_glass,"
     " (SELECT erased_at FROM patient_keys WHERE patient_id = $1) AS erased_at,"
+    " (SELECT row(kek_id, wrapped_key) FROM patient_keys WHERE patient_id = $1) AS data_key,"
     " EXISTS(SELECT 1 FROM records WHERE record_id = $3) AS taken,"
     " ARRAY(SELECT row(key_id, public_key, valid_from, replaced_at, revoked_at) FROM signing_keys"
     " WHERE identity_id = $2 ORDER BY ordinal) AS keys"
@@ -97,6 +98,15 @@ class CommandFacts:
     party: Party | None
     record_taken: bool
     keys: tuple[Key, ...] = ()
+    data_key: WrappedKey | None = None  # the patient's, unless none was made yet or it was erased
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A patient's data key as stored: wrapped by the key-encryption key kek_id."""
+
+    kek_id: str
+    wrapped_key: bytes
 
 
 async def command_facts(conn: Conn, patient_id: str, party_id: str, record_id: str = "") -> CommandFacts:
@@ -110,7 +120,9 @@ async def command_facts(conn: Conn, patient_id: str, party_id: str, record_id: s
         erased_at=row["erased_at"],
     )
     keys = tuple(Key(*k) for k in row["keys"])
-    return CommandFacts(facts, _party_of(row["other"], row["other_organizations"]), bool(row["taken"]), keys)
+    kek_id, wrapped = row["data_key"] or (None, None)
+    data_key = WrappedKey(kek_id, wrapped) if kek_id is not None and wrapped is not None else None
+    return CommandFacts(facts, _party_of(row["other"], row["other_organizations"]), bool(row["taken"]), keys, data_key)
 
 
 @dataclass(frozen=True)
@@ -326,6 +338,37 @@ async def insert_version(conn: Conn, v: StoredVersion) -> None:
         " WHERE r.record_id = v.record_id AND r.latest_version < v.version",
         *_version_args(v),
     )
+
+
+async def write_at_once(conn: Conn, patient_id: str, created: RecordHead | None, v: StoredVersion,
+                        sealed_under: bytes, event: QueuedEvent) -> bool:
+    """A version and its event (outbox) in one statement, one round trip and
+    no explicit transaction, guarded by the wrapped data key the payload was
+    sealed under: the key row is share-locked by the statement (an erasure,
+    which locks it for update, waits or has already nulled it, and then the
+    guard fails). created: the record's head for a first version; None for an
+    amendment, which lands only on the version it follows (compare and set on
+    latest_version). False when nothing was written: key erased or changed,
+    record id taken, or another amendment came first."""
+    if created is not None:
+        head = (
+            "INSERT INTO records (record_id, patient_id, category, custodian_id, latest_version, created_at)"
+            " SELECT $1, $10, $11, $12, $2, $13 FROM k ON CONFLICT (record_id) DO NOTHING RETURNING record_id"
+        )
+        head_args: tuple[object, ...] = (created.category, created.custodian_id, created.created_at)
+    else:
+        head = "UPDATE records r SET latest_version = $2 FROM k WHERE r.record_id = $1 AND r.latest_version = $2 - 1" \
+               " RETURNING r.record_id"
+        head_args = ()
+    guard = 11 + len(head_args)
+    written = await conn.fetchval(
+        f"WITH k AS (SELECT 1 FROM patient_keys WHERE patient_id = $10 AND wrapped_key = ${guard} FOR SHARE),"
+        f" h AS ({head}),"
+        f" v AS ({_VERSION_INTO} SELECT h.record_id, $2, $3, $4, $5, $6, $7, $8, $9 FROM h RETURNING 1),"
+        f" {event.queue_clause('v', guard + 1)} SELECT count(*) FROM queued",
+        *_version_args(v), patient_id, *head_args, sealed_under, *event.args(),
+    )
+    return bool(written)
 
 
 async def remember_ledger_indices(conn: Conn, indices: Sequence[tuple[str, int]]) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, Sequence, TypeAlias
 
 import asyncpg
@@ -52,6 +53,28 @@ RECENT_IDS = 10_000  # ids of recently published events kept in memory, per rela
 #          partition integer, "offset" bigint)
 
 
+@dataclass(frozen=True)
+class QueuedEvent:
+    """An envelope sealed for an outbox, for a command that inserts it with
+    its own statement (the change and its event in one round trip)."""
+
+    table: str
+    channel: str
+    event_id: str
+    aggregate_id: str
+    value: bytes  # the exact bytes that will be published
+
+    def queue_clause(self, source: str, first: int) -> str:
+        """A data-modifying CTE ``queued``: the outbox row, inserted (and the
+        relay notified, at commit) only if ``source`` yields a row; it takes
+        the parameters ``args()`` from $first on."""
+        return (f"queued AS (INSERT INTO {self.table} (event_id, aggregate_id, envelope)"
+                f" SELECT ${first}, ${first + 1}, ${first + 2} FROM {source} RETURNING pg_notify(${first + 3}, ''))")
+
+    def args(self) -> tuple[str, str, bytes, str]:
+        return self.event_id, self.aggregate_id, self.value, self.channel
+
+
 class Outbox:
     """The outbox rows of one service database, for one topic."""
 
@@ -63,16 +86,18 @@ class Outbox:
         self.channel = channel  # LISTEN/NOTIFY channel that wakes the relay
         self.table = table
 
+    def seal(self, env: events_pb2.EventEnvelope) -> QueuedEvent:
+        """Sign the envelope, for a command's own statement to queue."""
+        return QueuedEvent(self.table, self.channel, env.event_id, env.aggregate_id, self.signer.seal(env))
+
     async def enqueue(self, conn: Conn, env: events_pb2.EventEnvelope) -> bytes:
         """Sign the envelope and queue it; must run inside the command's
         transaction. Returns the exact bytes that will be published."""
-        value = self.signer.seal(env)
-        await conn.execute(  # one round trip: the row, then the notification (sent at commit)
-            f"WITH queued AS (INSERT INTO {self.table} (event_id, aggregate_id, envelope) VALUES ($1, $2, $3)"
-            " RETURNING 1) SELECT pg_notify($4, '') FROM queued",
-            env.event_id, env.aggregate_id, value, self.channel,
-        )
-        return value
+        queued = self.seal(env)
+        # one round trip: the row, then the notification (sent at commit)
+        await conn.execute(f"WITH one AS (SELECT 1), {queued.queue_clause('one', 1)} SELECT count(*) FROM queued",
+                           *queued.args())
+        return queued.value
 
     async def unpublished(self, conn: Conn, limit: int) -> list[asyncpg.Record]:
         return list(await conn.fetch(

@@ -21,6 +21,7 @@ from medledger.testing.identity import Party
 from medledger.testing.network import ROLES, Network, call_raw, medledger_methods
 from medledger.testing.network import network  # noqa: F401 - the fixture
 from medledger.testing.stack import ROOT, wait_until
+from medledger.testing.rpc import code_of
 from medledger.v1 import consent_pb2 as cpb
 from medledger.v1 import consent_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
@@ -80,14 +81,6 @@ def _grant(stub: consent_pb2_grpc.ConsentServiceStub, patient: Party, grantee: P
     return str(reply.terms.consent_id) if reply.terms.consent_id else t.consent_id
 
 
-def _status(call: Callable[[], object]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
-
-
 def test_organization_auditors_see_only_what_concerns_their_organization(network: Network) -> None:
     identity = network.identity
     hospital_a, patient_a, doctor_a = (network.parties[r] for r in ("ORGANIZATION", "PATIENT", "PRACTITIONER"))
@@ -100,21 +93,21 @@ def test_organization_auditors_see_only_what_concerns_their_organization(network
     b_to_a = _grant(consent, patient_b, doctor_a)  # a B patient's consent to A's member concerns A
 
     def sees(auditor: Party, patient: Party) -> grpc.StatusCode:
-        return _status(lambda: consent.ListConsents(cpb.ListConsentsRequest(patient_id=patient.identity_id), metadata=auditor.metadata, timeout=30))
+        return code_of(lambda: consent.ListConsents(cpb.ListConsentsRequest(patient_id=patient.identity_id), metadata=auditor.metadata, timeout=30))
 
     def reads(auditor: Party, consent_id: str) -> grpc.StatusCode:
-        return _status(lambda: consent.GetConsent(cpb.GetConsentRequest(consent_id=consent_id), metadata=auditor.metadata, timeout=30))
+        return code_of(lambda: consent.GetConsent(cpb.GetConsentRequest(consent_id=consent_id), metadata=auditor.metadata, timeout=30))
 
     wait_until(lambda: reads(network_auditor, b_to_a) == grpc.StatusCode.OK, 30, what="the consents in consent's view")
     OK, DENIED = grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED
     # the organization auditor: its hospital's patient and member, nothing of B's own
     assert sees(auditor_a, patient_a) == OK
     assert sees(auditor_a, patient_b) == DENIED
-    assert _status(lambda: consent.WhoCanAccess(cpb.WhoCanAccessRequest(patient_id=patient_b.identity_id), metadata=auditor_a.metadata, timeout=30)) == DENIED
+    assert code_of(lambda: consent.WhoCanAccess(cpb.WhoCanAccessRequest(patient_id=patient_b.identity_id), metadata=auditor_a.metadata, timeout=30)) == DENIED
     assert (reads(auditor_a, a_to_a), reads(auditor_a, b_to_a), reads(auditor_a, b_to_b)) == (OK, OK, DENIED)
-    assert _status(lambda: consent.ExportFhirConsent(cpb.ExportFhirConsentRequest(consent_id=b_to_b), metadata=auditor_a.metadata, timeout=30)) == DENIED
-    assert _status(lambda: consent.ListPendingReviews(cpb.ListPendingReviewsRequest(organization_id=hospital_b.identity_id), metadata=auditor_a.metadata, timeout=30)) == DENIED
-    assert _status(lambda: consent.ListPendingReviews(cpb.ListPendingReviewsRequest(organization_id=hospital_a.identity_id), metadata=auditor_a.metadata, timeout=30)) == OK
+    assert code_of(lambda: consent.ExportFhirConsent(cpb.ExportFhirConsentRequest(consent_id=b_to_b), metadata=auditor_a.metadata, timeout=30)) == DENIED
+    assert code_of(lambda: consent.ListPendingReviews(cpb.ListPendingReviewsRequest(organization_id=hospital_b.identity_id), metadata=auditor_a.metadata, timeout=30)) == DENIED
+    assert code_of(lambda: consent.ListPendingReviews(cpb.ListPendingReviewsRequest(organization_id=hospital_a.identity_id), metadata=auditor_a.metadata, timeout=30)) == OK
     # the network auditor: everything
     assert (sees(network_auditor, patient_a), sees(network_auditor, patient_b)) == (OK, OK)
     assert reads(network_auditor, b_to_b) == OK
@@ -130,30 +123,30 @@ def test_a_service_token_reads_only_what_a_service_needs(network: Network) -> No
     ledger = network.stub(ledger_pb2_grpc.LedgerServiceStub, "medledger.v1.LedgerService")
     consent_id = _grant(consent, patient, doctor)
     # any SERVICE used to read every consent; one that is no member of the grantee organization reads none
-    assert _status(lambda: consent.GetConsent(cpb.GetConsentRequest(consent_id=consent_id), metadata=service.metadata, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
-    assert _status(lambda: consent.ListConsents(cpb.ListConsentsRequest(patient_id=patient.identity_id), metadata=service.metadata, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: consent.GetConsent(cpb.GetConsentRequest(consent_id=consent_id), metadata=service.metadata, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: consent.ListConsents(cpb.ListConsentsRequest(patient_id=patient.identity_id), metadata=service.metadata, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
     # a member SERVICE of the grantee organization (e.g. the hospital's integration engine) may
     member_service = network.identity.service(network.parties["ORGANIZATION"])
     granted_to_hospital = _grant(consent, patient, network.parties["ORGANIZATION"])
-    wait_until(lambda: _status(lambda: consent.GetConsent(cpb.GetConsentRequest(consent_id=granted_to_hospital), metadata=member_service.metadata, timeout=30)) == grpc.StatusCode.OK,
+    wait_until(lambda: code_of(lambda: consent.GetConsent(cpb.GetConsentRequest(consent_id=granted_to_hospital), metadata=member_service.metadata, timeout=30)) == grpc.StatusCode.OK,
                30, what="the grant to the hospital in consent's view")
 
     # the ledger: one entry by event id for a service, the whole log only for a network auditor
     event_id = patient.event_ids[0]
-    wait_until(lambda: _status(lambda: ledger.GetEntryByEventId(ledger_pb2.GetEntryByEventIdRequest(event_id=event_id), metadata=auditors[0].metadata, timeout=30)) == grpc.StatusCode.OK,
+    wait_until(lambda: code_of(lambda: ledger.GetEntryByEventId(ledger_pb2.GetEntryByEventIdRequest(event_id=event_id), metadata=auditors[0].metadata, timeout=30)) == grpc.StatusCode.OK,
                60, what="the patient's registration on the ledger")
     entry = ledger.GetEntryByEventId(ledger_pb2.GetEntryByEventIdRequest(event_id=event_id), metadata=service.metadata, timeout=30)
     assert entry.event_id == event_id
     # its proof bundle holds the same entry: the same readers
-    wait_until(lambda: _status(lambda: ledger.GetProofBundle(ledger_pb2.GetProofBundleRequest(event_id=event_id), metadata=service.metadata, timeout=30)) == grpc.StatusCode.OK,
+    wait_until(lambda: code_of(lambda: ledger.GetProofBundle(ledger_pb2.GetProofBundleRequest(event_id=event_id), metadata=service.metadata, timeout=30)) == grpc.StatusCode.OK,
                60, what="a checkpoint over the patient's registration")
     assert ledger.GetProofBundle(ledger_pb2.GetProofBundleRequest(event_id=event_id), metadata=service.metadata, timeout=30).entry == entry
-    assert _status(lambda: ledger.GetProofBundle(ledger_pb2.GetProofBundleRequest(event_id=event_id), metadata=auditors[1].metadata, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: ledger.GetProofBundle(ledger_pb2.GetProofBundleRequest(event_id=event_id), metadata=auditors[1].metadata, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
     whole_log = ledger_pb2.GetEntriesRequest(start=0, count=10)
-    assert _status(lambda: list(ledger.GetEntries(whole_log, metadata=service.metadata, timeout=30))) == grpc.StatusCode.PERMISSION_DENIED
-    assert _status(lambda: list(ledger.GetEntryPages(whole_log, metadata=service.metadata, timeout=30))) == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: list(ledger.GetEntries(whole_log, metadata=service.metadata, timeout=30))) == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: list(ledger.GetEntryPages(whole_log, metadata=service.metadata, timeout=30))) == grpc.StatusCode.PERMISSION_DENIED
     assert list(ledger.GetEntries(whole_log, metadata=auditors[0].metadata, timeout=30))
     # an organization auditor reads no raw entry: each says who did what to whom anywhere
-    assert _status(lambda: list(ledger.GetEntryPages(whole_log, metadata=auditors[1].metadata, timeout=30))) == grpc.StatusCode.PERMISSION_DENIED
-    assert _status(lambda: ledger.GetEntryByEventId(ledger_pb2.GetEntryByEventIdRequest(event_id=event_id), metadata=auditors[1].metadata, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: list(ledger.GetEntryPages(whole_log, metadata=auditors[1].metadata, timeout=30))) == grpc.StatusCode.PERMISSION_DENIED
+    assert code_of(lambda: ledger.GetEntryByEventId(ledger_pb2.GetEntryByEventIdRequest(event_id=event_id), metadata=auditors[1].metadata, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
     assert uuid.UUID(event_id)  # a real event id, not a guessable number

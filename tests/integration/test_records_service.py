@@ -8,9 +8,11 @@ research artifacts. No PHI reaches any topic."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +33,7 @@ from medledger.testing.identity import IdentityHarness, Party, generate_key, raw
 from medledger.testing.ledger import consume_all, produce_raw
 from medledger.testing.records import amend_request, create_request, erasure_request, observation, records_env
 from medledger.testing.stack import PRODUCERS, ServiceProcess, wait_until
+from medledger.testing.rpc import code_of
 from medledger.v1 import consent_pb2 as cpb
 from medledger.v1 import consent_pb2_grpc, events_pb2, identity_pb2, ledger_pb2, ledger_pb2_grpc
 from medledger.v1 import records_pb2 as pb
@@ -377,6 +380,58 @@ async def test_erasure_shreds_content_and_demographics_and_the_ledger_still_prov
             assert secret.encode() not in raw, f"{secret} on {topic}"
     log = w.records_process.log_path.read_text(errors="replace")
     assert marker not in log and GIVEN not in log
+
+
+async def test_racing_writes_land_once_and_none_lands_after_the_erasure(world: World) -> None:
+    """A write is one statement guarded by the patient's data key and, for an
+    amendment, by the version it follows: of six racing amendments of version
+    2 exactly one lands; of creates racing the patient's erasure, each either
+    landed before it (and was shredded with the rest, counted in the erasure)
+    or was refused; each write that landed has exactly one event, the refused
+    none."""
+    w = world
+    pid = w.patient.identity_id
+    _, first = w.write(w.doc_a, w.org_a, observation(pid, "before the race"))
+    amendments = [amend_request(
+        w.doc_a.private_key, record_id=first.record_id, version=2, patient_id=pid, organization_id=w.org_a.identity_id,
+        author_id=w.doc_a.identity_id, author_key_id=w.doc_a.key_id, resource=observation(pid, f"amendment {i}"),
+        previous_commitment=first.commitment,
+    ) for i in range(6)]
+    with ThreadPoolExecutor(len(amendments)) as pool:
+        codes = list(pool.map(lambda r: code_of(lambda: w.records.AmendRecord(r, metadata=w.doc_a.metadata, timeout=20)),
+                              amendments))
+    assert sorted(codes, key=str) == sorted([grpc.StatusCode.OK] + [grpc.StatusCode.FAILED_PRECONDITION] * 5, key=str)
+    winner = amendments[codes.index(grpc.StatusCode.OK)]
+    history = w.records.GetRecordHistory(pb.GetRecordHistoryRequest(record_id=first.record_id, purpose=TREAT),
+                                         metadata=w.doc_a.metadata, timeout=20)
+    assert [v.commitment for v in history.versions] == [first.commitment,
+                                                        pb.RecordAttestation.FromString(winner.attestation).commitment]
+
+    creates = [w.create_request(w.doc_a, w.org_a, observation(pid, f"racing {i}")) for i in range(12)]
+    erasure = erasure_request(w.patient.private_key, pid, pid, w.patient.key_id)
+    calls: list[Callable[[], object]] = [
+        functools.partial(w.records.CreateRecord, r, metadata=w.doc_a.metadata, timeout=20) for r in creates]
+    calls.insert(len(calls) // 2, lambda: w.records.ErasePatientData(erasure, metadata=w.patient.metadata, timeout=20))
+    with ThreadPoolExecutor(len(calls)) as pool:
+        results = list(pool.map(code_of, calls))
+    assert results.pop(len(calls) // 2) == grpc.StatusCode.OK
+    assert set(results) <= {grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION}, results
+    landed = {pb.RecordAttestation.FromString(r.attestation).record_id for r, code in zip(creates, results)
+              if code == grpc.StatusCode.OK}
+    refused = {pb.RecordAttestation.FromString(r.attestation).record_id for r in creates} - landed
+
+    again = w.records.ErasePatientData(erasure, metadata=w.patient.metadata, timeout=20)
+    assert again.versions_erased == 2 + len(landed)  # no version landed after the erasure
+    for record_id in landed:
+        after = w.read(w.patient, record_id)
+        assert after.record.HasField("erased_at") and not after.record.resource_json
+    for record_id in refused:  # never stored: answered as any unknown record is, like a denied one
+        assert status_of(lambda: w.read(w.patient, record_id))[0] == grpc.StatusCode.PERMISSION_DENIED
+    events = await read_topic(w.topics.records_events)
+    created = [c.attestation.record_id for c in payloads(events, pb.RecordCreated)]
+    assert sorted(r for r in created if r in landed | refused) == sorted(landed)
+    assert [a.attestation.commitment for a in payloads(events, pb.RecordAmended)
+            if a.attestation.record_id == first.record_id] == [history.versions[1].commitment]
 
 
 async def test_a_forged_consent_event_grants_no_write(world: World) -> None:

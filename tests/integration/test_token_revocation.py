@@ -16,17 +16,10 @@ from medledger.v1 import consent_pb2_grpc, identity_pb2, ledger_pb2, ledger_pb2_
 from medledger.testing.consent import consent_env
 from medledger.testing.identity import IdentityHarness
 from medledger.testing.stack import ServiceProcess, wait_until
+from medledger.testing.rpc import code_of
 
 pytestmark = pytest.mark.timeout(240)
 REFUSED_WITHIN_S = 30  # MEDLEDGER_TOKEN_REVOCATION_MAX_STALENESS_S is 5 s; generous for a loaded machine
-
-
-def code_of(call: Callable[[], Any]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as exc:
-        return exc.code()
-    return grpc.StatusCode.OK
 
 
 def test_services_refuse_other_audiences_and_tokens_revoked_since_issue(
