@@ -39,6 +39,8 @@ import grpc
 import psutil
 
 
+from aiokafka.partitioner import DefaultPartitioner
+
 from medledger.ledger.note import NoteSigner
 from medledger.runtime.envelope import envelope
 from medledger.runtime.kafka import delete_topics, ensure_topics, make_producer, topic_specs
@@ -78,6 +80,50 @@ async def produce_all(records: list[tuple[str, bytes, bytes]]) -> None:
                 await asyncio.gather(*pending)
                 pending.clear()
         await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+Prepared = list[tuple[str, int, list[tuple[bytes, bytes]]]]  # (topic, partition, [(key, value)]) in order
+
+
+def prepare_batches(records: list[tuple[str, bytes, bytes]], topics: Topics) -> Prepared:
+    """Records grouped by the partition Kafka's default partitioner gives
+    their key (murmur2, as a producer's send() would), before any timed
+    window: hashing keys is the load generator's work, not the log's."""
+    partitioner = DefaultPartitioner()
+    counts = {spec.name: spec.partitions for spec in topic_specs(topics)}
+    groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+    for topic, value, key in records:
+        every = list(range(counts[topic]))
+        groups.setdefault((topic, partitioner(key, every, every)), []).append((key, value))
+    return [(topic, partition, items) for (topic, partition), items in groups.items()]
+
+
+async def produce_prepared(prepared: Prepared, rate: float | None = None) -> None:
+    """Publish whole batches per partition (create_batch/send_batch) taken in
+    turn: about a tenth of the CPU per record of one send() each, so on a
+    2-core machine the load generator leaves the cores to the broker and the
+    ledger. rate: records per second (batches of 64 KiB, each sent when due);
+    None: as fast as Kafka takes them (batches of 1 MiB)."""
+    producer = make_producer(BOOTSTRAP, max_batch_size=(64 if rate else 1024) * 1024)
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    try:
+        sent = []
+        queues = [(topic, partition, list(reversed(items))) for topic, partition, items in prepared]
+        while queues:
+            for topic, partition, items in queues:  # one batch per partition in turn
+                batch = producer.create_batch()
+                while items and batch.append(key=items[-1][0], value=items[-1][1], timestamp=None) is not None:
+                    items.pop()
+                if rate:
+                    await asyncio.sleep(max(0.0, due - loop.time()))
+                    due += batch.record_count() / rate
+                sent.append(await producer.send_batch(batch, topic, partition=partition))
+            queues = [q for q in queues if q[2]]
+        await asyncio.gather(*sent)
     finally:
         await producer.stop()
 

@@ -4,14 +4,21 @@ one run, and Tessera's fsck against a live MedLedger of a million entries.
 
 Side by side (the default):
 1. End to end, 1 and 2 producer processes: each signs its share of ~400-byte
-   events before the timed window (as the hammer generates its leaves ahead),
-   then publishes it into Kafka as fast as Kafka takes it while the ledger,
-   verifying every producer signature, sequences. The figure: entries in
-   signed checkpoints per second, from the producers' start to the signing of
-   the first checkpoint that covers the last event.
-2. Overload: producers offering more than the ledger takes. Integration while
-   they publish is compared with the ledger's capacity, its rate draining the
-   backlog once they stopped (target: >= 80%).
+   events before the timed window (as the hammer generates its leaves ahead)
+   and groups them by partition (Kafka's default partitioner), then publishes
+   it into Kafka as fast as Kafka takes it, in whole batches (create_batch /
+   send_batch), while the ledger, verifying every producer signature,
+   sequences. The figure: entries in signed checkpoints per second, from the
+   producers' start to the signing of the first checkpoint that covers the
+   last event. --one-send-each: the earlier generator, one aiokafka send()
+   per record, which takes about ten times the CPU per record and so, on two
+   cores, a large share of the ledger's CPU.
+2. Overload: producers offering --overload-factor (2) times the capacity
+   just measured (the fastest backlog drain of step 1) for --overload-seconds
+   (10). Integration while they publish is compared with the ledger's
+   capacity, its rate draining the backlog once they stopped (target: >=
+   80%). --flood-events N adds a run as fast as Kafka takes them: then the
+   broker absorbing ~400,000 events/s takes the cores.
 3. Publish -> signed checkpoint latency at a steady rate (5,000 events/s; target p99 <= 250 ms).
 4. Tessera: `cmd/conformance/posix` on a fresh directory, its `internal/hammer`
    writing ~400-byte leaves with --dup_chance=0; entries in its checkpoints per
@@ -24,7 +31,8 @@ and fsck must fail; the hash is restored.
 
 Go builds the Tessera tools (module proxy only), cached like the interop
 tests' (tests/interop/tessera.py). Every figure is printed with the command.
-Usage: python deploy/bench_tiles.py [--events N] [--producers 1,2] [--overload-events N]
+Usage: python deploy/bench_tiles.py [--events N] [--producers 1,2] [--overload-factor F] [--overload-seconds S]
+       [--flood-events N] [--one-send-each] [--producer-nice N]
        [--rate R] [--seconds S] [--tessera-leaves N] [--hammer-writers W] [--skip-tessera]
        python deploy/bench_tiles.py --fsck-entries 1000000
 """
@@ -54,7 +62,8 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.interop builds Tessera's tools
 
-from bench_ledger import auditor_token, bench_env, checkpoint_latencies, paced_produce, pct, produce_all  # noqa: E402
+from bench_ledger import Prepared, auditor_token, bench_env, checkpoint_latencies, paced_produce, pct  # noqa: E402
+from bench_ledger import prepare_batches, produce_all, produce_prepared  # noqa: E402
 from bench_ledger import watch_checkpoints  # noqa: E402
 from medledger.ledger.note import NoteSigner  # noqa: E402
 from medledger.runtime.kafka import delete_topics, ensure_topics, topic_specs  # noqa: E402
@@ -92,42 +101,47 @@ def sized_events(topics: Topics, n: int, offset: int = 0) -> list[tuple[str, byt
     return out
 
 
-def _producer_worker(conn: Connection, niceness: int) -> None:
+def _producer_worker(conn: Connection, niceness: int, one_send_each: bool) -> None:
     """One producer process: signs its share when told to prepare, publishes
     it on "go" and answers (start, end) wall-clock times. ``niceness`` > 0
-    lowers its CPU priority, standing in for producers on other machines."""
+    lowers its CPU priority, standing in for producers on other machines.
+    one_send_each: the earlier generator, one aiokafka send() per record
+    (partitioner included), about ten times the CPU per record."""
     os.nice(niceness)
     records: list[tuple[str, bytes, bytes]] = []
+    prepared: Prepared = []
     while (command := conn.recv()) is not None:
         if command[0] == "prepare":
             _, prefix, offset, count = command
             records = sized_events(Topics(prefix), count, offset)
+            prepared = [] if one_send_each else prepare_batches(records, Topics(prefix))
             conn.send("ready")
         else:
-            start = time.time()
-            asyncio.run(produce_all(records))
+            start, rate = time.time(), command[1]
+            asyncio.run(produce_all(records) if one_send_each else produce_prepared(prepared, rate))
             conn.send((start, time.time()))
-            records = []
+            records, prepared = [], []
 
 
 class ProducerPool:
     """Producer processes, forked before anything else runs (no event loop or
     gRPC threads to inherit) so they share the bench's producer keys."""
 
-    def __init__(self, count: int, niceness: int = 0) -> None:
+    def __init__(self, count: int, niceness: int = 0, one_send_each: bool = False) -> None:
         context = multiprocessing.get_context("fork")
         self.pipes: list[Connection] = []
         self.procs = []
         for _ in range(count):
             parent, child = context.Pipe()
-            proc = context.Process(target=_producer_worker, args=(child, niceness), daemon=True)
+            proc = context.Process(target=_producer_worker, args=(child, niceness, one_send_each), daemon=True)
             proc.start()
             self.pipes.append(parent)
             self.procs.append(proc)
 
-    def publish(self, prefix: str, offset: int, total: int, processes: int) -> tuple[float, float]:
+    def publish(self, prefix: str, offset: int, total: int, processes: int, rate: float | None = None) -> tuple[float, float]:
         """Sign total events over `processes` producers, then publish them all at
-        once; (go, last producer done) wall-clock times."""
+        once (at ``rate`` events/s in all, else as fast as Kafka takes them);
+        (go, last producer done) wall-clock times."""
         share = total // processes
         pipes = self.pipes[:processes]
         for k, pipe in enumerate(pipes):
@@ -137,7 +151,7 @@ class ProducerPool:
             assert pipe.recv() == "ready"
         go = time.time()
         for pipe in pipes:
-            pipe.send(("go",))
+            pipe.send(("go", rate / processes if rate else None))
         return go, max(pipe.recv()[1] for pipe in pipes)
 
     def close(self) -> None:
@@ -199,9 +213,9 @@ class Integration:
     drain: float  # entries / second after the producers finished (capacity when backlogged)
 
 
-async def burst(ledger: Ledger, pool: ProducerPool, events: int, processes: int) -> Integration:
+async def burst(ledger: Ledger, pool: ProducerPool, events: int, processes: int, rate: float | None = None) -> Integration:
     base = await ledger.size()
-    go, produced = pool.publish(ledger.topics.prefix, base, events, processes)
+    go, produced = pool.publish(ledger.topics.prefix, base, events, processes, rate)
     await ledger.wait_size(base + events)
     cps = await ledger.checkpoints(base)
     done = next(at for at, size in cps if size >= base + events)
@@ -316,24 +330,36 @@ def _integration_line(label: str, r: Integration) -> str:
             f"{r.backlog:,} drained at {r.drain:,.0f}/s)")
 
 
+def _overload_verdict(r: Integration) -> str:
+    if r.backlog < r.events // 5:
+        return "no backlog formed (the ledger kept up), so no overload to judge"
+    if r.events / r.offered < 3.0:  # checkpoints come every 100 ms; a blip says nothing
+        return "producers finished in under 3 s: too short to judge"
+    return f"integration while overloaded = {r.while_producing / r.drain:.0%} of capacity (target >= 80%)"
+
+
 async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
     ledger = await start_ledger("bench_tiles")
     try:
         ledger.proc.start().wait_serving(120)
+        capacity = 0.0
         for processes in args.producers:
             r = await burst(ledger, pool, args.events, processes)
+            capacity = max(capacity, r.drain)
             print(_integration_line(f"MedLedger end to end, {processes} producer process(es), every signature verified", r),
                   flush=True)
 
-        r = await burst(ledger, pool, args.overload_events, max(args.producers))
-        long_enough = r.events / r.offered >= 3.0  # checkpoints come every 100 ms; a blip says nothing
-        if r.backlog < r.events // 5:
-            verdict = "no backlog formed (the ledger kept up), so no overload to judge"
-        elif not long_enough:
-            verdict = "producers finished in under 3 s: too short to judge (raise --overload-events)"
-        else:
-            verdict = f"integration while overloaded = {r.while_producing / r.drain:.0%} of capacity (target >= 80%)"
-        print(_integration_line(f"overload, {max(args.producers)} producer processes", r) + f": {verdict}", flush=True)
+        # Overload: producers offering a multiple of the capacity just measured
+        # (the rate at which the ledger drained a backlog), long enough to judge.
+        rate = args.overload_factor * capacity
+        events = int(rate * args.overload_seconds)
+        r = await burst(ledger, pool, events, max(args.producers), rate)
+        print(_integration_line(f"overload, {max(args.producers)} producer processes offering "
+                                f"{args.overload_factor:g} x {capacity:,.0f}/s", r) + f": {_overload_verdict(r)}", flush=True)
+        if args.flood_events:
+            r = await burst(ledger, pool, args.flood_events, max(args.producers))
+            print(_integration_line(f"flood, {max(args.producers)} producer processes as fast as Kafka takes them", r)
+                  + f": {_overload_verdict(r)}", flush=True)
 
         base = await ledger.size()
         arrivals: list[tuple[float, int]] = []
@@ -434,7 +460,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=400_000, help="events per end-to-end run")
     parser.add_argument("--producers", type=lambda s: [int(p) for p in s.split(",")], default=[1, 2])
-    parser.add_argument("--overload-events", type=int, default=600_000)
+    parser.add_argument("--overload-factor", type=float, default=2.0,
+                        help="overload: producers offer this multiple of the capacity measured end to end")
+    parser.add_argument("--overload-seconds", type=float, default=10.0, help="overload: for this long")
+    parser.add_argument("--flood-events", type=int, default=0,
+                        help="also publish this many events as fast as Kafka takes them (the broker and the "
+                             "generator then take the machine's cores)")
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--tessera-leaves", type=int, default=400_000)
@@ -442,9 +473,13 @@ if __name__ == "__main__":
     parser.add_argument("--skip-tessera", action="store_true")
     parser.add_argument("--producer-nice", type=int, default=0,
                         help="run the producer processes at this niceness (they stand for other machines)")
+    parser.add_argument("--one-send-each", action="store_true",
+                        help="the earlier load generator: one aiokafka send() per record, ~10x the CPU per record "
+                             "(it cannot pace: its overload run is as fast as Kafka takes them)")
     parser.add_argument("--fsck-entries", type=int, default=0, help="instead: fsck a live ledger of this many entries")
     parsed = parser.parse_args()
-    producers = ProducerPool(2 if parsed.fsck_entries else max(parsed.producers), parsed.producer_nice)
+    producers = ProducerPool(2 if parsed.fsck_entries else max(parsed.producers), parsed.producer_nice,
+                             parsed.one_send_each)
     try:
         asyncio.run(main(parsed, producers))
     finally:

@@ -10,7 +10,7 @@ import asyncpg
 import grpc
 
 from medledger.ledger.api import LedgerApi
-from medledger.ledger.publisher import Publisher
+from medledger.ledger.publisher import PRODUCER_OPTIONS, Publisher
 from medledger.ledger.sequencer import Sequencer
 from medledger.ledger.settings import LedgerSettings
 from medledger.ledger.tile_cache import TileCache
@@ -50,6 +50,7 @@ class LedgerApp:
     name = "ledger"
     service_names = [full_service_name(ledger_pb2, "LedgerService")]
     migrations = Path(__file__).parent / "migrations"
+    producer_options = PRODUCER_OPTIONS  # publisher.py: whole batches
 
     def __init__(self, settings: LedgerSettings) -> None:
         self.settings = settings

@@ -24,6 +24,10 @@ from medledger.v1 import events_pb2, ledger_pb2
 
 log = logging.getLogger(__name__)
 BATCH = 2000
+# The ledger's producer: a 2,000-entry round (~1.2 MB) in two requests, not
+# 75 of aiokafka's default 16 KiB (one batch per partition per request).
+# Under ledger.entries' max.message.bytes (2 * MAX_RECORD_BYTES).
+PRODUCER_OPTIONS = {"max_batch_size": 1024 * 1024}
 
 
 def _ts(value: object) -> Timestamp:
@@ -56,7 +60,19 @@ def rejection_message(r: store.StoredRejection) -> events_pb2.RejectedRecord:
 
 
 async def _send_all(producer: AIOKafkaProducer, topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-    futures = [await producer.send(topic, value, key=key, partition=0) for key, value in items]
+    """Hand the records over as whole batches (up to the producer's
+    max_batch_size, PRODUCER_OPTIONS) instead of one send() each: a tenth of
+    the CPU per record, which the sequencer shares on the same event loop."""
+    futures = []
+    batch = producer.create_batch()
+    for key, value in items:
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            futures.append(await producer.send_batch(batch, topic, partition=0))
+            batch = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value)} bytes does not fit an empty batch for {topic}")
+    if batch.record_count():
+        futures.append(await producer.send_batch(batch, topic, partition=0))
     await asyncio.gather(*futures)
 
 
