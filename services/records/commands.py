@@ -1,8 +1,9 @@
 """Carrying out the records service's commands: gather the facts (projection,
 database, the signer's keys as projected from identity.events), let the domain decide, then store the change and
-its signed event in one transaction (the outbox, docs/architecture.md,
-Outbox). Every check runs before the transaction, so a refused command
-stores and publishes nothing.
+its signed event atomically (the outbox, docs/architecture.md, Outbox): a
+record version in one guarded statement when the patient's data key exists,
+else, like the other commands, in one transaction. Every check runs before
+the write, so a refused command stores and publishes nothing.
 """
 
 from __future__ import annotations
