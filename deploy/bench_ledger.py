@@ -43,7 +43,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from medledger.ledger.note import NoteSigner
 from medledger.runtime.envelope import envelope
-from medledger.runtime.kafka import delete_topics, ensure_topics, make_producer, topic_specs
+from medledger.runtime.kafka import delete_topics, ensure_topics, fill_batch, make_producer, topic_specs
 from medledger.runtime.postgres import drop_database
 from medledger.runtime.settings import Topics
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -84,7 +84,7 @@ async def produce_all(records: list[tuple[str, bytes, bytes]]) -> None:
         await producer.stop()
 
 
-Prepared = list[tuple[str, int, list[tuple[bytes, bytes]]]]  # (topic, partition, [(key, value)]) in order
+Prepared = list[tuple[str, int, list[tuple[bytes | None, bytes]]]]  # (topic, partition, [(key, value)]) in order
 
 
 def prepare_batches(records: list[tuple[str, bytes, bytes]], topics: Topics) -> Prepared:
@@ -93,7 +93,7 @@ def prepare_batches(records: list[tuple[str, bytes, bytes]], topics: Topics) -> 
     window: hashing keys is the load generator's work, not the log's."""
     partitioner = DefaultPartitioner()
     counts = {spec.name: spec.partitions for spec in topic_specs(topics)}
-    groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+    groups: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
     for topic, value, key in records:
         every = list(range(counts[topic]))
         groups.setdefault((topic, partitioner(key, every, every)), []).append((key, value))
@@ -115,9 +115,7 @@ async def produce_prepared(prepared: Prepared, rate: float | None = None) -> Non
         queues = [(topic, partition, list(reversed(items))) for topic, partition, items in prepared]
         while queues:
             for topic, partition, items in queues:  # one batch per partition in turn
-                batch = producer.create_batch()
-                while items and batch.append(key=items[-1][0], value=items[-1][1], timestamp=None) is not None:
-                    items.pop()
+                batch = fill_batch(producer, items)
                 if rate:
                     await asyncio.sleep(max(0.0, due - loop.time()))
                     due += batch.record_count() / rate

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.ledger import store
-from medledger.runtime.kafka import last_record
+from medledger.runtime.kafka import fill_batch, last_record
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2, ledger_pb2
 
@@ -60,19 +60,12 @@ def rejection_message(r: store.StoredRejection) -> events_pb2.RejectedRecord:
 
 
 async def _send_all(producer: AIOKafkaProducer, topic: str, items: Sequence[tuple[bytes, bytes]]) -> None:
-    """Hand the records over as whole batches (up to the producer's
-    max_batch_size, PRODUCER_OPTIONS) instead of one send() each: a tenth of
-    the CPU per record, which the sequencer shares on the same event loop."""
+    """Whole batches (runtime/kafka.fill_batch), not one send() each: the CPU
+    per record is shared with the sequencer on the same event loop."""
+    pending: list[tuple[bytes | None, bytes]] = list(reversed(items))
     futures = []
-    batch = producer.create_batch()
-    for key, value in items:
-        if batch.append(key=key, value=value, timestamp=None) is None:
-            futures.append(await producer.send_batch(batch, topic, partition=0))
-            batch = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"a record of {len(value)} bytes does not fit an empty batch for {topic}")
-    if batch.record_count():
-        futures.append(await producer.send_batch(batch, topic, partition=0))
+    while pending:
+        futures.append(await producer.send_batch(fill_batch(producer, pending), topic, partition=0))
     await asyncio.gather(*futures)
 
 

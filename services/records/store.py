@@ -79,8 +79,7 @@ _FACTS = (
     f" {_REPRESENTATIVES.format('$1')} AS representatives, {_CONSENTS.format('$1')} AS consents,"
     " ARRAY(SELECT row(break_glass_id, practitioner_id, organization_id, valid_until) FROM break_glass"
     " WHERE patient_id = $1) AS break_glass,"
-    " (SELECT erased_at FROM patient_keys WHERE patient_id = $1) AS erased_at,"
-    " (SELECT row(kek_id, wrapped_key) FROM patient_keys WHERE patient_id = $1) AS data_key,"
+    " (SELECT row(erased_at, kek_id, wrapped_key) FROM patient_keys WHERE patient_id = $1) AS data_key,"
     " EXISTS(SELECT 1 FROM records WHERE record_id = $3) AS taken,"
     " ARRAY(SELECT row(key_id, public_key, valid_from, replaced_at, revoked_at) FROM signing_keys"
     " WHERE identity_id = $2 ORDER BY ordinal) AS keys"
@@ -112,15 +111,15 @@ class WrappedKey:
 async def command_facts(conn: Conn, patient_id: str, party_id: str, record_id: str = "") -> CommandFacts:
     row = await conn.fetchrow(_FACTS, patient_id, party_id, record_id)
     assert row is not None
+    erased_at, kek_id, wrapped = row["data_key"] or (None, None, None)
     facts = PatientFacts(
         patient=_party_of(row["patient"], row["patient_organizations"]),
         representatives=frozenset(row["representatives"]),
         consents=tuple(_consent(c) for c in row["consents"]),
         break_glass=tuple(BreakGlassFact(*b) for b in row["break_glass"]),
-        erased_at=row["erased_at"],
+        erased_at=erased_at,
     )
     keys = tuple(Key(*k) for k in row["keys"])
-    kek_id, wrapped = row["data_key"] or (None, None)
     data_key = WrappedKey(kek_id, wrapped) if kek_id is not None and wrapped is not None else None
     return CommandFacts(facts, _party_of(row["other"], row["other_organizations"]), bool(row["taken"]), keys, data_key)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
@@ -147,6 +148,17 @@ def make_producer(bootstrap: str, **overrides: object) -> AIOKafkaProducer:
     )
     options.update(overrides)
     return AIOKafkaProducer(**options)
+
+
+def fill_batch(producer: AIOKafkaProducer, pending: list[tuple[bytes | None, bytes]]) -> BatchBuilder:
+    """One batch (up to the producer's max_batch_size) of records taken from
+    the end of ``pending`` (key, value), for ``send_batch``: whole batches cost
+    a tenth of the CPU per record of one ``send()`` each. An empty batch takes
+    any one record, so each call takes at least one."""
+    batch = producer.create_batch()
+    while pending and batch.append(key=pending[-1][0], value=pending[-1][1], timestamp=None) is not None:
+        pending.pop()
+    return batch
 
 
 def make_consumer(bootstrap: str, *topics: str, group_id: str | None, **overrides: object) -> AIOKafkaConsumer:
