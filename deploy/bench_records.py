@@ -26,7 +26,12 @@ ports, a throw-away topic prefix and databases; every call goes through
    (default 50, and 200), by the custodian's practitioner and by the
    consented reader; and paging through all 1,000.
 
-Usage: python deploy/bench_records.py [--rate 200] [--seconds 30] [--alone 200] [--reads 2000] [--lists 300]
+``--records-replicas 2`` runs two records processes on one database, as
+k8s/base/records.yaml deploys it, and the client spreads calls over them
+round robin. The default is one: on this benchmark's two shared cores a
+second replica only competes with the first (docs/benchmarks.md).
+
+Usage: python deploy/bench_records.py [--rate 200] [--seconds 30] [--alone 200] [--reads 2000] [--lists 300] [--records-replicas 1]
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from medledger.testing.consent import consent_env
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.metrics import present, scrape, value
 from medledger.testing.records import observation, records_env
-from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, service_environment, tear_down
+from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port, service_environment, tear_down
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc, records_pb2
 
 BIG_PATIENT_RECORDS = 1000
@@ -80,17 +85,21 @@ class ServerTime:
     """The records service's own handling time for one rpc, from its
     ``grpc_server_handling_seconds`` histogram (the gRPC metrics interceptor):
     what the service spends, without the client, the network and the
-    benchmark's own threads."""
+    benchmark's own threads. Summed over every replica."""
 
-    def __init__(self, url: str, method: str) -> None:
-        self.url, self.method = url, method
+    def __init__(self, replicas: list[ServiceProcess], method: str) -> None:
+        self.urls, self.method = [replica.metrics_url for replica in replicas], method
         self.before = self._read()
 
     def _read(self) -> tuple[dict[float, float], float]:
-        samples = scrape(self.url)
-        buckets = {float(s.labels["le"]): s.value for s in present(samples, "grpc_server_handling_seconds_bucket",
-                                                                    grpc_method=self.method)}
-        return buckets, value(samples, "grpc_server_handling_seconds_sum", grpc_method=self.method)
+        buckets: dict[float, float] = {}
+        total = 0.0
+        for url in self.urls:
+            samples = scrape(url)
+            for s in present(samples, "grpc_server_handling_seconds_bucket", grpc_method=self.method):
+                buckets[float(s.labels["le"])] = buckets.get(float(s.labels["le"]), 0.0) + s.value
+            total += value(samples, "grpc_server_handling_seconds_sum", grpc_method=self.method)
+        return buckets, total
 
     def since(self) -> str:
         """Mean and bucket-bound p50/p99 of the calls since this was made."""
@@ -167,11 +176,14 @@ async def main() -> None:
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--lists", type=int, default=300)
     parser.add_argument("--alone", type=int, default=200, help="sequential writes before the rate phase")
+    parser.add_argument("--records-replicas", type=int, default=1,
+                        help="records processes on one database, called round robin (k8s/base/records.yaml runs 2)")
     args = parser.parse_args()
     command = "python deploy/bench_records.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"# records benchmark: {command}", flush=True)
     print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine; load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} before the stack starts", flush=True)
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} before the stack starts; {args.records_replicas} records "
+          f"replica(s), called round robin", flush=True)
     started = time.monotonic()
     topics = Topics(f"bench_records_{uuid.uuid4().hex[:8]}.")
     await ensure_topics(BOOTSTRAP, topic_specs(topics))
@@ -183,11 +195,12 @@ async def main() -> None:
         return dbs[service]
 
     env = service_environment(topics, database_for, tmp, PRODUCERS.write(tmp / "producers"), "bench.medledger.local/ledger")
-    env["MEDLEDGER_LOG_LEVEL"] = "WARNING"
+    env["MEDLEDGER_LOG_LEVEL"] = os.environ.get("BENCH_LOG_LEVEL", "WARNING")
     processes: list[ServiceProcess] = []
 
     def start(name: str, **extra: str) -> ServiceProcess:
-        process = ServiceProcess(name, dict(env, **extra), int(env[f"MEDLEDGER_{name.upper()}_PORT"]), tmp / f"{name}.log")
+        own = dict(env, **extra)
+        process = ServiceProcess(name, own, int(own[f"MEDLEDGER_{name.upper()}_PORT"]), tmp / f"{name}-{len(processes)}.log")
         processes.append(process.start())
         return process.wait_serving(120)
 
@@ -198,8 +211,11 @@ async def main() -> None:
         harness = IdentityHarness(identity.address, operator_key, identity, identity_vars)
         consent = start("consent", **consent_env(harness, tmp))
         ledger = start("ledger")
-        records = start("records", **records_env(harness, tmp, env))
-        endpoints = Endpoints(identity.address, consent.address, records.address, ledger.address)
+        records_vars = records_env(harness, tmp, env)  # one service identity and key-encryption key for every replica
+        replicas = [start("records", MEDLEDGER_RECORDS_PORT=str(free_port()), **records_vars)
+                    for _ in range(args.records_replicas)]
+        records_target = "ipv4:" + ",".join(replica.address for replica in replicas)
+        endpoints = Endpoints(identity.address, consent.address, records_target, ledger.address)
         ledger_channel = grpc.insecure_channel(ledger.address)
         ledger_stub = ledger_pb2_grpc.LedgerServiceStub(ledger_channel)
         with Connection(endpoints) as connection:
@@ -233,10 +249,10 @@ async def main() -> None:
             before = ledger_stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=5).tree_size
             alone = [writer.records.signed_create(p, sized_observation(p, rng.randint(1024, 20 * 1024), rng),
                                                   organization_id=org_a.identity_id) for p in rng.choices(others, k=args.alone)]
-            server = ServerTime(records.metrics_url, "CreateRecord")
+            server = ServerTime(replicas, "CreateRecord")
             alone_ms = [timed(lambda: writer.records.submit(request)) for request in alone]
             print(f"CreateRecord, 1 client, one write at a time (the floor): {summary(alone_ms)}; {server.since()}", flush=True)
-            server = ServerTime(records.metrics_url, "CreateRecord")
+            server = ServerTime(replicas, "CreateRecord")
             rpc_ms, due_ms, elapsed, outcomes = write_at_rate(writer, requests, args.rate)
             print(f"CreateRecord at {args.rate:.0f}/s for {args.seconds:.0f}s: {len(rpc_ms) / elapsed:,.1f} writes/s achieved, "
                   f"{outcomes}", flush=True)
@@ -252,7 +268,7 @@ async def main() -> None:
                 reader.records.get(record_id, purpose=Purpose.TREATMENT)
             read_ms: list[float] = []
             proved = 0
-            server = ServerTime(records.metrics_url, "GetRecord")
+            server = ServerTime(replicas, "GetRecord")
             for i in range(args.reads):
                 record_id = record_ids[i % len(record_ids)]
                 began = time.perf_counter()
@@ -267,7 +283,7 @@ async def main() -> None:
             for who, client, purpose in (("custodian's practitioner", writer, Purpose.TREATMENT),
                                          ("consented reader", reader, Purpose.TREATMENT)):
                 for size in (0, 200):
-                    server = ServerTime(records.metrics_url, "ListPatientRecords")
+                    server = ServerTime(replicas, "ListPatientRecords")
                     ms = [timed(lambda: next(iter(client.records.list(big, purpose=purpose, page_size=size))))
                           for _ in range(args.lists)]
                     print(f"ListPatientRecords, first page of {size or 50}, {who}, patient with "

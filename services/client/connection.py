@@ -10,6 +10,7 @@ used from any number of threads.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -27,10 +28,18 @@ from medledger.v1 import consent_pb2_grpc, identity_pb2_grpc, ledger_pb2_grpc, r
 MAX_MESSAGE_BYTES = 80 * 1024 * 1024
 """Receive limit: an export may be a large FHIR Bundle (the service caps it)."""
 
+ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+"""Every service runs as several replicas (k8s/base: two each). gRPC's default,
+pick_first, would pin each channel to one of them for its whole life; round
+robin spreads calls over every address the name resolves to (a headless
+Service's pods, or ``ipv4:host:port,host:port``) and skips one that is down."""
+
 
 @dataclass(frozen=True)
 class Endpoints:
-    """host:port of each service."""
+    """Where each service answers: host:port, or any gRPC target naming all
+    its replicas (``dns:///records.medledger.svc:50053``,
+    ``ipv4:10.0.0.5:50053,10.0.0.6:50053``); calls go round robin over them."""
 
     identity: str
     consent: str
@@ -49,7 +58,7 @@ class Connection:
     def __init__(self, endpoints: Endpoints, tls: GrpcTls | None = None) -> None:
         tls = tls if tls is not None else GrpcTls.from_env()
         credentials = tls.channel_credentials()
-        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.service_config", ROUND_ROBIN)]
 
         def open_channel(address: str) -> grpc.Channel:
             if credentials is None:

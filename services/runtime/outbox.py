@@ -46,11 +46,28 @@ ApplyHook = Callable[[Conn, Opened], Awaitable[int]]
 PositionsHook = Callable[[Conn, str], Awaitable[dict[int, int]]]
 BATCH = 500
 RECENT_IDS = 10_000  # ids of recently published events kept in memory, per relay
+NOTIFY_PAYLOAD_BYTES = 7_900  # PostgreSQL refuses a notification payload of 8,000 bytes or more
 
 # The table, created by each service's own migration:
 #   outbox(seq bigserial PRIMARY KEY, event_id text UNIQUE, aggregate_id text,
 #          envelope bytea, created_at timestamptz, published_at timestamptz,
 #          partition integer, "offset" bigint)
+
+
+def notification_payloads(placed: Sequence[tuple[str, int, int]]) -> list[str]:
+    """The event ids as comma-separated payloads, each under PostgreSQL's limit."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 0
+    for event_id, _, _ in placed:
+        if current and size + len(event_id) + 1 > NOTIFY_PAYLOAD_BYTES:
+            payloads.append(",".join(current))
+            current, size = [], 0
+        current.append(event_id)
+        size += len(event_id) + 1
+    if current:
+        payloads.append(",".join(current))
+    return payloads
 
 
 @dataclass(frozen=True)
@@ -106,12 +123,23 @@ class Outbox:
             limit,
         ))
 
+    @property
+    def published_channel(self) -> str:
+        """LISTEN/NOTIFY channel on which the leading relay names the events
+        it marked published, for standby replicas' waiting commands."""
+        return f"{self.channel}_published"
+
     async def mark_published(self, conn: Conn, placed: Sequence[tuple[str, int, int]]) -> None:
-        """Record (event_id, partition, offset) of envelopes the broker acknowledged."""
-        await conn.executemany(
-            f'UPDATE {self.table} SET published_at = now(), partition = $2, "offset" = $3'
-            " WHERE event_id = $1 AND published_at IS NULL",
-            placed,
+        """Record (event_id, partition, offset) of envelopes the broker
+        acknowledged, in one statement that also names them on
+        ``published_channel`` (delivered when it commits)."""
+        await conn.execute(
+            f'WITH marked AS (UPDATE {self.table} AS o SET published_at = now(), partition = p.partition,'
+            ' "offset" = p.at FROM unnest($1::text[], $2::int[], $3::bigint[]) AS p(event_id, partition, at)'
+            " WHERE o.event_id = p.event_id AND o.published_at IS NULL RETURNING 1)"
+            " SELECT pg_notify($4, ids) FROM unnest($5::text[]) AS ids",
+            [event_id for event_id, _, _ in placed], [partition for _, partition, _ in placed],
+            [offset for _, _, offset in placed], self.published_channel, notification_payloads(placed),
         )
 
     async def published(self, conn: Conn, event_ids: Sequence[str]) -> bool:
@@ -177,11 +205,39 @@ class OutboxRelay:
         # Event ids this relay placed recently, newest last: lets wait_published
         # answer from memory instead of one query per waiter per batch.
         self._recent: Lru[bool] = Lru(RECENT_IDS)
+        self._hearing = False  # listening to the leader's notifications of what it published
+        self._waking: set[asyncio.Future[None]] = set()
         self.backlog = OutboxBacklog(outbox.topic, table=outbox.table)
         track_leadership(name, lambda: self.role == "leader")
 
     async def run(self, stop: asyncio.Event) -> None:
-        await keep_running(self.name, lambda: self._lead_when_possible(stop), stop)
+        await asyncio.gather(keep_running(self.name, lambda: self._lead_when_possible(stop), stop),
+                             keep_running(f"{self.name} listener", lambda: self._hear_publications(stop), stop))
+
+    async def _hear_publications(self, stop: asyncio.Event) -> None:
+        """While another replica leads, learn from its notifications which
+        events reached the topic, so this replica's commands waiting on them
+        are answered at once rather than by polling the database."""
+        conn = await asyncpg.connect(self.database_url, timeout=5)
+        try:
+            await conn.add_listener(self.outbox.published_channel, self._heard)
+            self._hearing = True
+            await stop.wait()
+        finally:
+            self._hearing = False
+            await conn.close(timeout=2)
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if self.role == "leader" or not payload:
+            return  # a leader already knows what it published
+        self._remember(payload.split(","))
+        waking = asyncio.ensure_future(self._wake_waiters())
+        self._waking.add(waking)  # held until done: the loop keeps only weak references to tasks
+        waking.add_done_callback(self._waking.discard)
+
+    async def _wake_waiters(self) -> None:
+        async with self._published:
+            self._published.notify_all()
 
     async def _lead_when_possible(self, stop: asyncio.Event) -> None:
         def standby() -> None:
@@ -223,11 +279,14 @@ class OutboxRelay:
         # marked, which they need not wait for. A relay that dies before
         # marking leaves it to the next one's reconcile, as for any crash.
         self._remember(r["event_id"] for r in rows)
-        async with self._published:
-            self._published.notify_all()
+        await self._wake_waiters()
         await self.outbox.mark_published(conn, [(r["event_id"], m.partition, m.offset) for r, m in zip(rows, placed)])
         self.backlog.published.inc(len(rows))
         return True
+
+    @property
+    def _hears_publications(self) -> bool:
+        return self.role == "leader" or self._hearing
 
     def _remember(self, event_ids: Iterable[str]) -> None:
         for event_id in event_ids:
@@ -237,12 +296,14 @@ class OutboxRelay:
         """Wait until these events are on the topic (published by whichever
         replica leads), at most timeout seconds; whether they are.
 
-        While this replica's relay leads, what it just published is known in
-        memory, so a batch wakes every waiter without a query each; the
-        database is asked when another replica leads and every 50 ms anyway."""
+        What was just published is known in memory, so a batch wakes every
+        waiter without a query each: from this replica's own relay while it
+        leads, from the leader's notifications (``published_channel``) while
+        it stands by. The database is asked every 50 ms anyway, and at once
+        when neither source is there."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        ask_database = self.role != "leader"
+        ask_database = not self._hears_publications
         while True:
             if all(self._recent.get(e) for e in event_ids):
                 return True
@@ -257,7 +318,7 @@ class OutboxRelay:
             async with self._published:
                 try:
                     await asyncio.wait_for(self._published.wait(), min(remaining, 0.05))
-                    ask_database = self.role != "leader"
+                    ask_database = not self._hears_publications
                 except asyncio.TimeoutError:
                     ask_database = True
 
