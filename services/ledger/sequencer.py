@@ -155,7 +155,10 @@ class Sequencer:
         plan = plan_batch(self.state, records, verdicts, known)
         if not (plan.entries or plan.rejections or plan.offsets):
             return
-        await store.commit_batch(conn, plan, datetime.now(timezone.utc))
+        at = datetime.now(timezone.utc)
+        await store.commit_batch(conn, plan, at)
+        if self.publisher:
+            self.publisher.committed(plan.entries, at, rejections=bool(plan.rejections))
         if self.tile_cache is not None:
             self.tile_cache.put_all(plan.tiles)
         self.metrics.committed(len(records), plan, self.state.size)
@@ -178,6 +181,8 @@ class Sequencer:
         signed = self.settings.signer.sign(body)
         signed_at = datetime.now(timezone.utc)
         await store.insert_checkpoint(conn, store.StoredCheckpoint(size, root, self.state.chain_head, signed, signed_at))
+        if self.publisher:
+            self.publisher.checkpointed()
         self.metrics.checkpointed(size, signed_at.timestamp())
         self._last_checkpoint_size = size
         self._last_checkpoint_at = now

@@ -15,7 +15,9 @@ import pytest
 import medledger.ledger
 from medledger.audit.prove import verify_bundle
 from medledger.ledger import merkle, note
+from medledger.ledger import store
 from medledger.ledger.api import LedgerApi
+from medledger.ledger.publisher import entry_message
 from medledger.runtime.errors import DependencyUnavailable, NotFound
 from medledger.runtime.postgres import apply_migrations, ensure_database
 from medledger.runtime.settings import Topics
@@ -65,6 +67,39 @@ async def test_sequences_events_and_serves_verifiable_proofs(
     cps = await consume_all(topics.ledger_checkpoints, 1)
     sizes = [ledger_pb2.Checkpoint.FromString(r.value).tree_size for r in cps]
     assert sizes == sorted(set(sizes)) and sizes[-1] == 200
+
+
+BACKLOG = 7000  # several of the publisher's 2,000-entry rounds
+
+
+async def test_followers_get_entries_as_stored_and_no_checkpoint_before_its_entries(
+    spawn: Callable[..., ServiceProcess], topics: Topics, service_env: dict[str, str]
+) -> None:
+    """ledger.entries carries each entry exactly as the database holds it
+    (the publisher hands committed entries over in memory), and a checkpoint
+    reaches ledger.checkpoints only once every entry it covers is on
+    ledger.entries, even when one committed batch takes several publishing
+    rounds: a follower that sees a checkpoint can find its entries."""
+    await produce(sample_events(BACKLOG, topics))  # before the ledger starts: its first batches are large
+    ledger_proc = spawn("ledger").wait_serving()
+    channel, ledger = stub(ledger_proc.address)
+    with channel:
+        wait_for_checkpoint(ledger, BACKLOG)
+    published = await consume_all(topics.ledger_entries, BACKLOG)
+    conn = await asyncpg.connect(service_env["MEDLEDGER_LEDGER_DATABASE_URL"])
+    try:
+        stored = await store.entries_from(conn, 0, BACKLOG + 1)
+    finally:
+        await conn.close()
+    assert [r.value for r in published] == [entry_message(e).SerializeToString() for e in stored]
+    # Kafka's record timestamps are the publisher's append times
+    appended = {events_pb2.LedgerEntry.FromString(r.value).index: r.timestamp for r in published}
+    checkpoints = [(ledger_pb2.Checkpoint.FromString(r.value).tree_size, r.timestamp)
+                   for r in await consume_all(topics.ledger_checkpoints, 1)]
+    assert checkpoints[-1][0] == BACKLOG
+    for size, at in checkpoints:
+        if size:
+            assert at >= appended[size - 1], f"checkpoint {size} was published before entry {size - 1}"
 
 
 async def test_duplicates_and_malformed_records_are_not_sequenced(
