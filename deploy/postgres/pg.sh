@@ -340,6 +340,12 @@ wal_level = replica
 fsync = on
 synchronous_commit = on
 full_page_writes = on
+# Bursts: the ledger writes about 1 KB of WAL per event, so the default 1GB forced a
+# checkpoint (and a wave of full-page writes) in the middle of a 300,000-event burst.
+# Measured A/B in docs/benchmarks.md (2026-12-01 16:50 UTC).
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+wal_compression = lz4
 # stderr goes to $PG_LOG (pg_ctl -l)
 logging_collector = off
 log_destination = 'stderr'
