@@ -27,6 +27,8 @@ from medledger.v1 import events_pb2, ledger_pb2
 
 log = logging.getLogger(__name__)
 BATCH = 2000
+CHECKPOINT_PAGE = 100  # checkpoints read per round
+REJECTION_PAGE = 500  # rejections read per round
 FRESH_LIMIT = 20 * BATCH  # committed entries held in memory for publishing; past it, read back
 # The ledger's producer: a 2,000-entry round (~1.2 MB) in two requests, not
 # 75 of aiokafka's default 16 KiB (one batch per partition per request).
@@ -154,9 +156,9 @@ class Publisher:
                     entries = [(str(e.index).encode(), entry_message(e).SerializeToString())
                                for e in await store.entries_from(conn, self.next_index, BATCH)]
                 if look_for_checkpoints:
-                    cps = await store.checkpoints_after(conn, self.last_checkpoint_size)
+                    cps = await store.checkpoints_after(conn, self.last_checkpoint_size, CHECKPOINT_PAGE)
                 if look_for_rejections:
-                    rejections = await store.rejections_after(conn, self.last_rejection_id)
+                    rejections = await store.rejections_after(conn, self.last_rejection_id, REJECTION_PAGE)
         if entries:
             await _send_all(self.producer, self.topics.ledger_entries, entries)
             self.next_index += len(entries)
@@ -166,7 +168,7 @@ class Publisher:
                 [(str(r.id).encode(), rejection_message(r).SerializeToString()) for r in rejections],
             )
             self.last_rejection_id = rejections[-1].id
-            self._rejections_due = True  # there may be more than one round's worth
+            self._rejections_due |= len(rejections) == REJECTION_PAGE  # a full page: more may follow
         # Checkpoints go last, and only those whose entries are all on
         # ledger.entries: a follower that sees a checkpoint already has its
         # entries, however far behind the publisher is.
@@ -177,8 +179,8 @@ class Publisher:
                 [(str(c.tree_size).encode(), checkpoint_message(c).SerializeToString()) for c in covered],
             )
             self.last_checkpoint_size = covered[-1].tree_size
-        if cps:
-            self._checkpoints_due = True  # more than one round's worth, or some wait for their entries
+        # a full page (more may follow), or some wait for their entries
+        self._checkpoints_due |= len(cps) == CHECKPOINT_PAGE or len(covered) < len(cps)
         return bool(entries or covered or rejections)
 
     async def run(self, stop: asyncio.Event) -> None:
