@@ -56,6 +56,7 @@ from medledger.client import Client, Connection, Endpoints, Purpose, raw_public_
 from medledger.runtime.kafka import ensure_topics, topic_specs
 from medledger.runtime.settings import Topics
 from medledger.testing.consent import consent_env
+from medledger.testing.cpu import CpuMeter
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.metrics import present, scrape, value
 from medledger.testing.records import observation, records_env
@@ -214,6 +215,8 @@ async def main() -> None:
         records_vars = records_env(harness, tmp, env)  # one service identity and key-encryption key for every replica
         replicas = [start("records", MEDLEDGER_RECORDS_PORT=str(free_port()), **records_vars)
                     for _ in range(args.records_replicas)]
+        stack_pids = {"records": [r.proc.pid for r in replicas if r.proc],
+                      **{p.name: [p.proc.pid] for p in (identity, consent, ledger) if p.proc}}
         records_target = "ipv4:" + ",".join(replica.address for replica in replicas)
         endpoints = Endpoints(identity.address, consent.address, records_target, ledger.address)
         ledger_channel = grpc.insecure_channel(ledger.address)
@@ -246,6 +249,10 @@ async def main() -> None:
                                                                organization_id=org_a.identity_id))  # warm up
             print(f"signed {len(requests):,} CreateRecord requests of 1-20 KB (mean {sum(sizes) / len(sizes) / 1024:.1f} KB) "
                   f"in {time.monotonic() - t:.1f}s", flush=True)
+            cpu = CpuMeter.for_stack(stack_pids)
+            cpu.start()
+            time.sleep(5)
+            print(f"  idle stack: {cpu.stop().per_second_line()}", flush=True)
             before = ledger_stub.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=5).tree_size
             alone = [writer.records.signed_create(p, sized_observation(p, rng.randint(1024, 20 * 1024), rng),
                                                   organization_id=org_a.identity_id) for p in rng.choices(others, k=args.alone)]
@@ -253,12 +260,16 @@ async def main() -> None:
             alone_ms = [timed(lambda: writer.records.submit(request)) for request in alone]
             print(f"CreateRecord, 1 client, one write at a time (the floor): {summary(alone_ms)}; {server.since()}", flush=True)
             server = ServerTime(replicas, "CreateRecord")
+            cpu = CpuMeter.for_stack(stack_pids)
+            cpu.start()
             rpc_ms, due_ms, elapsed, outcomes = write_at_rate(writer, requests, args.rate)
+            usage = cpu.stop()
             print(f"CreateRecord at {args.rate:.0f}/s for {args.seconds:.0f}s: {len(rpc_ms) / elapsed:,.1f} writes/s achieved, "
                   f"{outcomes}", flush=True)
             print(f"  rpc (sent -> answered): {summary(rpc_ms)}; target p99 <= 50 ms", flush=True)
             print(f"  since due (open loop, queueing included): {summary(due_ms)}", flush=True)
             print(f"  {server.since()}", flush=True)
+            print(f"  {usage.per_op_line(len(rpc_ms), 'write')}; {usage.busiest_line('records', 'ledger')}", flush=True)
             drained = wait_sequenced(ledger_stub, before + len(alone) + outcomes.get("OK", 0))
             print(f"  every write's RecordCreated on the ledger {drained:.1f}s after the last write was answered", flush=True)
 
@@ -269,6 +280,8 @@ async def main() -> None:
             read_ms: list[float] = []
             proved = 0
             server = ServerTime(replicas, "GetRecord")
+            cpu = CpuMeter.for_stack(stack_pids)
+            cpu.start()
             for i in range(args.reads):
                 record_id = record_ids[i % len(record_ids)]
                 began = time.perf_counter()
@@ -278,6 +291,9 @@ async def main() -> None:
             print(f"GetRecord under consent (CheckAccess + decrypt + proof bundle + RecordsDisclosed), 1 client, "
                   f"sequential: {summary(read_ms)}; {proved:,} of {len(read_ms):,} with a proof; target p99 <= 10 ms", flush=True)
             print(f"  {server.since()}", flush=True)
+            usage = cpu.stop()
+            print(f"  {usage.per_op_line(len(read_ms), 'read')}; {usage.busiest_line('records', 'consent', 'ledger')}",
+                  flush=True)
 
             # -- 3. lists of the patient with 1,000 records
             for who, client, purpose in (("custodian's practitioner", writer, Purpose.TREATMENT),

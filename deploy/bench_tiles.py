@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from hashlib import sha256
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Callable
 
 import asyncpg
 
@@ -71,7 +72,9 @@ from medledger.runtime.kafka import delete_topics, ensure_topics, topic_specs  #
 from medledger.runtime.postgres import drop_database  # noqa: E402
 from medledger.runtime.settings import Topics  # noqa: E402
 from medledger.testing.ledger import sample_payload, sample_envelope, stub, tamper_stored_hash  # noqa: E402
+from medledger.testing.cpu import CpuMeter, Usage  # noqa: E402
 from medledger.testing.ledger import wait_for_checkpoint  # noqa: E402
+from medledger.testing.metrics import scrape, value  # noqa: E402
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port  # noqa: E402
 from medledger.v1 import ledger_pb2, records_pb2  # noqa: E402
 from tests.interop.tessera import TESSERA_VERSION, _cache_dir, _go_env, _run_go, build_tools  # noqa: E402
@@ -139,10 +142,12 @@ class ProducerPool:
             self.pipes.append(parent)
             self.procs.append(proc)
 
-    def publish(self, prefix: str, offset: int, total: int, processes: int, rate: float | None = None) -> tuple[float, float]:
+    def publish(self, prefix: str, offset: int, total: int, processes: int, rate: float | None = None,
+                at_go: Callable[[], None] = lambda: None) -> tuple[float, float]:
         """Sign total events over `processes` producers, then publish them all at
         once (at ``rate`` events/s in all, else as fast as Kafka takes them);
-        (go, last producer done) wall-clock times."""
+        (go, last producer done) wall-clock times. ``at_go`` runs once all are
+        signed, just before they start."""
         share = total // processes
         pipes = self.pipes[:processes]
         for k, pipe in enumerate(pipes):
@@ -150,6 +155,7 @@ class ProducerPool:
             pipe.send(("prepare", prefix, offset + k * share, count))
         for pipe in pipes:
             assert pipe.recv() == "ready"
+        at_go()
         go = time.time()
         for pipe in pipes:
             pipe.send(("go", rate / processes if rate else None))
@@ -187,6 +193,11 @@ class Ledger:
             await conn.close()
         return [(float(r["at"]), int(r["tree_size"])) for r in rows]
 
+    def batches(self) -> tuple[float, float]:
+        """(sequencing transactions, Kafka records in them) so far, from the ledger's metrics."""
+        samples = scrape(self.proc.metrics_url)
+        return (value(samples, "medledger_ledger_batch_records_count"), value(samples, "medledger_ledger_batch_records_sum"))
+
     async def size(self) -> int:
         conn = await asyncpg.connect(self.db)
         try:
@@ -212,12 +223,40 @@ class Integration:
     while_producing: float  # entries checkpointed / second while producers ran
     backlog: int  # events not yet checkpointed when the producers finished
     drain: float  # entries / second after the producers finished (capacity when backlogged)
+    producing: Usage  # the stack's CPU while the producers ran
+    draining: Usage  # and after they finished, until the last checkpoint
+    batches: tuple[float, float]  # mean Kafka records per sequencing transaction in each window
+
+    def cpu_lines(self) -> str:
+        """CPU per entry checkpointed in each window, and how busy the ledger's busiest thread was."""
+        during = self.events - self.backlog
+        lines = []
+        for label, usage, n, batch in (("while producing", self.producing, during, self.batches[0]),
+                                       ("draining", self.draining, self.backlog, self.batches[1])):
+            if n < 1000:  # e.g. producers done in a second, before the first checkpoints
+                lines.append(f"  {label}: {n:,} entries checkpointed, too few to divide the CPU by")
+                continue
+            lines.append(f"  {label}: {usage.per_op_line(n, 'entry checkpointed')}; {usage.busiest_line('ledger')}; "
+                         f"{batch:,.0f} records per sequencing transaction")
+        return "\n".join(lines)
 
 
 async def burst(ledger: Ledger, pool: ProducerPool, events: int, processes: int, rate: float | None = None) -> Integration:
     base = await ledger.size()
-    go, produced = pool.publish(ledger.topics.prefix, base, events, processes, rate)
+    cpu = CpuMeter.for_stack({"ledger": [ledger.proc.proc.pid] if ledger.proc.proc else []})
+    batches: list[tuple[float, float]] = []
+
+    def at_go() -> None:  # the events are signed: the timed window starts
+        cpu.start()
+        batches.append(ledger.batches())
+
+    go, produced = pool.publish(ledger.topics.prefix, base, events, processes, rate, at_go=at_go)
+    producing = cpu.stop()
+    batches.append(ledger.batches())
+    cpu.start()
     await ledger.wait_size(base + events)
+    draining = cpu.stop()
+    batches.append(ledger.batches())
     cps = await ledger.checkpoints(base)
     done = next(at for at, size in cps if size >= base + events)
     during = [(at, size) for at, size in cps if at <= produced]
@@ -226,8 +265,14 @@ async def burst(ledger: Ledger, pool: ProducerPool, events: int, processes: int,
     drain_s = done - (during[-1][0] if during else go)
     return Integration(
         events, events / (done - go), events / (produced - go), (at_end - base) / (produced - go),
-        backlog, backlog / drain_s if drain_s > 0 else float("nan"),
+        backlog, backlog / drain_s if drain_s > 0 else float("nan"), producing, draining,
+        (_mean_batch(batches[0], batches[1]), _mean_batch(batches[1], batches[2])),
     )
+
+
+def _mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float:
+    transactions = after[0] - before[0]
+    return (after[1] - before[1]) / transactions if transactions else float("nan")
 
 
 async def start_ledger(prefix: str, identity_port: int = 0) -> Ledger:
@@ -349,6 +394,7 @@ async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
             capacity = max(capacity, r.drain)
             print(_integration_line(f"MedLedger end to end, {processes} producer process(es), every signature verified", r),
                   flush=True)
+            print(r.cpu_lines(), flush=True)
 
         # Overload: producers offering a multiple of the capacity just measured
         # (the rate at which the ledger drained a backlog), long enough to judge.
@@ -357,10 +403,12 @@ async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
         r = await burst(ledger, pool, events, max(args.producers), rate)
         print(_integration_line(f"overload, {max(args.producers)} producer processes offering "
                                 f"{args.overload_factor:g} x {capacity:,.0f}/s", r) + f": {_overload_verdict(r)}", flush=True)
+        print(r.cpu_lines(), flush=True)
         if args.flood_events:
             r = await burst(ledger, pool, args.flood_events, max(args.producers))
             print(_integration_line(f"flood, {max(args.producers)} producer processes as fast as Kafka takes them", r)
                   + f": {_overload_verdict(r)}", flush=True)
+            print(r.cpu_lines(), flush=True)
 
         # A steady rate is measured in a steady state: the publisher first
         # catches up on ledger.entries after the overload's backlog (as

@@ -55,7 +55,7 @@ from google.protobuf.message import DecodeError
 
 from medledger.consent.projection import CONSENT_EVENTS, MalformedEvent, Projection
 from medledger.runtime.errors import DependencyUnavailable
-from medledger.runtime.consumer import GATHERED_FETCH, PositionedConsumer
+from medledger.runtime.consumer import GATHERED_FETCH, WAKE_PER_RECORD, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
 from medledger.runtime.kafka import make_consumer
 from medledger.runtime.log_sync import LogSync, by_partition
@@ -136,7 +136,7 @@ class ConsentStream:
         ListOffsets would wait behind the long-polling fetch (up to
         fetch_max_wait_ms) and every probe would look that much older."""
         watched = (self.topics.consent_events, self.topics.identity_events)
-        consumer = PositionedConsumer(self.bootstrap, watched, fetch_max_wait_ms=100, reader="consent projection")
+        consumer = PositionedConsumer(self.bootstrap, watched, reader="consent projection", **WAKE_PER_RECORD)
         # ledger.entries carries every event of the network, and nothing waits
         # on a consent's ledger index: a consumer of its own lets the broker
         # gather entries instead of waking this process for each one, and

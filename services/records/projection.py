@@ -32,7 +32,7 @@ import asyncpg
 from google.protobuf.message import Message
 
 from medledger.records import domain
-from medledger.runtime.consumer import Opened, PositionedConsumer
+from medledger.runtime.consumer import WAKE_PER_RECORD, Opened, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.kafka import make_consumer
 from medledger.runtime.log_sync import LogSync, by_partition
@@ -238,7 +238,7 @@ class RecordsProjection:
         async with self.pool().acquire() as conn:
             applied = await stored_positions(conn, self.watched)
         self.log_sync.advanced(by_partition(applied))
-        consumer = PositionedConsumer(self.bootstrap, self.watched, fetch_max_wait_ms=100, reader="records projection")
+        consumer = PositionedConsumer(self.bootstrap, self.watched, reader="records projection", **WAKE_PER_RECORD)
         offsets = make_consumer(self.bootstrap, group_id=None)  # asks log ends beside the long-polling fetch
         await offsets.start()
         try:

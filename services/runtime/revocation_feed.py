@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Sequence
 from google.protobuf.message import DecodeError
 
 from medledger.runtime.auth import MAX_TOKEN_TTL_S
-from medledger.runtime.consumer import PositionedConsumer
+from medledger.runtime.consumer import WAKE_PER_RECORD, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.errors import DependencyUnavailable, SettingsError
 from medledger.runtime.positions import Delivery, Position
@@ -90,7 +90,7 @@ class RevocationFeed:
     async def run(self, bootstrap: str, topic: str) -> None:
         """Read identity.events until cancelled or a Kafka error; a restart
         resumes at the positions already applied."""
-        consumer = PositionedConsumer(bootstrap, [topic], fetch_max_wait_ms=100, reader="token revocations")
+        consumer = PositionedConsumer(bootstrap, [topic], reader="token revocations", **WAKE_PER_RECORD)
         await consumer.start(self._positions)
         try:
             while True:

@@ -102,6 +102,36 @@ async def test_followers_get_entries_as_stored_and_no_checkpoint_before_its_entr
             assert at >= appended[size - 1], f"checkpoint {size} was published before entry {size - 1}"
 
 
+REPEATED = 2000
+
+
+async def test_events_published_again_after_they_were_sequenced_are_not_sequenced_twice(
+    spawn: Callable[..., ServiceProcess], topics: Topics, service_env: dict[str, str]
+) -> None:
+    """A relay that publishes again after a crash repeats events that the
+    ledger may have sequenced long before, in an earlier batch: the copies
+    are found in the database and skipped, and the log holds each event once."""
+    events = sample_events(REPEATED, topics)
+    await produce(events)
+    ledger_proc = spawn("ledger").wait_serving()
+    channel, ledger = stub(ledger_proc.address)
+    with channel:
+        wait_for_checkpoint(ledger, REPEATED)
+    await produce(events)
+    conn = await asyncpg.connect(service_env["MEDLEDGER_LEDGER_DATABASE_URL"])
+    try:
+        deadline = asyncio.get_running_loop().time() + 120
+        # every copy decided (the offsets commit with the batch that consumed them)
+        while await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets") < 2 * REPEATED:
+            assert asyncio.get_running_loop().time() < deadline, "the ledger did not consume the copies"
+            await asyncio.sleep(0.1)
+        count, distinct = await conn.fetchrow("SELECT count(*), count(DISTINCT event_id) FROM entries")
+        rejected = await conn.fetchval("SELECT count(*) FROM rejected")
+    finally:
+        await conn.close()
+    assert (count, distinct, rejected) == (REPEATED, REPEATED, 0)
+
+
 async def test_duplicates_and_malformed_records_are_not_sequenced(
     spawn: Callable[..., ServiceProcess], topics: Topics, auditor_metadata: Metadata
 ) -> None:
