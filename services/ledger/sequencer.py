@@ -91,8 +91,10 @@ class Sequencer:
         if latest:
             self.metrics.checkpointed(latest.tree_size, latest.signed_at.timestamp(), signed_here=False)
         consumer = PositionedConsumer(
-            # gathers less than GATHERED_FETCH: checkpoints wait on it (16 KiB is ~8 ms at 5,000 events/s)
-            self.bootstrap, self.topics.event_topics, fetch_max_wait_ms=25, fetch_min_bytes=16 * 1024,
+            # gathers less than GATHERED_FETCH: checkpoints wait on it (16 KiB is ~8 ms at 5,000 events/s;
+            # below ~400 events/s the 50 ms decide, a fifth of the checkpoint budget: 25 ms cost a
+            # third more of the ledger's CPU per event at trickle rates, docs/benchmarks.md)
+            self.bootstrap, self.topics.event_topics, fetch_max_wait_ms=50, fetch_min_bytes=16 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             reader="ledger sequencer",
         )
