@@ -1,8 +1,9 @@
 """CPU time per operation, process by process, for the benchmarks.
 
-On this project's two-core machines a latency target is missed when the
-whole stack runs out of CPU, not when one call is slow; and latency on a
-shared machine is noisy, while CPU seconds per operation are not. So the
+On this project's two-core machines every service, Kafka, PostgreSQL and
+the load generator share the cores, so a latency target is mostly missed
+for want of CPU, not because one call is slow; and latency there is noisy,
+while CPU seconds per operation are not. So the
 benchmarks report, for a timed phase, how many milliseconds of CPU each part
 of the stack (each service, Kafka, PostgreSQL, the load generator) spent per
 operation, read from the kernel's per-process accounting (utime + stime).
