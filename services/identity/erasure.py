@@ -55,10 +55,8 @@ class ErasureListener:
                     continue
                 positions = await consumer.positions()
                 async with self.pool().acquire() as conn, conn.transaction():
-                    for opened in consumer.envelopes(deliveries, self.verifier):
+                    for opened in consumer.envelopes(deliveries, self.verifier, types={ERASED}):
                         env, where = opened.envelope, opened.delivery
-                        if env.event_type != ERASED:
-                            continue
                         if not await store.mark_applied(conn, env.event_id, where.topic, where.partition, where.offset):
                             continue
                         erased = records_pb2.PatientDataErased()

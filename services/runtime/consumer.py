@@ -22,13 +22,13 @@ import logging
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
+from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent, event_type_of
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.kafka import make_consumer
 from medledger.runtime.metrics import ConsumerLag
@@ -174,10 +174,20 @@ class PositionedConsumer:
         ends = {(tp.topic, tp.partition): consumer.highwater(tp) for tp in self._assigned}
         return {position: end for position, end in ends.items() if end is not None}
 
-    def envelopes(self, deliveries: Sequence[Delivery], verifier: EnvelopeVerifier) -> list[Opened]:
+    def envelopes(self, deliveries: Sequence[Delivery], verifier: EnvelopeVerifier,
+                  types: Collection[str] | None = None) -> list[Opened]:
         """The deliveries whose envelopes verify (one batch verification for
         all of them); each other one is logged and skipped (its position still
-        advances: it will never verify)."""
+        advances: it will never verify).
+
+        ``types``: a reader that acts on only these event types gets only
+        those; the others are skipped before their signatures are checked.
+        Skipping cannot make a forgery count (a record claiming a wanted type
+        is verified like any other, and an ignored one changes nothing), and
+        the ledger, which verifies every record, is where forgeries are
+        reported (ledger.rejected)."""
+        if types is not None:
+            deliveries = [d for d in deliveries if event_type_of(d.value) in types]
         opened: list[Opened] = []
         for d, env in zip(deliveries, verifier.open_batch([(d.topic, d.value) for d in deliveries]), strict=True):
             if isinstance(env, UnauthenticatedEvent):

@@ -184,6 +184,14 @@ def _parsed(value: bytes | None) -> events_pb2.EventEnvelope | UnauthenticatedEv
         return UnauthenticatedEvent(f"not a medledger.v1.EventEnvelope: {exc}")
 
 
+def event_type_of(value: bytes | None) -> str | None:
+    """The event type a record value claims, unverified (None if it is not an
+    envelope): for readers that skip the types they ignore before paying for
+    signatures."""
+    env = _parsed(value)
+    return None if isinstance(env, UnauthenticatedEvent) else env.event_type
+
+
 class EnvelopeVerifier:
     """Decides whether an envelope read from a topic is authentic."""
 

@@ -32,7 +32,7 @@ from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.errors import DependencyUnavailable, SettingsError
 from medledger.runtime.positions import Delivery, Position
 from medledger.runtime.retry import keep_running, until_stopped
-from medledger.runtime.revocations import RevocationList, TokenClaims
+from medledger.runtime.revocations import FOLDED_TYPES, RevocationList, TokenClaims
 from medledger.runtime.settings import env_float
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class RevocationFeed:
             await consumer.stop()
 
     async def _apply(self, consumer: PositionedConsumer, deliveries: Sequence[Delivery]) -> None:
-        for opened in consumer.envelopes(deliveries, self.verifier):
+        for opened in consumer.envelopes(deliveries, self.verifier, types=FOLDED_TYPES):
             try:
                 self.revocations.apply(opened.envelope)
             except DecodeError as exc:

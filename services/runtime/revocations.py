@@ -64,6 +64,9 @@ def refusal(
 _TYPE = "medledger.v1."
 _REVOKED, _KEY_REVOKED = _TYPE + "IdentityRevoked", _TYPE + "KeyRevoked"
 _GRANTED, _ENDED = _TYPE + "MembershipGranted", _TYPE + "MembershipEnded"
+# The identity.events types a RevocationList folds (the rest, registrations
+# and key rotations, it ignores, so its feed does not verify them).
+FOLDED_TYPES = frozenset({_REVOKED, _KEY_REVOKED, _GRANTED, _ENDED})
 
 
 @dataclass
