@@ -215,8 +215,8 @@ async def main() -> None:
         records_vars = records_env(harness, tmp, env)  # one service identity and key-encryption key for every replica
         replicas = [start("records", MEDLEDGER_RECORDS_PORT=str(free_port()), **records_vars)
                     for _ in range(args.records_replicas)]
-        stack_pids = {"records": [r.proc.pid for r in replicas if r.proc],
-                      **{p.name: [p.proc.pid] for p in (identity, consent, ledger) if p.proc}}
+        cpu = CpuMeter.for_stack({"records": [r.proc.pid for r in replicas if r.proc],
+                                  **{p.name: [p.proc.pid] for p in (identity, consent, ledger) if p.proc}})
         records_target = "ipv4:" + ",".join(replica.address for replica in replicas)
         endpoints = Endpoints(identity.address, consent.address, records_target, ledger.address)
         ledger_channel = grpc.insecure_channel(ledger.address)
@@ -249,7 +249,6 @@ async def main() -> None:
                                                                organization_id=org_a.identity_id))  # warm up
             print(f"signed {len(requests):,} CreateRecord requests of 1-20 KB (mean {sum(sizes) / len(sizes) / 1024:.1f} KB) "
                   f"in {time.monotonic() - t:.1f}s", flush=True)
-            cpu = CpuMeter.for_stack(stack_pids)
             cpu.start()
             time.sleep(5)
             print(f"  idle stack: {cpu.stop().per_second_line()}", flush=True)
@@ -260,7 +259,6 @@ async def main() -> None:
             alone_ms = [timed(lambda: writer.records.submit(request)) for request in alone]
             print(f"CreateRecord, 1 client, one write at a time (the floor): {summary(alone_ms)}; {server.since()}", flush=True)
             server = ServerTime(replicas, "CreateRecord")
-            cpu = CpuMeter.for_stack(stack_pids)
             cpu.start()
             rpc_ms, due_ms, elapsed, outcomes = write_at_rate(writer, requests, args.rate)
             usage = cpu.stop()
@@ -280,7 +278,6 @@ async def main() -> None:
             read_ms: list[float] = []
             proved = 0
             server = ServerTime(replicas, "GetRecord")
-            cpu = CpuMeter.for_stack(stack_pids)
             cpu.start()
             for i in range(args.reads):
                 record_id = record_ids[i % len(record_ids)]
