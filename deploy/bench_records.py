@@ -21,7 +21,9 @@ ports, a throw-away topic prefix and databases; every call goes through
    TREATMENT consent: token checked, consent's CheckAccess asked with the
    reader's token, payload decrypted, proof bundle built, RecordsDisclosed
    committed. Sequential, after every write is on the ledger (so every read
-   carries a proof).
+   carries a proof). Also the server-side time of the two calls a read makes
+   (consent's CheckAccess, the ledger's GetProofBundle), to say which hop
+   makes the tail.
 3. ListPatientRecords for the patient with 1,000 records: the first page
    (default 50, and 200), by the custodian's practitioner and by the
    consented reader; and paging through all 1,000.
@@ -278,6 +280,8 @@ async def main() -> None:
             read_ms: list[float] = []
             proved = 0
             server = ServerTime(replicas, "GetRecord")
+            hops = {"consent CheckAccess": ServerTime([consent], "CheckAccess"),
+                    "ledger GetProofBundle": ServerTime([ledger], "GetProofBundle")}
             cpu.start()
             for i in range(args.reads):
                 record_id = record_ids[i % len(record_ids)]
@@ -288,6 +292,8 @@ async def main() -> None:
             print(f"GetRecord under consent (CheckAccess + decrypt + proof bundle + RecordsDisclosed), 1 client, "
                   f"sequential: {summary(read_ms)}; {proved:,} of {len(read_ms):,} with a proof; target p99 <= 10 ms", flush=True)
             print(f"  {server.since()}", flush=True)
+            for hop, timer in hops.items():  # the two calls a read makes, each in its own server
+                print(f"  {hop}, {timer.since()}", flush=True)
             usage = cpu.stop()
             print(f"  {usage.per_op_line(len(read_ms), 'read')}; {usage.busiest_line('records', 'consent', 'ledger')}",
                   flush=True)

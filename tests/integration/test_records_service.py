@@ -305,6 +305,11 @@ async def test_amendments_history_and_a_scoped_consent_export(world: World) -> N
                                          metadata=w.doc_a.metadata, timeout=20)
     assert [json.loads(v.resource_json)["note"][0]["text"] for v in history.versions] == ["first reading", "corrected"]
     assert w.read(w.patient, first.record_id, version=1).record.commitment == first.commitment
+    # Each version's proof proves exactly the version served, the latest and an older one.
+    for number in (0, 1):
+        reply = w.proof_when_included(w.patient, first.record_id, version=number)
+        env = verify_offline(w, reply, w.doc_a)
+        assert (reply.record.version, env.event_type.endswith("RecordAmended")) == ((2, True) if number == 0 else (1, False))
     assert status_of(lambda: w.read(w.patient, first.record_id, version=3))[0] == grpc.StatusCode.OUT_OF_RANGE
 
     # A consent for Conditions only: B sees the Condition and nothing about the Observation.
