@@ -7,6 +7,9 @@ while CPU seconds per operation are not. So the
 benchmarks report, for a timed phase, how many milliseconds of CPU each part
 of the stack (each service, Kafka, PostgreSQL, the load generator) spent per
 operation, read from the kernel's per-process accounting (utime + stime).
+Each line also gives the hypervisor's steal over the phase: on these
+virtual machines other guests took up to a third of the cores' time in
+some runs (vmstat's st column), which slows every figure of such a run.
 
 A process that exits inside the phase takes its CPU with it (the kernel
 folds it into a parent that is not watched): PostgreSQL backends come from
@@ -88,6 +91,13 @@ class Usage:
     busiest_thread: dict[str, float]
     wall: float
     lost: int  # processes that exited inside the phase (their CPU is not counted)
+    # Share of the machine's CPU time the hypervisor gave to other guests in
+    # the phase (/proc/stat steal): a run with much of it measured a slower
+    # machine, in latency and in CPU per operation alike.
+    steal: float = 0.0
+
+    def _steal(self) -> str:
+        return f"; hypervisor steal {self.steal:.0%} of the cores' time"
 
     def _by_use(self) -> list[tuple[str, float]]:
         return sorted(self.seconds.items(), key=lambda kv: -kv[1])
@@ -100,12 +110,12 @@ class Usage:
         busy = total / self.wall / cores if self.wall > 0 else 0.0
         lost = f"; {self.lost} process(es) exited inside the phase, not counted" if self.lost else ""
         return (f"CPU per {what}: {parts}; all {total / operations * 1000:.2f} ms "
-                f"({busy:.0%} of {cores} cores over {self.wall:.1f} s){lost}")
+                f"({busy:.0%} of {cores} cores over {self.wall:.1f} s){self._steal()}{lost}")
 
     def per_second_line(self) -> str:
         """E.g. "records 2.1%, kafka 3.0%, ... of a core; all 9.5% over 5.0 s"."""
         parts = ", ".join(f"{name} {s / self.wall:.1%}" for name, s in self._by_use())
-        return f"{parts} of a core; all {sum(self.seconds.values()) / self.wall:.1%} over {self.wall:.1f} s"
+        return f"{parts} of a core; all {sum(self.seconds.values()) / self.wall:.1%} over {self.wall:.1f} s{self._steal()}"
 
     def busiest_line(self, *names: str) -> str:
         """How busy each named part's busiest thread was (a Python service's
@@ -121,6 +131,7 @@ class CpuMeter:
         self.parts = dict(parts)
         self._before: dict[str, dict[int, Sample]] = {}
         self._started = 0.0
+        self._machine_before: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def for_stack(cls, services: Mapping[str, Iterable[int]]) -> CpuMeter:
@@ -141,11 +152,14 @@ class CpuMeter:
 
     def start(self) -> None:
         self._before = self._snapshot()
+        self._machine_before = _machine_times()
         self._started = time.monotonic()
 
     def stop(self) -> Usage:
         wall = time.monotonic() - self._started
         after = self._snapshot()
+        (stolen, total), (stolen_before, total_before) = _machine_times(), self._machine_before
+        steal = (stolen - stolen_before) / (total - total_before) if total > total_before else 0.0
         seconds: dict[str, float] = {}
         busiest: dict[str, float] = {}
         lost = 0
@@ -155,4 +169,12 @@ class CpuMeter:
             busiest[name] = max((used - before[pid].threads.get(tid, 0.0) if pid in before else used
                                  for pid, s in now.items() for tid, used in s.threads.items()), default=0.0)
             lost += sum(1 for pid in before if pid not in now)
-        return Usage(seconds, busiest, wall, lost)
+        return Usage(seconds, busiest, wall, lost, steal)
+
+
+def _machine_times() -> tuple[float, float]:
+    """(stolen, all) CPU seconds of the machine so far; guest time is already
+    counted in user time, so it is left out of the sum."""
+    times = psutil.cpu_times()
+    every = sum(v for k, v in times._asdict().items() if k not in ("guest", "guest_nice"))
+    return getattr(times, "steal", 0.0), every
