@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent, event_type_of
+from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.kafka import make_consumer
 from medledger.runtime.metrics import ConsumerLag
@@ -186,10 +186,10 @@ class PositionedConsumer:
         is verified like any other, and an ignored one changes nothing), and
         the ledger, which verifies every record, is where forgeries are
         reported (ledger.rejected)."""
-        if types is not None:
-            deliveries = [d for d in deliveries if event_type_of(d.value) in types]
         opened: list[Opened] = []
-        for d, env in zip(deliveries, verifier.open_batch([(d.topic, d.value) for d in deliveries]), strict=True):
+        for d, env in zip(deliveries, verifier.open_batch([(d.topic, d.value) for d in deliveries], types), strict=True):
+            if env is None:
+                continue  # a type this reader ignores
             if isinstance(env, UnauthenticatedEvent):
                 log.warning("ignored an unauthenticated record", extra={
                     "topic": d.topic, "partition": d.partition, "offset": d.offset, "reason": str(env)

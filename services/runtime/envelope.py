@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 import medledger_ed25519
 import nacl.bindings
@@ -184,14 +184,6 @@ def _parsed(value: bytes | None) -> events_pb2.EventEnvelope | UnauthenticatedEv
         return UnauthenticatedEvent(f"not a medledger.v1.EventEnvelope: {exc}")
 
 
-def event_type_of(value: bytes | None) -> str | None:
-    """The event type a record value claims, unverified (None if it is not an
-    envelope): for readers that skip the types they ignore before paying for
-    signatures."""
-    env = _parsed(value)
-    return None if isinstance(env, UnauthenticatedEvent) else env.event_type
-
-
 class EnvelopeVerifier:
     """Decides whether an envelope read from a topic is authentic."""
 
@@ -263,16 +255,21 @@ class EnvelopeVerifier:
         return env
 
     def open_batch(
-        self, records: Sequence[tuple[str, bytes | None]]
-    ) -> list[events_pb2.EventEnvelope | UnauthenticatedEvent]:
+        self, records: Sequence[tuple[str, bytes | None]], types: Collection[str] | None = None
+    ) -> list[events_pb2.EventEnvelope | UnauthenticatedEvent | None]:
         """open() for each (topic, record value), in order, the signatures
         checked in one batch verification (check_batch): the envelope where it
-        may be trusted, else why not."""
-        parsed = [_parsed(value) for _, value in records]
-        to_check = [(topic, env) for (topic, _), env in zip(records, parsed) if not isinstance(env, UnauthenticatedEvent)]
+        may be trusted, else why not. ``types``: only envelopes of these types
+        are checked; any other record (not an envelope included) is None,
+        neither verified nor reported."""
+        parsed: list[events_pb2.EventEnvelope | UnauthenticatedEvent | None] = [_parsed(value) for _, value in records]
+        if types is not None:
+            parsed = [env if isinstance(env, events_pb2.EventEnvelope) and env.event_type in types else None
+                      for env in parsed]
+        to_check = [(topic, env) for (topic, _), env in zip(records, parsed) if isinstance(env, events_pb2.EventEnvelope)]
         problems = iter(self.check_batch(to_check))
         return [
-            env if isinstance(env, UnauthenticatedEvent) else (next(problems) or env)
+            (next(problems) or env) if isinstance(env, events_pb2.EventEnvelope) else env
             for env in parsed
         ]
 

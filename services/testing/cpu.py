@@ -94,7 +94,7 @@ class Usage:
     # Share of the machine's CPU time the hypervisor gave to other guests in
     # the phase (/proc/stat steal): a run with much of it measured a slower
     # machine, in latency and in CPU per operation alike.
-    steal: float = 0.0
+    steal: float
 
     def _steal(self) -> str:
         return f"; hypervisor steal {self.steal:.0%} of the cores' time"

@@ -3,6 +3,7 @@ processes started exactly as operators start them (``medledger serve``)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import fcntl
 import os
@@ -193,6 +194,14 @@ def wait_until(predicate: object, timeout: float, interval: float = 0.1, what: s
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 30, interval: float = 0.05) -> None:
+    """wait_until for a test on the event loop: polls without blocking it."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(interval)
 
 
 @dataclass

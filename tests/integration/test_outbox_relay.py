@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 import asyncpg
 import pytest
@@ -20,7 +20,7 @@ from medledger.runtime.kafka import make_producer
 from medledger.runtime.outbox import Outbox, OutboxRelay
 from medledger.runtime.settings import Topics
 from medledger.testing.ledger import sample_envelope
-from medledger.testing.stack import BOOTSTRAP, PRODUCERS
+from medledger.testing.stack import BOOTSTRAP, PRODUCERS, until
 
 OUTBOX_TABLE = """
 CREATE TABLE outbox (
@@ -72,13 +72,6 @@ async def setting(topics: Topics, database_url: str) -> AsyncIterator[Setting]:
     finally:
         await conn.close()
         await producer.stop()
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
 
 
 async def test_a_lingering_relay_publishes_a_burst_of_commits_once_in_order_and_in_one_round(setting: Setting) -> None:

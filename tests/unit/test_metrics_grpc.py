@@ -7,8 +7,6 @@ or PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 import urllib.request
 from typing import Any, AsyncIterator, Callable, Iterator
 
@@ -20,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from medledger.runtime import metrics
 from medledger.runtime.errors import InvalidArgument, Unauthenticated
 from medledger.runtime.grpc_server import GrpcServer, wrap_handler
-from medledger.testing.stack import free_port
+from medledger.testing.stack import free_port, until
 
 SERVICE = "test.v1.Probe"
 
@@ -95,12 +93,8 @@ async def call(address: str, method: str, request: bytes = b"x") -> grpc.StatusC
     return grpc.StatusCode.OK
 
 
-async def counted(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Waits for the interceptor's bookkeeping, which may trail the reply."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the call was never counted as expected"
-        await asyncio.sleep(0.01)
+async def counted(condition: Callable[[], bool]) -> None:
+    await until(condition, "the call was never counted as expected", timeout=5, interval=0.01)
 
 
 async def test_calls_are_counted_and_timed_by_method_and_status(server: str) -> None:
