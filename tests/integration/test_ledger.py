@@ -105,31 +105,50 @@ async def test_followers_get_entries_as_stored_and_no_checkpoint_before_its_entr
 REPEATED = 2000
 
 
+async def once_consumed(service_env: dict[str, str], records: int, ledger: ServiceProcess) -> tuple[int, int, list[str]]:
+    """Once the ledger has decided on ``records`` Kafka records (its offsets
+    commit with the batch that consumed them): its entries, their distinct
+    event ids, and the reasons of its rejections."""
+    conn = await asyncpg.connect(service_env["MEDLEDGER_LEDGER_DATABASE_URL"])
+    try:
+        deadline = asyncio.get_running_loop().time() + 120
+        while await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets") < records:
+            assert asyncio.get_running_loop().time() < deadline, f"the ledger did not consume them:\n{ledger.log_tail()}"
+            await asyncio.sleep(0.1)
+        count, distinct = await conn.fetchrow("SELECT count(*), count(DISTINCT event_id) FROM entries")
+        reasons = [r["reason"] for r in await conn.fetch("SELECT reason FROM rejected")]
+    finally:
+        await conn.close()
+    return count, distinct, reasons
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["same leader", "after a crash"])
 async def test_events_published_again_after_they_were_sequenced_are_not_sequenced_twice(
-    spawn: Callable[..., ServiceProcess], topics: Topics, service_env: dict[str, str]
+    spawn: Callable[..., ServiceProcess], topics: Topics, service_env: dict[str, str], crash: bool
 ) -> None:
     """A relay that publishes again after a crash repeats events that the
     ledger may have sequenced long before, in an earlier batch: the copies
-    are found in the database and skipped, and the log holds each event once."""
+    are found in the database and skipped, and an old id with new content is
+    rejected, so the log holds each event once. The same after the ledger
+    itself crashed, when the new leader knows the log only from the database."""
     events = sample_events(REPEATED, topics)
     await produce(events)
     ledger_proc = spawn("ledger").wait_serving()
     channel, ledger = stub(ledger_proc.address)
     with channel:
         wait_for_checkpoint(ledger, REPEATED)
-    await produce(events)
-    conn = await asyncpg.connect(service_env["MEDLEDGER_LEDGER_DATABASE_URL"])
-    try:
-        deadline = asyncio.get_running_loop().time() + 120
-        # every copy decided (the offsets commit with the batch that consumed them)
-        while await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets") < 2 * REPEATED:
-            assert asyncio.get_running_loop().time() < deadline, "the ledger did not consume the copies"
-            await asyncio.sleep(0.1)
-        count, distinct = await conn.fetchrow("SELECT count(*), count(DISTINCT event_id) FROM entries")
-        rejected = await conn.fetchval("SELECT count(*) FROM rejected")
-    finally:
-        await conn.close()
-    assert (count, distinct, rejected) == (REPEATED, REPEATED, 0)
+    if crash:
+        ledger_proc.kill()
+        ledger_proc = spawn("ledger").wait_serving()
+    topic, old = events[REPEATED // 2]
+    conflicting = events_pb2.EventEnvelope()
+    conflicting.CopyFrom(old)
+    conflicting.aggregate_id = old.aggregate_id + "-changed"
+    PRODUCERS.signers[conflicting.producer].sign(conflicting)
+    await produce([*events, (topic, conflicting)])
+    count, distinct, reasons = await once_consumed(service_env, 2 * REPEATED + 1, ledger_proc)
+    assert (count, distinct) == (REPEATED, REPEATED)
+    assert len(reasons) == 1 and "different content" in reasons[0]
 
 
 async def test_duplicates_and_malformed_records_are_not_sequenced(
