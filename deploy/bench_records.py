@@ -23,7 +23,11 @@ ports, a throw-away topic prefix and databases; every call goes through
    committed. Sequential, after every write is on the ledger (so every read
    carries a proof). Also the server-side time of the two calls a read makes
    (consent's CheckAccess, the ledger's GetProofBundle), to say which hop
-   makes the tail.
+   makes the tail. --read-rates: one phase per rate; 0 (the default) sends
+   each read as soon as the last is answered, a rate paces the one client, so
+   that the work each read leaves behind (AccessDecided and RecordsDisclosed
+   through two outboxes, the ledger, ledger.entries and two indexes) is done
+   between reads rather than beside the next one.
 3. ListPatientRecords for the patient with 1,000 records: the first page
    (default 50, and 200), by the custodian's practitioner and by the
    consented reader; and paging through all 1,000.
@@ -33,7 +37,7 @@ k8s/base/records.yaml deploys it, and the client spreads calls over them
 round robin. The default is one: on this benchmark's two shared cores a
 second replica only competes with the first (docs/benchmarks.md).
 
-Usage: python deploy/bench_records.py [--rate 200] [--seconds 30] [--alone 200] [--reads 2000] [--lists 300] [--records-replicas 1]
+Usage: python deploy/bench_records.py [--rate 200] [--seconds 30] [--alone 200] [--reads 2000] [--read-rates 0,25] [--lists 300] [--records-replicas 1]
 """
 
 from __future__ import annotations
@@ -176,7 +180,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--reads", type=int, default=2000)
+    parser.add_argument("--reads", type=int, default=2000, help="GetRecord calls in each read phase")
+    parser.add_argument("--read-rates", type=lambda v: [float(r) for r in v.split(",")], default=[0.0],
+                        help="read phases, one per rate (reads/s of the one client; 0: back to back), e.g. 0,25")
     parser.add_argument("--lists", type=int, default=300)
     parser.add_argument("--alone", type=int, default=200, help="sequential writes before the rate phase")
     parser.add_argument("--records-replicas", type=int, default=1,
@@ -277,26 +283,32 @@ async def main() -> None:
             record_ids = [r.record_id for r in reader.records.list(big, purpose=Purpose.TREATMENT, page_size=200)]
             for record_id in record_ids[:50]:  # warm up
                 reader.records.get(record_id, purpose=Purpose.TREATMENT)
-            read_ms: list[float] = []
-            proved = 0
-            server = ServerTime(replicas, "GetRecord")
-            hops = {"consent CheckAccess": ServerTime([consent], "CheckAccess"),
-                    "ledger GetProofBundle": ServerTime([ledger], "GetProofBundle")}
-            cpu.start()
-            for i in range(args.reads):
-                record_id = record_ids[i % len(record_ids)]
-                began = time.perf_counter()
-                reply = reader.records.get(record_id, purpose=Purpose.TREATMENT, organization_id=org_b.identity_id)
-                read_ms.append((time.perf_counter() - began) * 1000)
-                proved += reply.proof_status == records_pb2.PROOF_INCLUDED
-            print(f"GetRecord under consent (CheckAccess + decrypt + proof bundle + RecordsDisclosed), 1 client, "
-                  f"sequential: {summary(read_ms)}; {proved:,} of {len(read_ms):,} with a proof; target p99 <= 10 ms", flush=True)
-            print(f"  {server.since()}", flush=True)
-            for hop, timer in hops.items():  # the two calls a read makes, each in its own server
-                print(f"  {hop}, {timer.since()}", flush=True)
-            usage = cpu.stop()
-            print(f"  {usage.per_op_line(len(read_ms), 'read')}; {usage.busiest_line('records', 'consent', 'ledger')}",
-                  flush=True)
+            for read_rate in args.read_rates:
+                read_ms: list[float] = []
+                proved = 0
+                server = ServerTime(replicas, "GetRecord")
+                hops = {"consent CheckAccess": ServerTime([consent], "CheckAccess"),
+                        "ledger GetProofBundle": ServerTime([ledger], "GetProofBundle")}
+                cpu.start()
+                paced_from = time.perf_counter()
+                for i in range(args.reads):
+                    if read_rate:  # one client, each read due at i / rate (a late one goes at once)
+                        time.sleep(max(0.0, paced_from + i / read_rate - time.perf_counter()))
+                    record_id = record_ids[i % len(record_ids)]
+                    began = time.perf_counter()
+                    reply = reader.records.get(record_id, purpose=Purpose.TREATMENT, organization_id=org_b.identity_id)
+                    read_ms.append((time.perf_counter() - began) * 1000)
+                    proved += reply.proof_status == records_pb2.PROOF_INCLUDED
+                pace = f"one read every {1000 / read_rate:.0f} ms ({read_rate:g}/s)" if read_rate else "back to back"
+                print(f"GetRecord under consent (CheckAccess + decrypt + proof bundle + RecordsDisclosed), 1 client, "
+                      f"{pace}: {summary(read_ms)}; {proved:,} of {len(read_ms):,} with a proof; target p99 <= 10 ms",
+                      flush=True)
+                print(f"  {server.since()}", flush=True)
+                for hop, timer in hops.items():  # the two calls a read makes, each in its own server
+                    print(f"  {hop}, {timer.since()}", flush=True)
+                usage = cpu.stop()
+                print(f"  {usage.per_op_line(len(read_ms), 'read')}; "
+                      f"{usage.busiest_line('records', 'consent', 'ledger')}", flush=True)
 
             # -- 3. lists of the patient with 1,000 records
             for who, client, purpose in (("custodian's practitioner", writer, Purpose.TREATMENT),
