@@ -21,7 +21,7 @@ from medledger.v1 import identity_pb2
 from medledger.runtime.settings import Topics
 from medledger.testing.consent import read_topic
 from medledger.testing.identity import IdentityHarness, Party, acceptance, generate_key, identity_env, raw_public
-from medledger.testing.stack import ServiceProcess, wait_until
+from medledger.testing.stack import ServiceProcess
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -24,7 +24,7 @@ from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2, ledger_pb2
 from medledger.testing.ledger import audit, consume_all, produce, produce_raw, sample_events, stub, wait_for_checkpoint
 from medledger.testing.identity import IdentityHarness
-from medledger.testing.stack import PRODUCERS, ServiceProcess, wait_until
+from medledger.testing.stack import PRODUCERS, ServiceProcess
 
 Metadata = tuple[tuple[str, str], ...]
 
