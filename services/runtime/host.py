@@ -32,6 +32,9 @@ from medledger.runtime.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
+# How often health is probed while the service is not serving (see ServiceHost._monitor).
+UNREADY_PROBE_INTERVAL_S = 0.1
+
 
 @dataclass
 class ServiceContext:
@@ -119,8 +122,13 @@ class ServiceHost:
                 self.serving = serving
                 assert self.grpc is not None
                 await self.grpc.set_serving(serving)
+            # Not serving yet (starting, or a dependency was lost): look again
+            # soon, so readiness is reported within a tenth of a second of being
+            # true, not up to a whole interval later. A refused connection
+            # answers at once, so the faster probe costs next to nothing.
+            interval = self.monitor_interval if serving else min(self.monitor_interval, UNREADY_PROBE_INTERVAL_S)
             try:
-                await asyncio.wait_for(self.stop_event.wait(), self.monitor_interval)
+                await asyncio.wait_for(self.stop_event.wait(), interval)
             except asyncio.TimeoutError:
                 pass
 

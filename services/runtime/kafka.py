@@ -179,8 +179,8 @@ def make_consumer(bootstrap: str, *topics: str, group_id: str | None, **override
 
 
 async def kafka_reachable(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when the first bootstrap broker accepts a TCP connection and answers
-    a metadata request in time. Used by health checks; never raises."""
+    """True when the first bootstrap broker accepts a TCP connection in time.
+    Used by health checks; never raises."""
     client_host, _, client_port = bootstrap.split(",")[0].rpartition(":")
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(client_host, int(client_port)), timeout)

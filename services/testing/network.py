@@ -25,7 +25,7 @@ import medledger.v1
 from medledger.testing.consent import consent_env
 from medledger.testing.identity import IdentityHarness, Party
 from medledger.testing.records import records_env
-from medledger.testing.stack import ServiceProcess
+from medledger.testing.stack import ServiceProcess, all_serving
 
 # The columns of the README's authorization matrix, as ``Caller.role`` names them.
 ROLES = ("PATIENT", "PRACTITIONER", "ORGANIZATION", "NETWORK_AUDITOR", "ORGANIZATION_AUDITOR", "SERVICE")
@@ -82,9 +82,10 @@ def served_services(address: str) -> list[str]:
 def start_network(
     identity: IdentityHarness, spawn: Callable[..., ServiceProcess], service_env: dict[str, str], tmp_path: Path
 ) -> Network:
-    consent = spawn("consent", **consent_env(identity, tmp_path)).wait_serving()
-    ledger = spawn("ledger").wait_serving()
-    records = spawn("records", **records_env(identity, tmp_path, service_env)).wait_serving()
+    consent = spawn("consent", **consent_env(identity, tmp_path))
+    ledger = spawn("ledger")
+    records = spawn("records", **records_env(identity, tmp_path, service_env))
+    all_serving(consent, ledger, records)
     processes = {"consent": consent, "ledger": ledger, "records": records}
     hospital = identity.organization()
     parties = {

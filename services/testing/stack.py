@@ -250,7 +250,7 @@ class ServiceProcess:
             return health_status(self.address) == "SERVING"
 
         try:
-            wait_until(serving, timeout, 0.2, f"{self.name} SERVING")
+            wait_until(serving, timeout, 0.05, f"{self.name} SERVING")
         except AssertionError:
             raise AssertionError(f"{self.name} not SERVING:\n{self.log_tail()}") from None
         return self
@@ -277,3 +277,11 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode if self.proc else None
+
+
+def all_serving(*processes: ServiceProcess, timeout: float = 60) -> None:
+    """Wait for services started together: they boot side by side (imports,
+    migrations, catching up), so a stack is ready in the time of its slowest
+    service rather than the sum of all."""
+    for process in processes:
+        process.wait_serving(timeout)

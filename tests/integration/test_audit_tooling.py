@@ -38,7 +38,7 @@ from medledger.testing.consent import consent_env
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.ledger import tamper_stored_hash
 from medledger.testing.records import records_env
-from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, free_port, service_environment, unique
+from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, all_serving, free_port, service_environment, unique
 from medledger.v1 import consent_pb2, events_pb2, ledger_pb2
 
 ORIGIN = "audit-test.medledger.local/ledger"
@@ -64,9 +64,10 @@ async def audited(stack: None, producer_env: dict[str, str], tmp_path_factory: p
     try:
         identity = s.spawn("identity").wait_serving()
         s.identity = IdentityHarness(identity.address, operator_key, identity, env)
-        consent = s.spawn("consent", **consent_env(s.identity, run_dir)).wait_serving()
-        ledger = s.spawn("ledger").wait_serving()
-        records = s.spawn("records", **records_env(s.identity, run_dir, env)).wait_serving()
+        consent = s.spawn("consent", **consent_env(s.identity, run_dir))
+        ledger = s.spawn("ledger")
+        records = s.spawn("records", **records_env(s.identity, run_dir, env))
+        all_serving(consent, ledger, records)
         build_history(s, consent, records, ledger)
         s.auditor_token()  # the auditor is registered now, so its registration is in the log under audit
         s.size = await wait_sequenced(s, ledger.address)

@@ -11,7 +11,7 @@ import pytest
 
 from medledger.runtime.settings import Topics
 from medledger.testing.ledger import audit, produce, sample_events, stub, wait_for_checkpoint
-from medledger.testing.stack import ROOT, ServiceProcess, health_status, wait_until
+from medledger.testing.stack import ROOT, ServiceProcess, all_serving, health_status, wait_until
 
 pytestmark = pytest.mark.disruptive
 
@@ -28,8 +28,8 @@ def _run(*args: str) -> None:
 async def test_services_report_not_serving_and_recover(
     script: str, spawn: Callable[..., ServiceProcess], topics: Topics, auditor_metadata: tuple[tuple[str, str], ...]
 ) -> None:
-    ledger = spawn("ledger").wait_serving()
-    records = spawn("records").wait_serving()
+    ledger, records = spawn("ledger"), spawn("records")
+    all_serving(ledger, records)
     events = sample_events(60, topics)
     await produce(events[:30])
     channel, ledger_stub = stub(ledger.address)

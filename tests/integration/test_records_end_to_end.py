@@ -37,7 +37,7 @@ from medledger.testing.consent import consent_env
 from medledger.testing.identity import IdentityHarness, Party
 from medledger.testing.records import observation, records_env
 from medledger.testing.ledger import audit, consume_all, stub as ledger_stub, wait_for_checkpoint
-from medledger.testing.stack import PRODUCERS, ServiceProcess, wait_until
+from medledger.testing.stack import PRODUCERS, ServiceProcess, all_serving, wait_until
 from medledger.v1 import consent_pb2, events_pb2, records_pb2
 
 GIVEN, FAMILY, BIRTH_DATE = "Wilhelmina", "Quackenbush-Oyelaran", "1957-03-14"
@@ -64,9 +64,10 @@ def stack(
     identity_service: IdentityHarness, spawn: Callable[..., ServiceProcess], service_env: dict[str, str],
     topics: Topics, tmp_path: Path,
 ) -> Iterator[Stack]:
-    consent = spawn("consent", **consent_env(identity_service, tmp_path)).wait_serving()
-    ledger = spawn("ledger").wait_serving()
-    records = spawn("records", **records_env(identity_service, tmp_path, service_env)).wait_serving()
+    consent = spawn("consent", **consent_env(identity_service, tmp_path))
+    ledger = spawn("ledger")
+    records = spawn("records", **records_env(identity_service, tmp_path, service_env))
+    all_serving(consent, ledger, records)
     # Pinned out of band: the ledger's verifier key from the operator's key
     # file, the producers' keys from the deployment's pinned file.
     checkpoint_key = NoteSigner.from_signer_key(Path(service_env["MEDLEDGER_LEDGER_SIGNING_KEY_FILE"]).read_text())

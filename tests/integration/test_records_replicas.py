@@ -20,7 +20,7 @@ from medledger.testing.consent import consent_env, read_topic
 from medledger.testing.identity import IdentityHarness
 from medledger.testing.metrics import scrape, value
 from medledger.testing.records import observation, records_env
-from medledger.testing.stack import ServiceProcess, free_port, wait_until
+from medledger.testing.stack import ServiceProcess, all_serving, free_port, wait_until
 from medledger.runtime.settings import Topics
 from medledger.v1 import records_pb2
 
@@ -39,11 +39,11 @@ async def test_two_replicas_share_the_writes_and_the_survivor_publishes_every_on
     identity_service: IdentityHarness, spawn: Callable[..., ServiceProcess], service_env: dict[str, str],
     topics: Topics, tmp_path: Path,
 ) -> None:
-    consent = spawn("consent", **consent_env(identity_service, tmp_path)).wait_serving()
-    ledger = spawn("ledger").wait_serving()
+    consent = spawn("consent", **consent_env(identity_service, tmp_path))
+    ledger = spawn("ledger")
     shared = records_env(identity_service, tmp_path, service_env)  # one service identity and key-encryption key
-    replicas = [spawn("records", **shared).wait_serving(),
-                spawn("records", MEDLEDGER_RECORDS_PORT=str(free_port()), **shared).wait_serving()]
+    replicas = [spawn("records", **shared), spawn("records", MEDLEDGER_RECORDS_PORT=str(free_port()), **shared)]
+    all_serving(consent, ledger, *replicas)
     wait_until(lambda: sum(publishes(r) for r in replicas) == 1, 30, what="one replica's relay leading")
     leader = next(r for r in replicas if publishes(r))
     survivor = next(r for r in replicas if r is not leader)

@@ -32,7 +32,7 @@ from medledger.testing.consent import consent_env, grant_request, payloads, read
 from medledger.testing.identity import IdentityHarness, Party, generate_key, raw_public
 from medledger.testing.ledger import consume_all, produce_raw
 from medledger.testing.records import amend_request, create_request, erasure_request, observation, records_env
-from medledger.testing.stack import PRODUCERS, ServiceProcess, wait_until
+from medledger.testing.stack import PRODUCERS, ServiceProcess, all_serving, wait_until
 from medledger.testing.rpc import code_of
 from medledger.v1 import consent_pb2 as cpb
 from medledger.v1 import consent_pb2_grpc, events_pb2, identity_pb2, ledger_pb2, ledger_pb2_grpc
@@ -104,9 +104,10 @@ def world(
     identity_service: IdentityHarness, spawn: Callable[..., ServiceProcess], service_env: dict[str, str],
     topics: Topics, tmp_path: Path,
 ) -> Iterator[World]:
-    consent = spawn("consent", **consent_env(identity_service, tmp_path)).wait_serving()
-    ledger = spawn("ledger").wait_serving()
-    records = spawn("records", **records_env(identity_service, tmp_path, service_env)).wait_serving()
+    consent = spawn("consent", **consent_env(identity_service, tmp_path))
+    ledger = spawn("ledger")
+    records = spawn("records", **records_env(identity_service, tmp_path, service_env))
+    all_serving(consent, ledger, records)
     ledger_key = NoteSigner.from_signer_key(Path(service_env["MEDLEDGER_LEDGER_SIGNING_KEY_FILE"]).read_text())
     org_a, org_b = identity_service.organization(), identity_service.organization()
     demographics = identity_pb2.Demographics(given_name=GIVEN, family_name=FAMILY, birth_date=BIRTH_DATE)

@@ -15,7 +15,7 @@ from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import consent_pb2_grpc, identity_pb2, ledger_pb2, ledger_pb2_grpc
 from medledger.testing.consent import consent_env
 from medledger.testing.identity import IdentityHarness
-from medledger.testing.stack import ServiceProcess, wait_until
+from medledger.testing.stack import ServiceProcess, all_serving, wait_until
 from medledger.testing.rpc import code_of
 
 pytestmark = pytest.mark.timeout(240)
@@ -28,8 +28,8 @@ def test_services_refuse_other_audiences_and_tokens_revoked_since_issue(
     ids = identity_service
     org = ids.organization()
     doc, patient, auditor = ids.practitioner(org), ids.patient(org), ids.auditor()  # registered by the operator
-    ledger = spawn("ledger").wait_serving()
-    consent = spawn("consent", **consent_env(ids, tmp_path)).wait_serving()
+    ledger, consent = spawn("ledger"), spawn("consent", **consent_env(ids, tmp_path))
+    all_serving(ledger, consent)
     with grpc.insecure_channel(ledger.address) as lc, grpc.insecure_channel(consent.address) as cc:
         entries, decisions = ledger_pb2_grpc.LedgerServiceStub(lc), consent_pb2_grpc.ConsentServiceStub(cc)
 
