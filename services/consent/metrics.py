@@ -96,14 +96,16 @@ class BreakGlassReview(Collector):
     the housekeeping replica. Other replicas export nothing, so a sum over
     replicas counts each access once."""
 
-    def __init__(self, every_s: float = 5.0) -> None:
-        self.every = Every(every_s)
+    def __init__(self) -> None:
+        self.every = Every(5.0)  # until led_by says how often
         self.is_leader: Callable[[], bool] = lambda: False
         self._measured: tuple[int, float | None] | None = None
 
-    def led_by(self, is_leader: Callable[[], bool]) -> None:
-        """Whether this replica does housekeeping (and so measures), read when scraped."""
+    def led_by(self, is_leader: Callable[[], bool], every_s: float) -> None:
+        """Whether this replica does housekeeping (and so measures, at most
+        every every_s), read when scraped."""
         self.is_leader = is_leader
+        self.every = Every(every_s)
         track_leadership("consent housekeeping", is_leader)
 
     async def refresh(self, conn: store.Conn) -> None:

@@ -157,7 +157,7 @@ async def _scenario(network: Network, identity: IdentityHarness) -> None:
                 and value(samples, "medledger_consent_unrecorded_decisions") == 0
                 and value(samples, "medledger_outbox_unpublished_events") == 0)
 
-    wait_until(consent_settled, 30, 0.5, "consent's break-glass review count and its events on Kafka")
+    wait_until(consent_settled, 30, 0.1, "consent's break-glass review count and its events on Kafka")
     # The organization it was made under reviews it: counted by outcome, no longer pending.
     consent_stub.ReviewBreakGlass(
         pb.ReviewBreakGlassRequest(break_glass_id=glass.break_glass_id, outcome=pb.REVIEW_STATUS_APPROVED,
@@ -170,7 +170,7 @@ async def _scenario(network: Network, identity: IdentityHarness) -> None:
         return (value(network.reviewed, "medledger_consent_break_glass_pending_review") == 0
                 and value(network.reviewed, "medledger_outbox_unpublished_events") == 0)
 
-    wait_until(review_settled, 30, 0.5, "consent's break-glass review count after the review")
+    wait_until(review_settled, 30, 0.1, "consent's break-glass review count after the review")
 
     # records: a write and a read under the consent (the read asks consent and records a disclosure)
     network.before["records"] = network.scrape("records")
@@ -195,7 +195,7 @@ async def _scenario(network: Network, identity: IdentityHarness) -> None:
         decided = value(network.scrape("consent"), "medledger_consent_unrecorded_decisions") == 0
         return on_kafka == {network.topics.records_events, network.topics.access_events} and decided
 
-    wait_until(records_published, 30, 0.5, "the records service's events on Kafka")
+    wait_until(records_published, 30, 0.1, "the records service's events on Kafka")
 
     # ledger: everything so far sequenced and checkpointed, then events and one forgery
     sequenced = sequenced_partitions(network.topics)
@@ -223,7 +223,7 @@ async def _scenario(network: Network, identity: IdentityHarness) -> None:
             return time.monotonic() - idle_since[0] >= 0.3
 
         try:
-            wait_until(ledger_settled, 60, 0.5, "the ledger to sequence and checkpoint everything published so far")
+            wait_until(ledger_settled, 60, 0.1, "the ledger to sequence and checkpoint everything published so far")
         except AssertionError:
             shown = [s for s in network.scrape("ledger") if s.name.startswith(("medledger_ledger", "medledger_kafka"))]
             raise AssertionError(f"the ledger did not settle: {shown}") from None
@@ -235,7 +235,7 @@ async def _scenario(network: Network, identity: IdentityHarness) -> None:
         await produce_raw(network.topics.access_events, [b"\xff\x00 not an envelope"])
         end = wait_for_checkpoint(ledger, start + LEDGER_EVENTS).tree_size
         idle_since.clear()
-        wait_until(ledger_settled, 60, 0.5, "the ledger to settle after the new events")
+        wait_until(ledger_settled, 60, 0.1, "the ledger to settle after the new events")
         network.after["ledger"] = network.scrape("ledger")
         network.ledger_size = (start, end)
 
@@ -262,7 +262,7 @@ async def _scenario(network: Network, identity: IdentityHarness) -> None:
         lags = present(network.after["monitor"], "medledger_kafka_consumer_lag_records", reader="access monitor")
         return network.delta("monitor", "medledger_monitor_alerts_total", rule="probing") >= 1 and bool(lags)
 
-    wait_until(monitor_alerted, 60, 0.5, "the monitor's probing alert and its lag in its metrics")
+    wait_until(monitor_alerted, 60, 0.1, "the monitor's probing alert and its lag in its metrics")
 
 
 # ---- counters and histograms move with real calls and events ---------------------------------------

@@ -157,9 +157,9 @@ class Conn:
 
 
 async def test_break_glass_awaiting_review_is_exported_only_by_the_housekeeping_replica() -> None:
-    review = consent_metrics.BreakGlassReview(every_s=0.0)
+    review = consent_metrics.BreakGlassReview()
     role = Role()
-    review.led_by(role)
+    review.led_by(role, every_s=0.0)
     assert list(review.collect()) == []  # nothing measured yet
     role.leading = True
     await review.refresh(Conn(3, time.time() - 90_000))
