@@ -1,7 +1,8 @@
 """`medledger audit ...`: check MedLedger from outside without trusting whoever
 runs it, with nothing but the keys the auditor pinned (the ledger's verifier
 key, the producers' event keys). What each command does is in commands.py;
-the exit codes are in exits.py and in every --help."""
+the exit codes are in exits.py and in every --help. Each command imports its
+implementation when it runs, so `medledger serve` loads no audit code."""
 
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ from typing import Annotated
 
 import typer
 
-from medledger.audit import alerts as alert_listing
-from medledger.audit import commands
 from medledger.audit.exits import HELP as EXIT_CODES
 
 app = typer.Typer(
@@ -87,6 +86,8 @@ def verify(
     signature against the signer's key as of the time, from the identity
     events in the log itself."""
 
+    from medledger.audit import commands
+
     def run() -> int:
         key = commands.pinned_checkpoint_key(verifier_key, verifier_key_file)
         producers = None if hashes_only else commands.pinned_producer_keys(producer_keys_file)
@@ -131,6 +132,8 @@ def disclosures(
     what, purpose) and full access report (every access decision, allowed or
     denied, every break-glass with its review), each line with its ledger
     index, from the index of a verified log."""
+    from medledger.audit import commands
+
     _exit(commands.guarded(lambda: commands.disclosures(index, patient, _when(since), _when(until), format, out)))
 
 
@@ -152,6 +155,8 @@ def prove(
     """Write an offline proof bundle (the entry, its inclusion proof, the signed
     checkpoint and the verifier key's name) as protobuf JSON of
     medledger.v1.ProofBundle, after checking it with the pinned key."""
+
+    from medledger.audit import commands
 
     def run() -> int:
         key = commands.pinned_checkpoint_key(verifier_key, verifier_key_file)
@@ -179,6 +184,8 @@ def verify_proof(
     """Check a proof bundle with no service and no network: the checkpoint's
     signature by the pinned key, the leaf hash of the entry's bytes and its
     inclusion proof up to the signed root."""
+
+    from medledger.audit import commands
 
     def run() -> int:
         key = commands.pinned_checkpoint_key(verifier_key, verifier_key_file)
@@ -217,6 +224,8 @@ def replay(
     """Consume every event topic from offset 0, rebuild each service's
     projection into scratch databases with the services' own code, and report
     every difference from the live databases (exit 1 when any)."""
+    from medledger.audit import commands
+
     _exit(commands.guarded(lambda: commands.replay(
         bootstrap, topic_prefix, producer_keys_file, identity_database_url, consent_database_url, scratch_server,
         keep_scratch, settle_s, json_output, progress, records_database_url,
@@ -243,6 +252,9 @@ def alerts(
     """The access monitor's alerts (snooping, probing, break-glass overuse, unusual
     hours) as sequenced on the ledger, each with its ledger index and the events that
     raised it; each alert's producer signature is checked with the pinned keys."""
+    from medledger.audit import commands
+    from medledger.audit import alerts as alert_listing
+
     _exit(commands.guarded(lambda: alert_listing.list_alerts(
         ledger, token, commands.pinned_producer_keys(producer_keys_file), _when(since), rule, json_output,
     )))
