@@ -57,7 +57,6 @@ from medledger.consent.projection import CONSENT_EVENTS, MalformedEvent, Project
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.consumer import GATHERED_FETCH, WAKE_PER_RECORD, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
-from medledger.runtime.kafka import make_consumer
 from medledger.runtime.log_sync import LogSync, by_partition
 from medledger.runtime.positions import Delivery, Position
 from medledger.runtime.settings import Topics
@@ -131,10 +130,9 @@ class ConsentStream:
     async def run(self) -> None:
         """Read until cancelled or a Kafka error (the caller restarts it).
 
-        The log end is asked through a second client: a broker answers one
-        request per connection at a time, so on the reading connection a
-        ListOffsets would wait behind the long-polling fetch (up to
-        fetch_max_wait_ms) and every probe would look that much older."""
+        The log end is asked through the reader's ends client, beside its
+        long-polling fetch (runtime/consumer.py): on the reading connection
+        every probe would look up to fetch_max_wait_ms older."""
         watched = (self.topics.consent_events, self.topics.identity_events)
         consumer = PositionedConsumer(self.bootstrap, watched, reader="consent projection", **WAKE_PER_RECORD)
         # ledger.entries carries every event of the network, and nothing waits
@@ -144,13 +142,12 @@ class ConsentStream:
         entries = PositionedConsumer(
             self.bootstrap, [self.topics.ledger_entries], reader="consent ledger indices", **GATHERED_FETCH
         )
-        offsets = make_consumer(self.bootstrap, group_id=None)
-        await offsets.start()
         followers: list[asyncio.Task[None]] = []
         try:
             await consumer.start({(tp.topic, tp.partition): at for tp, at in self.log_sync.positions.items()})
             await entries.start(self._entries_read)
             self.log_sync.watch(consumer.partitions)
+            offsets = await consumer.ends_client()
             self.log_sync.attach(offsets)
             followers = [asyncio.create_task(self._probe(offsets)), asyncio.create_task(self._follow(entries))]
             while True:
@@ -168,7 +165,6 @@ class ConsentStream:
             self.log_sync.detach()
             await consumer.stop()
             await entries.stop()
-            await offsets.stop()
 
     async def _read(self, consumer: PositionedConsumer) -> dict[Position, int]:
         """Apply one fetch; where it left off."""

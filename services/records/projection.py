@@ -34,7 +34,6 @@ from google.protobuf.message import Message
 from medledger.records import domain
 from medledger.runtime.consumer import WAKE_PER_RECORD, Opened, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier
-from medledger.runtime.kafka import make_consumer
 from medledger.runtime.log_sync import LogSync, by_partition
 from medledger.runtime.outbox import Conn
 from medledger.runtime.settings import Topics
@@ -239,11 +238,9 @@ class RecordsProjection:
             applied = await stored_positions(conn, self.watched)
         self.log_sync.advanced(by_partition(applied))
         consumer = PositionedConsumer(self.bootstrap, self.watched, reader="records projection", **WAKE_PER_RECORD)
-        offsets = make_consumer(self.bootstrap, group_id=None)  # asks log ends beside the long-polling fetch
-        await offsets.start()
         try:
             await consumer.start(applied)
-            self.log_sync.attach(offsets)
+            self.log_sync.attach(await consumer.ends_client())
             while True:
                 self.log_sync.watch(consumer.partitions)
                 deliveries = await consumer.fetch(timeout_ms=200, max_records=2000)
@@ -260,7 +257,6 @@ class RecordsProjection:
         finally:
             self.log_sync.detach()
             await consumer.stop()
-            await offsets.stop()
 
     async def sync(self, timeout: float) -> None:
         """Wait until every record on the watched topics now is applied;

@@ -14,6 +14,12 @@ adds later is read from offset 0 without a restart.
 Delivered values are raw bytes; :meth:`PositionedConsumer.envelopes` also
 verifies each one (docs/architecture.md, Event signing), so a forged record
 reaches no projection.
+
+Log ends are asked on a connection of their own (:meth:`PositionedConsumer.ends_client`):
+a broker answers one request per connection at a time, and aiokafka keeps a
+fetch long-polling on the reading connection, so a ListOffsets sent there
+waits up to the fetch's ``fetch_max_wait_ms`` (half a second for
+WAKE_PER_RECORD) before the broker even reads it.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class PositionedConsumer:
         self.refresh_partitions_s = refresh_partitions_s
         self.options = options
         self._consumer: AIOKafkaConsumer | None = None
+        self._ends: AIOKafkaConsumer | None = None  # asks log ends; started on first use
         self._admin: AIOKafkaAdminClient | None = None
         self._assigned: frozenset[TopicPartition] = frozenset()
         self._positions: dict[Position, int] = {}
@@ -105,9 +112,12 @@ class PositionedConsumer:
 
     async def stop(self) -> None:
         consumer, admin, self._consumer, self._admin = self._consumer, self._admin, None, None
+        ends, self._ends = self._ends, None
         self._lag.forget()
         if consumer is not None:
             await consumer.stop()
+        if ends is not None:
+            await ends.stop()
         if admin is not None:
             await admin.close()
 
@@ -204,9 +214,25 @@ class PositionedConsumer:
         consumer = self.consumer
         return {(tp.topic, tp.partition): await consumer.position(tp) for tp in self._assigned}
 
+    async def ends_client(self) -> AIOKafkaConsumer:
+        """The client that asks log ends beside the reading connection (see the
+        module's docstring), for readers that ask them themselves (LogSync, a
+        freshness probe). Started on first use, stopped with this consumer."""
+        self.consumer  # DependencyUnavailable unless started
+        if self._ends is None:
+            ends = make_consumer(self.bootstrap, group_id=None)
+            try:
+                await ends.start()
+            except (KafkaError, OSError) as exc:
+                await ends.stop()
+                raise DependencyUnavailable(f"Kafka unavailable: {exc!r}") from exc
+            self._ends = ends
+        return self._ends
+
     async def end_offsets(self, topics: Sequence[str] | None = None) -> dict[TopicPartition, int]:
+        """The log end of each assigned partition (of ``topics`` only, if given), now."""
         wanted = [tp for tp in self._assigned if topics is None or tp.topic in topics]
-        return dict(await self.consumer.end_offsets(wanted))
+        return dict(await (await self.ends_client()).end_offsets(wanted))
 
     async def behind(self, ends: Mapping[TopicPartition, int]) -> bool:
         """Whether some partition's position is still before the given end."""

@@ -9,9 +9,10 @@ reach them, or fails with DependencyUnavailable when it cannot say in time.
 
 The projection owns the reading; this only keeps what sync needs: the
 positions it applied, the partitions it watches and the client that asks
-the log ends. That client is a second consumer beside the reading one: a
-broker answers one request per connection at a time, so on the reading
-connection a ListOffsets would wait behind the long-polling fetch.
+the log ends. That client is the reader's ``PositionedConsumer.ends_client``,
+a second connection beside the reading one: a broker answers one request per
+connection at a time, so on the reading connection a ListOffsets would wait
+behind the long-polling fetch.
 Concurrent commands share one ask (runtime/coalesce.FreshAsk), never one
 begun before they called.
 """
@@ -31,7 +32,7 @@ from medledger.runtime.positions import Position
 
 
 class LogEnds(Protocol):
-    """What asks the log ends: an AIOKafkaConsumer (group_id=None) in service."""
+    """What asks the log ends: a PositionedConsumer's ends client in service."""
 
     async def end_offsets(self, partitions: list[TopicPartition]) -> Mapping[TopicPartition, int]: ...
 

@@ -1,12 +1,13 @@
 """The runtime's PositionedConsumer against the real broker: it resumes at the
-positions its owner stored, picks up partitions added while it runs, and
-hands on only envelopes that verify."""
+positions its owner stored, picks up partitions added while it runs (its log
+ends too), and hands on only envelopes that verify."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from medledger.runtime.consumer import PositionedConsumer
@@ -44,6 +45,7 @@ async def test_resumes_at_stored_positions_and_reads_partitions_added_later(stac
             await consumer.start({(topic, 0): 1})  # the owner stored: next is offset 1
             first = await _read(consumer, 2)
             assert [(d.partition, d.offset, d.value) for d in first] == [(0, 1, b"b"), (0, 2, b"c")]
+            assert await consumer.end_offsets() == {TopicPartition(topic, 0): 3}  # starts the ends client
             admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
             await admin.start()
             try:
@@ -56,6 +58,8 @@ async def test_resumes_at_stored_positions_and_reads_partitions_added_later(stac
             later = await _read(consumer, 2)
             assert sorted((d.partition, d.offset, d.value) for d in later) == [(0, 3, b"d"), (1, 0, b"new")]
             assert await consumer.positions() == {(topic, 0): 4, (topic, 1): 1}
+            # the ends client, started before the partition was added, knows it too
+            assert await consumer.end_offsets() == {TopicPartition(topic, 0): 4, TopicPartition(topic, 1): 1}
     finally:
         await delete_topics(BOOTSTRAP, [topic])
 
