@@ -24,6 +24,7 @@ WAKE_PER_RECORD) before the broker even reads it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class PositionedConsumer:
         self.options = options
         self._consumer: AIOKafkaConsumer | None = None
         self._ends: AIOKafkaConsumer | None = None  # asks log ends; started on first use
+        self._ends_starting = asyncio.Lock()  # two first uses at once start one client
         self._admin: AIOKafkaAdminClient | None = None
         self._assigned: frozenset[TopicPartition] = frozenset()
         self._positions: dict[Position, int] = {}
@@ -219,15 +221,16 @@ class PositionedConsumer:
         module's docstring), for readers that ask them themselves (LogSync, a
         freshness probe). Started on first use, stopped with this consumer."""
         self.consumer  # DependencyUnavailable unless started
-        if self._ends is None:
-            ends = make_consumer(self.bootstrap, group_id=None)
-            try:
-                await ends.start()
-            except (KafkaError, OSError) as exc:
-                await ends.stop()
-                raise DependencyUnavailable(f"Kafka unavailable: {exc!r}") from exc
-            self._ends = ends
-        return self._ends
+        async with self._ends_starting:
+            if self._ends is None:
+                ends = make_consumer(self.bootstrap, group_id=None)
+                try:
+                    await ends.start()
+                except (KafkaError, OSError) as exc:
+                    await ends.stop()
+                    raise DependencyUnavailable(f"Kafka unavailable: {exc!r}") from exc
+                self._ends = ends
+            return self._ends
 
     async def end_offsets(self, topics: Sequence[str] | None = None) -> dict[TopicPartition, int]:
         """The log end of each assigned partition (of ``topics`` only, if given), now."""
