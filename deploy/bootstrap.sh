@@ -19,7 +19,10 @@ if [ ! -f "$stamp" ] || [ "$MEDLEDGER_ROOT/pyproject.toml" -nt "$stamp" ] \
   command -v cargo >/dev/null || die "Rust's cargo is required to build $native (https://rustup.rs, or apt-get install cargo)"
   log "installing MedLedger and its dependencies into the venv (builds native/ed25519-batch with cargo)"
   "$MEDLEDGER_VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
-  "$MEDLEDGER_VENV/bin/pip" install -q --disable-pip-version-check "$native"
+  # cargo's build directory is shared by every checkout on the machine: a fresh
+  # clone recompiles only the crate, not its dependencies (3 s instead of 25-34 s).
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MEDLEDGER_CACHE_DIR/cargo-target}" \
+    "$MEDLEDGER_VENV/bin/pip" install -q --disable-pip-version-check "$native"
   "$MEDLEDGER_VENV/bin/pip" install -q --disable-pip-version-check -e "$MEDLEDGER_ROOT[dev]"
   touch "$stamp"
 fi
