@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from medledger.consent.domain import timestamp as ts
 from medledger.identity import keyfiles
-from medledger.runtime.kafka import make_consumer
+from medledger.runtime.consumer import PositionedConsumer
 from medledger.consent.signing import sign_terms
 from medledger.runtime.envelope import envelope
 from medledger.v1 import consent_pb2 as pb
@@ -121,22 +121,13 @@ def consent_env(identity: "IdentityHarness", directory: Path, **extra: str) -> d
 
 async def read_topic(topic: str) -> list[events_pb2.EventEnvelope]:
     """Every envelope on topic now, all partitions."""
-    consumer = make_consumer(BOOTSTRAP, topic, group_id=None)  # no group: every partition, from the start
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not consumer.assignment():
-            assert time.monotonic() < deadline, f"topic {topic} has no partitions"
-            await asyncio.sleep(0.05)
-        partitions = list(consumer.assignment())
-        ends = await consumer.end_offsets(partitions)
+    async with PositionedConsumer(BOOTSTRAP, [topic]) as consumer:
+        await consumer.start()
+        ends = await consumer.end_offsets()
         out: list[events_pb2.EventEnvelope] = []
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            batch = await consumer.getmany(timeout_ms=1000)
-            out += [events_pb2.EventEnvelope.FromString(r.value) for records in batch.values() for r in records]
+        while await consumer.behind(ends):
+            out += [events_pb2.EventEnvelope.FromString(d.value or b"") for d in await consumer.fetch(timeout_ms=1000)]
         return out
-    finally:
-        await consumer.stop()
 
 
 def payloads(events: Iterable[events_pb2.EventEnvelope], cls: type[M]) -> list[M]:

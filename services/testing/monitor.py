@@ -13,7 +13,7 @@ from google.protobuf.message import Message
 
 from medledger.monitor.observations import partition_of
 from medledger.runtime.envelope import envelope
-from medledger.runtime.kafka import make_consumer
+from medledger.runtime.consumer import PositionedConsumer
 from medledger.runtime.settings import Topics
 from medledger.testing.stack import BOOTSTRAP, PRODUCERS
 from medledger.v1 import consent_pb2, events_pb2, monitor_pb2, records_pb2
@@ -97,24 +97,24 @@ async def read_alerts(
     until ``expected`` distinct alerts are there and ``until(found)`` holds (or
     timeout), then to the topic's end."""
     verifier = PRODUCERS.verifier(topics.prefix)
-    consumer = make_consumer(BOOTSTRAP, topics.access_alerts, group_id=None, isolation_level="read_uncommitted")
-    await consumer.start()
     found: Alerts = []
 
     def done() -> bool:
         return len({e.event_id for _, e in found}) >= expected and (until is None or until(found))
 
-    try:
+    async with PositionedConsumer(BOOTSTRAP, [topics.access_alerts], isolation_level="read_uncommitted") as consumer:
+        await consumer.start()
+
+        async def read() -> None:
+            for d in await consumer.fetch(timeout_ms=500):
+                found.append((d.value or b"", verifier.open(topics.access_alerts, d.value or b"")))
+
         deadline = time.monotonic() + timeout
         while not done() and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                found += [(r.value, verifier.open(topics.access_alerts, r.value)) for r in records]
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                found += [(r.value, verifier.open(topics.access_alerts, r.value)) for r in records]
-    finally:
-        await consumer.stop()
+            await read()
+        ends = await consumer.end_offsets()
+        while await consumer.behind(ends):
+            await read()
     return found
 
 
