@@ -37,7 +37,7 @@ class ConsentMirror:
                 deliveries = await consumer.fetch(timeout_ms=500, max_records=2000)
                 records: list[store.Record] = [
                     (o.delivery.partition, o.delivery.offset, o.envelope)
-                    for o in consumer.envelopes(deliveries, self.verifier)
+                    for o in await consumer.opened(deliveries, self.verifier)
                 ]
                 if records:
                     async with self.pool().acquire() as conn:

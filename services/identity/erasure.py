@@ -54,8 +54,9 @@ class ErasureListener:
                 if not deliveries:
                     continue
                 positions = await consumer.positions()
+                erasures = await consumer.opened(deliveries, self.verifier, types={ERASED})
                 async with self.pool().acquire() as conn, conn.transaction():
-                    for opened in consumer.envelopes(deliveries, self.verifier, types={ERASED}):
+                    for opened in erasures:
                         env, where = opened.envelope, opened.delivery
                         if not await store.mark_applied(conn, env.event_id, where.topic, where.partition, where.offset):
                             continue

@@ -111,7 +111,7 @@ class DisclosureIndexer:
                     continue
                 entries = [d for d in deliveries if d.topic == self.topics.ledger_entries]
                 events = [d for d in deliveries if d.topic != self.topics.ledger_entries]
-                index_rows = [row for o in consumer.envelopes(events, self.verifier)
+                index_rows = [row for o in await consumer.opened(events, self.verifier)
                               if (row := index_row(o.envelope, o.delivery.value or b"")) is not None]
                 indices, versions = ledger_indices(entries, self.topics)
                 async with self.pool().acquire() as conn, conn.transaction():

@@ -245,7 +245,7 @@ class RecordsProjection:
                 self.log_sync.watch(consumer.partitions)
                 deliveries = await consumer.fetch(timeout_ms=200, max_records=2000)
                 positions = await consumer.positions()
-                opened = consumer.envelopes(deliveries, self.verifier)
+                opened = await consumer.opened(deliveries, self.verifier)
                 if deliveries or positions != applied:
                     async with self.pool().acquire() as conn, conn.transaction():
                         await apply_batch(conn, opened, positions)

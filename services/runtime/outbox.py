@@ -340,8 +340,9 @@ class OutboxRelay:
             ends = await consumer.end_offsets()
             while await consumer.behind(ends):
                 records = await consumer.fetch(timeout_ms=1000)
+                verified = await consumer.opened(records, self.verifier)
                 async with conn.transaction():
-                    for opened in consumer.envelopes(records, self.verifier):
+                    for opened in verified:
                         applied += await self._reconcile_one(conn, opened, pending)
         finally:
             await consumer.stop()

@@ -112,7 +112,7 @@ class RevocationFeed:
             await consumer.stop()
 
     async def _apply(self, consumer: PositionedConsumer, deliveries: Sequence[Delivery]) -> None:
-        for opened in consumer.envelopes(deliveries, self.verifier, types=FOLDED_TYPES):
+        for opened in await consumer.opened(deliveries, self.verifier, types=FOLDED_TYPES):
             try:
                 self.revocations.apply(opened.envelope)
             except DecodeError as exc:
