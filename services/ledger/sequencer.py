@@ -40,6 +40,20 @@ Verdict: TypeAlias = "Admitted | Refused"
 Checked: TypeAlias = "tuple[list[SourceRecord], asyncio.Future[list[Verdict]]]"
 
 
+async def join_waiting(first: Checked, checked: asyncio.Queue[Checked]) -> tuple[list[SourceRecord], list[Verdict]]:
+    """The first checked batch joined, in order, with those already waiting
+    behind it: when the loop has fallen behind, one transaction takes them
+    all, since a transaction's fixed cost (the duplicate lookup's round trip,
+    the commit's WAL flush) is most of a small batch's. Only what waits when
+    called is taken, so a steady stream of batches cannot postpone the commit."""
+    waiting = checked.qsize()
+    records, verdicts = first[0], await first[1]
+    for _ in range(waiting):
+        more, more_verdicts = checked.get_nowait()
+        records, verdicts = records + more, verdicts + await more_verdicts
+    return records, verdicts
+
+
 class Sequencer:
     def __init__(
         self,
@@ -64,6 +78,7 @@ class Sequencer:
         self.state: LogState | None = None
         self._last_checkpoint_size = -1
         self._last_checkpoint_at = 0.0
+        self._signing_at = 0.0
         self._verifiers = ThreadPoolExecutor(max(1, settings.verify_threads), thread_name_prefix="verify")
         self.metrics = SequencerMetrics(lambda: self.role == "leader")
 
@@ -114,12 +129,12 @@ class Sequencer:
             await self._checkpoint_if_due(conn, force=True)
             while not stop.is_set():
                 try:
-                    records, verdicts = await asyncio.wait_for(checked.get(), 0.05)
+                    first = await asyncio.wait_for(checked.get(), 0.05)
                 except asyncio.TimeoutError:
                     if reader.done():
                         reader.result()  # the reader failed: let keep_running restart us
                 else:
-                    await self._sequence(conn, records, await verdicts)
+                    await self._sequence(conn, *await join_waiting(first, checked))
                 await self._checkpoint_if_due(conn)
         finally:
             self.role = "stopping"
@@ -158,7 +173,8 @@ class Sequencer:
         if not (plan.entries or plan.rejections or plan.offsets):
             return
         at = datetime.now(timezone.utc)
-        await store.commit_batch(conn, plan, at)
+        checkpoint = self._due_checkpoint()
+        await store.commit_batch(conn, plan, at, checkpoint)
         if self.publisher:
             self.publisher.committed(plan.entries, at, rejections=bool(plan.rejections))
         if self.tile_cache is not None:
@@ -168,27 +184,43 @@ class Sequencer:
             log.warning("rejected records", extra={"count": len(plan.rejections), "first": plan.rejections[0].reason})
         if plan.duplicates:
             log.info("skipped duplicate events", extra={"count": plan.duplicates})
+        if checkpoint:
+            self._checkpointed(checkpoint)
         self._committed()
 
     async def _checkpoint_if_due(self, conn: asyncpg.Connection, force: bool = False) -> None:
+        """A checkpoint of its own, when one is due and no batch carried it
+        (the log went quiet right after a batch, or the first one on leading)."""
+        checkpoint = self._due_checkpoint(force)
+        if checkpoint:
+            await store.insert_checkpoint(conn, checkpoint)
+            self._checkpointed(checkpoint)
+            self._committed()
+
+    def _due_checkpoint(self, force: bool = False) -> store.StoredCheckpoint | None:
+        """The signed checkpoint of the current state, if the log grew and the
+        interval has passed since the last one (or force, with none yet).
+        A batch commits it in its own transaction: it is published the moment
+        its entries are, with no second WAL flush for the checkpoint."""
         assert self.state is not None
         size = self.state.size
         if size <= self._last_checkpoint_size and not (force and self._last_checkpoint_size < 0):
-            return
+            return None
         now = time.monotonic()
         if not force and now - self._last_checkpoint_at < self.settings.checkpoint_interval_s:
-            return
+            return None
+        self._signing_at = now  # the interval runs from here, not from the commit
         root = self.state.tree.root()
-        body = note.checkpoint_body(note.Checkpoint(self.settings.origin, size, root))
-        signed = self.settings.signer.sign(body)
-        signed_at = datetime.now(timezone.utc)
-        await store.insert_checkpoint(conn, store.StoredCheckpoint(size, root, self.state.chain_head, signed, signed_at))
+        signed = self.settings.signer.sign(note.checkpoint_body(note.Checkpoint(self.settings.origin, size, root)))
+        return store.StoredCheckpoint(size, root, self.state.chain_head, signed, datetime.now(timezone.utc))
+
+    def _checkpointed(self, checkpoint: store.StoredCheckpoint) -> None:
+        """A checkpoint is committed: tell the publisher, the metrics and the interval."""
         if self.publisher:
             self.publisher.checkpointed()
-        self.metrics.checkpointed(size, signed_at.timestamp())
-        self._last_checkpoint_size = size
-        self._last_checkpoint_at = now
-        self._committed()
+        self.metrics.checkpointed(checkpoint.tree_size, checkpoint.signed_at.timestamp())
+        self._last_checkpoint_size = checkpoint.tree_size
+        self._last_checkpoint_at = self._signing_at
 
     def _committed(self) -> None:
         if self.publisher:

@@ -141,8 +141,9 @@ async def known_event_ids(conn: Conn, event_ids: Sequence[str]) -> dict[str, byt
     return {r["event_id"]: r["leaf_hash"] for r in rows}
 
 
-async def commit_batch(conn: Conn, plan: BatchPlan, at: datetime) -> None:
-    """Entries, nodes, rejections and offsets of one batch, all or nothing."""
+async def commit_batch(conn: Conn, plan: BatchPlan, at: datetime, checkpoint: StoredCheckpoint | None = None) -> None:
+    """Entries, tiles, rejections and offsets of one batch, and the checkpoint
+    signed over it when one is due, all or nothing."""
     async with conn.transaction():
         if plan.entries:
             await conn.copy_records_to_table(
@@ -179,6 +180,8 @@ async def commit_batch(conn: Conn, plan: BatchPlan, at: datetime) -> None:
                 [p for _, p in keys],
                 [plan.offsets[k] for k in keys],
             )
+        if checkpoint:
+            await insert_checkpoint(conn, checkpoint)
 
 
 async def _write_tiles(conn: Conn, tiles: dict[TileId, bytes]) -> None:

@@ -102,6 +102,54 @@ async def test_followers_get_entries_as_stored_and_no_checkpoint_before_its_entr
             assert at >= appended[size - 1], f"checkpoint {size} was published before entry {size - 1}"
 
 
+WAVES = 12
+
+
+async def test_every_stored_checkpoint_signs_the_root_and_chain_of_the_entries_it_covers(
+    spawn: Callable[..., ServiceProcess], topics: Topics, service_env: dict[str, str]
+) -> None:
+    """A batch commits the checkpoint signed over it in its own transaction,
+    and a quiet log gets one of its own: either way every stored checkpoint,
+    across a crash too, is the pinned key's signature over the root and the
+    hash chain of exactly the entries below its size."""
+    ledger_proc = spawn("ledger").wait_serving()
+    pinned = note.NoteVerifier.from_verifier_key(
+        note.NoteSigner.from_signer_key(Path(ledger_proc.env["MEDLEDGER_LEDGER_SIGNING_KEY_FILE"]).read_text()).verifier_key
+    )
+    events = sample_events(WAVES * 150, topics)
+    channel, ledger = stub(ledger_proc.address)
+    with channel:
+        for wave in range(WAVES):  # waves a checkpoint interval apart: many batches, many checkpoints
+            if wave == WAVES // 2:
+                ledger_proc.kill()
+                ledger_proc = spawn("ledger").wait_serving()
+                channel.close()
+                channel, ledger = stub(ledger_proc.address)
+            await produce(events[wave * 150 : (wave + 1) * 150])
+            await asyncio.sleep(0.15)
+        wait_for_checkpoint(ledger, len(events))
+    channel.close()
+    conn = await asyncpg.connect(service_env["MEDLEDGER_LEDGER_DATABASE_URL"])
+    try:
+        entries = await store.entries_from(conn, 0, len(events) + 1)
+        checkpoints = await store.checkpoints_after(conn, -1, 10_000)
+    finally:
+        await conn.close()
+    assert len(entries) == len(events) and len(checkpoints) >= WAVES
+    roots, chains = {0: merkle.EMPTY_ROOT}, {0: merkle.GENESIS_CHAIN}
+    tree, chain = merkle.CompactRange.empty(), merkle.GENESIS_CHAIN
+    for e in entries:
+        tree.append(e.leaf_hash)
+        chain = merkle.chain_hash(chain, e.leaf_hash)
+        roots[tree.size], chains[tree.size] = tree.root(), chain
+        assert e.chain_hash == chain
+    for cp in checkpoints:
+        signed = note.open_checkpoint(cp.note, pinned)
+        assert (signed.size, signed.root) == (cp.tree_size, cp.root_hash)
+        assert cp.root_hash == roots[cp.tree_size], f"checkpoint {cp.tree_size} signs another root"
+        assert cp.chain_hash == chains[cp.tree_size], f"checkpoint {cp.tree_size} names another chain head"
+
+
 REPEATED = 2000
 
 
