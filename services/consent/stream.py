@@ -47,7 +47,7 @@ import logging
 import math
 import time
 from collections import deque
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -56,7 +56,7 @@ from google.protobuf.message import DecodeError
 from medledger.consent.projection import CONSENT_EVENTS, MalformedEvent, Projection
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.consumer import GATHERED_FETCH, WAKE_PER_RECORD, PositionedConsumer
-from medledger.runtime.envelope import EnvelopeVerifier, UnauthenticatedEvent
+from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.log_sync import LogSync, by_partition
 from medledger.runtime.positions import Delivery, Position
 from medledger.runtime.settings import Topics
@@ -66,6 +66,12 @@ log = logging.getLogger(__name__)
 
 Offsets = Mapping[TopicPartition, int]
 
+
+
+def _skipped(d: Delivery, exc: Exception) -> None:
+    log.warning("skipping a malformed record", extra={
+        "topic": d.topic, "partition": d.partition, "offset": d.offset, "error": str(exc)
+    })
 
 class Freshness:
     """How fresh the projection is: the latest probe time whose observed log
@@ -167,25 +173,25 @@ class ConsentStream:
             await entries.stop()
 
     async def _read(self, consumer: PositionedConsumer) -> dict[Position, int]:
-        """Apply one fetch; where it left off."""
-        self._apply(await consumer.fetch(timeout_ms=200, max_records=5000))
+        """Apply one fetch of consent and identity events, their signatures
+        checked in one batch (an unauthentic record is logged and skipped by
+        the consumer); where it left off."""
+        for opened in await consumer.opened(await consumer.fetch(timeout_ms=200, max_records=5000), self.verifier):
+            try:
+                self.projection.apply(opened.envelope)
+            except (DecodeError, MalformedEvent) as exc:
+                _skipped(opened.delivery, exc)
         return await consumer.positions()
 
     async def _follow(self, entries: PositionedConsumer) -> None:
+        """Index the ledger's entries of consent events as they are sequenced."""
         while True:
-            self._entries_read.update(await self._read(entries))
-
-    def _apply(self, deliveries: Sequence[Delivery]) -> None:
-        for d in deliveries:
-            try:
-                if d.topic == self.topics.ledger_entries:
+            for d in await entries.fetch(timeout_ms=200, max_records=5000):
+                try:
                     self._apply_ledger_entry(events_pb2.LedgerEntry.FromString(d.value or b""))
-                else:
-                    self.projection.apply(self.verifier.open(d.topic, d.value))
-            except (DecodeError, MalformedEvent, UnauthenticatedEvent) as exc:
-                log.warning("skipping a record that is malformed or not authentic", extra={
-                    "topic": d.topic, "partition": d.partition, "offset": d.offset, "error": str(exc)
-                })
+                except DecodeError as exc:
+                    _skipped(d, exc)
+            self._entries_read.update(await entries.positions())
 
     def _apply_ledger_entry(self, entry: events_pb2.LedgerEntry) -> None:
         """Index the ledger's entries of consent events (by source topic when
