@@ -67,11 +67,12 @@ log = logging.getLogger(__name__)
 Offsets = Mapping[TopicPartition, int]
 
 
-
 def _skipped(d: Delivery, exc: Exception) -> None:
+    """A record that verified but does not parse: logged and passed over."""
     log.warning("skipping a malformed record", extra={
         "topic": d.topic, "partition": d.partition, "offset": d.offset, "error": str(exc)
     })
+
 
 class Freshness:
     """How fresh the projection is: the latest probe time whose observed log

@@ -78,7 +78,6 @@ class Sequencer:
         self.state: LogState | None = None
         self._last_checkpoint_size = -1
         self._last_checkpoint_at = 0.0
-        self._signing_at = 0.0
         self._verifiers = ThreadPoolExecutor(max(1, settings.verify_threads), thread_name_prefix="verify")
         self.metrics = SequencerMetrics(lambda: self.role == "leader")
 
@@ -209,18 +208,19 @@ class Sequencer:
         now = time.monotonic()
         if not force and now - self._last_checkpoint_at < self.settings.checkpoint_interval_s:
             return None
-        self._signing_at = now  # the interval runs from here, not from the commit
+        # the interval runs from the signing; if the commit fails, the leader
+        # restarts from the database and at most waits out one interval
+        self._last_checkpoint_at = now
         root = self.state.tree.root()
         signed = self.settings.signer.sign(note.checkpoint_body(note.Checkpoint(self.settings.origin, size, root)))
         return store.StoredCheckpoint(size, root, self.state.chain_head, signed, datetime.now(timezone.utc))
 
     def _checkpointed(self, checkpoint: store.StoredCheckpoint) -> None:
-        """A checkpoint is committed: tell the publisher, the metrics and the interval."""
+        """A checkpoint is committed: tell the publisher and the metrics."""
         if self.publisher:
             self.publisher.checkpointed()
         self.metrics.checkpointed(checkpoint.tree_size, checkpoint.signed_at.timestamp())
         self._last_checkpoint_size = checkpoint.tree_size
-        self._last_checkpoint_at = self._signing_at
 
     def _committed(self) -> None:
         if self.publisher:
