@@ -311,19 +311,20 @@ async def main() -> None:
                       f"{usage.busiest_line('records', 'consent', 'ledger')}", flush=True)
 
             # -- 3. lists of the patient with 1,000 records
-            for who, client, purpose in (("custodian's practitioner", writer, Purpose.TREATMENT),
-                                         ("consented reader", reader, Purpose.TREATMENT)):
-                for size in (0, 200):
-                    server = ServerTime(replicas, "ListPatientRecords")
-                    ms = [timed(lambda: next(iter(client.records.list(big, purpose=purpose, page_size=size))))
-                          for _ in range(args.lists)]
-                    print(f"ListPatientRecords, first page of {size or 50}, {who}, patient with "
-                          f"{big_records:,} records: {summary(ms)}; target p99 <= 100 ms", flush=True)
-                    print(f"  {server.since()}", flush=True)
-            pages = [timed(lambda: sum(1 for _ in reader.records.list(big, purpose=Purpose.TREATMENT, page_size=200)))
-                     for _ in range(max(10, args.lists // 10))]
-            print(f"ListPatientRecords, all {big_records:,} records in pages of 200, consented reader: "
-                  f"{summary(pages)}", flush=True)
+            if args.lists > 0:  # --lists 0: no list phase
+                for who, client, purpose in (("custodian's practitioner", writer, Purpose.TREATMENT),
+                                             ("consented reader", reader, Purpose.TREATMENT)):
+                    for size in (0, 200):
+                        server = ServerTime(replicas, "ListPatientRecords")
+                        ms = [timed(lambda: next(iter(client.records.list(big, purpose=purpose, page_size=size))))
+                              for _ in range(args.lists)]
+                        print(f"ListPatientRecords, first page of {size or 50}, {who}, patient with "
+                              f"{big_records:,} records: {summary(ms)}; target p99 <= 100 ms", flush=True)
+                        print(f"  {server.since()}", flush=True)
+                pages = [timed(lambda: sum(1 for _ in reader.records.list(big, purpose=Purpose.TREATMENT, page_size=200)))
+                         for _ in range(max(10, args.lists // 10))]
+                print(f"ListPatientRecords, all {big_records:,} records in pages of 200, consented reader: "
+                      f"{summary(pages)}", flush=True)
         ledger_channel.close()
         harness.close()
     finally:

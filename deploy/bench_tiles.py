@@ -21,6 +21,10 @@ Side by side (the default):
    broker absorbing ~400,000 events/s takes the cores.
 3. Publish -> signed checkpoint latency at a steady rate (5,000 events/s; target p99 <= 250 ms),
    once the publisher has caught up on ledger.entries after the overload.
+Before each phase (and before Tessera's run) the page cache is written back
+(testing.disk.settle), so no phase absorbs the writeback of the hundreds of MB
+the bursts before it dirtied; --no-settle measures as runs before 2026-12-02
+09:00 UTC did.
 4. Tessera: `cmd/conformance/posix` on a fresh directory, its `internal/hammer`
    writing ~400-byte leaves with --dup_chance=0; entries in its checkpoints per
    second, from the hammer's start to the first checkpoint covering the goal.
@@ -33,7 +37,7 @@ and fsck must fail; the hash is restored.
 Go builds the Tessera tools (module proxy only), cached like the interop
 tests' (tests/interop/tessera.py). Every figure is printed with the command.
 Usage: python deploy/bench_tiles.py [--events N] [--producers 1,2] [--overload-factor F] [--overload-seconds S]
-       [--flood-events N] [--one-send-each] [--producer-nice N]
+       [--flood-events N] [--one-send-each] [--producer-nice N] [--no-settle]
        [--rate R] [--seconds S] [--tessera-leaves N] [--hammer-writers W] [--skip-tessera]
        python deploy/bench_tiles.py --fsck-entries 1000000
 """
@@ -73,6 +77,7 @@ from medledger.runtime.postgres import drop_database  # noqa: E402
 from medledger.runtime.settings import Topics  # noqa: E402
 from medledger.testing.ledger import sample_payload, sample_envelope, stub, tamper_stored_hash  # noqa: E402
 from medledger.testing.cpu import CpuMeter, Usage  # noqa: E402
+from medledger.testing.disk import settle  # noqa: E402
 from medledger.testing.ledger import wait_for_checkpoint  # noqa: E402
 from medledger.testing.metrics import scrape, value  # noqa: E402
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port  # noqa: E402
@@ -241,7 +246,10 @@ class Integration:
         return "\n".join(lines)
 
 
-async def burst(ledger: Ledger, pool: ProducerPool, events: int, processes: int, rate: float | None = None) -> Integration:
+async def burst(ledger: Ledger, pool: ProducerPool, events: int, processes: int, rate: float | None = None,
+                settle_first: bool = True) -> Integration:
+    if settle_first:
+        print(f"  before it: {settle()}", flush=True)
     base = await ledger.size()
     cpu = CpuMeter.for_stack({"ledger": [ledger.proc.proc.pid] if ledger.proc.proc else []})
     batches: list[tuple[float, float]] = []
@@ -394,7 +402,7 @@ async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
         ledger.proc.start().wait_serving(120)
         capacity = 0.0
         for processes in args.producers:
-            r = await burst(ledger, pool, args.events, processes)
+            r = await burst(ledger, pool, args.events, processes, settle_first=args.settle)
             capacity = max(capacity, r.drain)
             print(_integration_line(f"MedLedger end to end, {processes} producer process(es), every signature verified", r),
                   flush=True)
@@ -404,12 +412,12 @@ async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
         # (the rate at which the ledger drained a backlog), long enough to judge.
         rate = args.overload_factor * capacity
         events = int(rate * args.overload_seconds)
-        r = await burst(ledger, pool, events, max(args.producers), rate)
+        r = await burst(ledger, pool, events, max(args.producers), rate, settle_first=args.settle)
         print(_integration_line(f"overload, {max(args.producers)} producer processes offering "
                                 f"{args.overload_factor:g} x {capacity:,.0f}/s", r) + f": {_overload_verdict(r, capacity)}", flush=True)
         print(r.cpu_lines(), flush=True)
         if args.flood_events:
-            r = await burst(ledger, pool, args.flood_events, max(args.producers))
+            r = await burst(ledger, pool, args.flood_events, max(args.producers), settle_first=args.settle)
             print(_integration_line(f"flood, {max(args.producers)} producer processes as fast as Kafka takes them", r)
                   + f": {_overload_verdict(r, capacity)}", flush=True)
             print(r.cpu_lines(), flush=True)
@@ -422,6 +430,8 @@ async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
         await wait_published(ledger.topics.ledger_entries, base)
         print(f"followers: ledger.entries caught up {time.monotonic() - started:.1f}s after the overload's last "
               "checkpoint", flush=True)
+        if args.settle:
+            print(f"before the steady rate: {settle()}", flush=True)
         arrivals: list[tuple[float, int]] = []
         stop = threading.Event()
         watcher = threading.Thread(target=watch_checkpoints, args=(ledger.proc.address, arrivals, stop), daemon=True)
@@ -439,6 +449,8 @@ async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
         await drop_ledger(ledger)
     if args.skip_tessera:
         return
+    if args.settle:
+        print(f"before Tessera: {settle()}", flush=True)
     rate, commands = tessera_run(args.tessera_leaves, args.hammer_writers, ledger.tmp)
     print(f"Tessera {TESSERA_VERSION} POSIX conformance server under its hammer: {rate:,.0f} entries/s into "
           f"checkpoints ({args.tessera_leaves:,} leaves of ~400 bytes, verifies nothing)", flush=True)
@@ -531,6 +543,8 @@ if __name__ == "__main__":
     parser.add_argument("--tessera-leaves", type=int, default=400_000)
     parser.add_argument("--hammer-writers", type=int, default=512)
     parser.add_argument("--skip-tessera", action="store_true")
+    parser.add_argument("--no-settle", dest="settle", action="store_false",
+                        help="do not write back the page cache before each phase (as runs before 2026-12-02 09:00 UTC)")
     parser.add_argument("--producer-nice", type=int, default=0,
                         help="run the producer processes at this niceness (they stand for other machines)")
     parser.add_argument("--one-send-each", action="store_true",
