@@ -21,13 +21,13 @@ Side by side (the default):
    broker absorbing ~400,000 events/s takes the cores.
 3. Publish -> signed checkpoint latency at a steady rate (5,000 events/s; target p99 <= 250 ms),
    once the publisher has caught up on ledger.entries after the overload.
+4. Tessera: `cmd/conformance/posix` on a fresh directory, its `internal/hammer`
+   writing ~400-byte leaves with --dup_chance=0; entries in its checkpoints per
+   second, from the hammer's start to the first checkpoint covering the goal.
 Before each phase (and before Tessera's run) the page cache is written back
 (testing.disk.settle), so no phase absorbs the writeback of the hundreds of MB
 the bursts before it dirtied; --no-settle measures as runs before 2026-12-02
 09:00 UTC did.
-4. Tessera: `cmd/conformance/posix` on a fresh directory, its `internal/hammer`
-   writing ~400-byte leaves with --dup_chance=0; entries in its checkpoints per
-   second, from the hammer's start to the first checkpoint covering the goal.
 
 fsck (--fsck-entries N): N signed events are preloaded into Kafka, a fresh
 ledger sequences them, Tessera's fsck verifies the whole log through the tiles
@@ -246,10 +246,7 @@ class Integration:
         return "\n".join(lines)
 
 
-async def burst(ledger: Ledger, pool: ProducerPool, events: int, processes: int, rate: float | None = None,
-                settle_first: bool = True) -> Integration:
-    if settle_first:
-        print(f"  before it: {settle()}", flush=True)
+async def burst(ledger: Ledger, pool: ProducerPool, events: int, processes: int, rate: float | None = None) -> Integration:
     base = await ledger.size()
     cpu = CpuMeter.for_stack({"ledger": [ledger.proc.proc.pid] if ledger.proc.proc else []})
     batches: list[tuple[float, float]] = []
@@ -397,12 +394,17 @@ def _overload_verdict(r: Integration, capacity: float) -> str:
 
 
 async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
+    def settle_before(phase: str) -> None:
+        if args.settle:
+            print(f"before {phase}: {settle()}", flush=True)
+
     ledger = await start_ledger("bench_tiles")
     try:
         ledger.proc.start().wait_serving(120)
         capacity = 0.0
         for processes in args.producers:
-            r = await burst(ledger, pool, args.events, processes, settle_first=args.settle)
+            settle_before("the next run")
+            r = await burst(ledger, pool, args.events, processes)
             capacity = max(capacity, r.drain)
             print(_integration_line(f"MedLedger end to end, {processes} producer process(es), every signature verified", r),
                   flush=True)
@@ -412,12 +414,14 @@ async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
         # (the rate at which the ledger drained a backlog), long enough to judge.
         rate = args.overload_factor * capacity
         events = int(rate * args.overload_seconds)
-        r = await burst(ledger, pool, events, max(args.producers), rate, settle_first=args.settle)
+        settle_before("the overload")
+        r = await burst(ledger, pool, events, max(args.producers), rate)
         print(_integration_line(f"overload, {max(args.producers)} producer processes offering "
                                 f"{args.overload_factor:g} x {capacity:,.0f}/s", r) + f": {_overload_verdict(r, capacity)}", flush=True)
         print(r.cpu_lines(), flush=True)
         if args.flood_events:
-            r = await burst(ledger, pool, args.flood_events, max(args.producers), settle_first=args.settle)
+            settle_before("the flood")
+            r = await burst(ledger, pool, args.flood_events, max(args.producers))
             print(_integration_line(f"flood, {max(args.producers)} producer processes as fast as Kafka takes them", r)
                   + f": {_overload_verdict(r, capacity)}", flush=True)
             print(r.cpu_lines(), flush=True)
@@ -430,8 +434,7 @@ async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
         await wait_published(ledger.topics.ledger_entries, base)
         print(f"followers: ledger.entries caught up {time.monotonic() - started:.1f}s after the overload's last "
               "checkpoint", flush=True)
-        if args.settle:
-            print(f"before the steady rate: {settle()}", flush=True)
+        settle_before("the steady rate")
         arrivals: list[tuple[float, int]] = []
         stop = threading.Event()
         watcher = threading.Thread(target=watch_checkpoints, args=(ledger.proc.address, arrivals, stop), daemon=True)
@@ -449,8 +452,7 @@ async def side_by_side(args: argparse.Namespace, pool: ProducerPool) -> None:
         await drop_ledger(ledger)
     if args.skip_tessera:
         return
-    if args.settle:
-        print(f"before Tessera: {settle()}", flush=True)
+    settle_before("Tessera")
     rate, commands = tessera_run(args.tessera_leaves, args.hammer_writers, ledger.tmp)
     print(f"Tessera {TESSERA_VERSION} POSIX conformance server under its hammer: {rate:,.0f} entries/s into "
           f"checkpoints ({args.tessera_leaves:,} leaves of ~400 bytes, verifies nothing)", flush=True)
