@@ -22,6 +22,7 @@ if [ -f deploy/bench_consent.py ]; then
   "$py" deploy/bench_consent.py
 fi
 "$py" deploy/bench_metrics.py   # the metrics' own cost, in-process
+"$py" deploy/bench_verify.py    # what a forged record costs a verifier, in-process
 "$py" deploy/bench_records.py
 "$py" deploy/bench_audit.py --events "${BENCH_EVENTS:-1000000}"
 "$py" deploy/bench_disclosures.py --rows "${BENCH_EVENTS:-1000000}"   # records' ListDisclosures index

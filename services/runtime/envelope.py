@@ -22,6 +22,7 @@ import uuid6
 from google.protobuf.message import DecodeError, Message
 
 from medledger.ledger.note import NoteError, NoteSigner, NoteVerifier
+from medledger.runtime.forgeries import invalid_positions
 from medledger.v1 import events_pb2
 
 SIGNED_PREFIX = b"medledger.v1.EventEnvelope/signed\n"
@@ -225,8 +226,7 @@ class EnvelopeVerifier:
         trusted, else why not. Every signature is checked in one batch
         verification, several times cheaper per event than one by one, and
         exact: under ZIP 215 a batch verifies iff each of its signatures does.
-        When the batch fails (a forgery among them), each is checked alone to
-        name the forgeries."""
+        When the batch fails, halving it names the forgeries (forgeries.py)."""
         verdicts: list[UnauthenticatedEvent | None] = []
         signed: list[tuple[int, ProducerKey, bytes, bytes]] = []
         for position, (topic, env) in enumerate(items):
@@ -237,12 +237,12 @@ class EnvelopeVerifier:
                 continue
             verdicts.append(None)
             signed.append((position, key, signed_bytes(env), env.signature))
-        if signed and not medledger_ed25519.verify_batch(
+        forged = invalid_positions(
             [key.public_key for _, key, _, _ in signed], [m for _, _, m, _ in signed], [s for _, _, _, s in signed]
-        ):
-            for position, key, message, signature in signed:
-                if not _verifies(key.public_key, message, signature):
-                    verdicts[position] = UnauthenticatedEvent(f"signature does not verify with {key.key_id}")
+        ) if signed else []
+        for index in forged:
+            position, key = signed[index][0], signed[index][1]
+            verdicts[position] = UnauthenticatedEvent(f"signature does not verify with {key.key_id}")
         return verdicts
 
     def open(self, topic: str, value: bytes | None) -> events_pb2.EventEnvelope:

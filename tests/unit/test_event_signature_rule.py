@@ -18,6 +18,7 @@ from medledger.identity.keyfiles import raw_public_key
 from medledger.ledger import note
 from medledger.ledger.intake import Admitted, Refused, SourceRecord, UNAUTHENTICATED, classify
 from medledger.runtime.envelope import EnvelopeVerifier, envelope, parse_producer_keys, signed_bytes
+from medledger.runtime.forgeries import invalid_positions
 from medledger.testing.producers import TestProducers
 from medledger.v1 import consent_pb2, events_pb2
 
@@ -51,6 +52,37 @@ def test_a_batch_verdict_is_exactly_every_single_verdict(messages: list[bytes], 
     # honest signatures, and these corruptions of them, are judged alike by libsodium
     assert singles == [_libsodium_accepts(k, m, s) for k, m, s in zip(keys, messages, sigs)]
     assert all(singles) == (flip is None)
+
+
+def _signed(count: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    messages = [b"event %d" % i for i in range(count)]
+    keys = [raw_public_key(KEYS[i % len(KEYS)]) for i in range(count)]
+    return keys, messages, [KEYS[i % len(KEYS)].sign(m) for i, m in enumerate(messages)]
+
+
+def _forge(signatures: list[bytes], positions: set[int]) -> list[bytes]:
+    return [bytes([s[0] ^ 1]) + s[1:] if i in positions else s for i, s in enumerate(signatures)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), count=st.integers(min_value=1, max_value=200))
+def test_halving_names_exactly_the_signatures_that_fail_alone(data: st.DataObject, count: int) -> None:
+    """Whatever the forgeries' number and places (none, one, a few, a
+    cluster, all; in batches of one to four chunks), the chunked check finds
+    exactly what checking each alone finds."""
+    forged = data.draw(st.sets(st.integers(min_value=0, max_value=count - 1)))
+    keys, messages, signatures = _signed(count)
+    signatures = _forge(signatures, forged)
+    alone = [i for i in range(count) if not medledger_ed25519.verify(keys[i], messages[i], signatures[i])]
+    assert invalid_positions(keys, messages, signatures) == alone == sorted(forged)
+
+
+def test_a_batch_of_nothing_but_forgeries_is_still_named_whole() -> None:
+    """Once failing chunks outnumber passing ones the rest is checked one by
+    one, not skipped."""
+    keys, messages, signatures = _signed(300)
+    assert invalid_positions(keys, messages, _forge(signatures, set(range(300)))) == list(range(300))
+    assert invalid_positions(keys, messages, signatures) == []
 
 
 def test_a_malformed_batch_is_refused_not_an_error() -> None:
