@@ -10,9 +10,12 @@ Side by side (the default):
    send_batch), while the ledger, verifying every producer signature,
    sequences. The figure: entries in signed checkpoints per second, from the
    producers' start to the signing of the first checkpoint that covers the
-   last event. --one-send-each: the earlier generator, one aiokafka send()
-   per record, which takes about ten times the CPU per record and so, on two
-   cores, a large share of the ledger's CPU.
+   last event. --identity-share F puts that share of the events on
+   identity.events (all MembershipEnded, which every token-revocation feed
+   verifies and folds) and the rest evenly on the other three topics; by
+   default a quarter goes to each. --one-send-each: the earlier generator,
+   one aiokafka send() per record, which takes about ten times the CPU per
+   record and so, on two cores, a large share of the ledger's CPU.
 2. Overload: producers offering --overload-factor (2) times the capacity
    just measured (the fastest backlog drain of step 1) for --overload-seconds
    (10). Integration while they publish is compared with the ledger's
@@ -37,7 +40,7 @@ and fsck must fail; the hash is restored.
 Go builds the Tessera tools (module proxy only), cached like the interop
 tests' (tests/interop/tessera.py). Every figure is printed with the command.
 Usage: python deploy/bench_tiles.py [--events N] [--producers 1,2] [--overload-factor F] [--overload-seconds S]
-       [--flood-events N] [--one-send-each] [--producer-nice N] [--no-settle]
+       [--flood-events N] [--one-send-each] [--producer-nice N] [--no-settle] [--identity-share F]
        [--rate R] [--seconds S] [--tessera-leaves N] [--hammer-writers W] [--skip-tessera]
        python deploy/bench_tiles.py --fsck-entries 1000000
 """
@@ -90,12 +93,28 @@ TESSERA = "github.com/transparency-dev/tessera"
 # ---- events --------------------------------------------------------------------------------------
 
 
+# The share of events on identity.events (all of them MembershipEnded, a type
+# every revocation feed verifies and folds); the rest go evenly to the other
+# three event topics. None: all four topics in turn (a quarter each), the mix
+# of every run before 2026-12-02 12:00 UTC. Set by --identity-share before the
+# producer processes fork.
+IDENTITY_SHARE: float | None = None
+
+
+def _topic_index(i: int) -> int:
+    """Which event topic the i-th event goes to (see IDENTITY_SHARE)."""
+    if IDENTITY_SHARE is None:
+        return i % 4
+    in_thousand = i % 1000
+    return 0 if in_thousand < IDENTITY_SHARE * 1000 else 1 + in_thousand % 3
+
+
 def sized_events(topics: Topics, n: int, offset: int = 0) -> list[tuple[str, bytes, bytes]]:
     """~400-byte signed envelopes of the types each topic allows: production-
     length (UUID) ids, no PHI; signed here, before any timed window."""
     out = []
     for i in range(offset, offset + n):
-        t = i % 4
+        t = _topic_index(i)
         env = sample_envelope(t, i, f"patient-{uuid.UUID(int=i % 5000)}", f"practitioner-{uuid.UUID(int=i % 300 + 1)}")
         if t == 2:  # a RecordCreated's size: the author's 64-byte signature
             env.payload.value = records_pb2.RecordCreated(author_signature=sha256(b"%d" % i).digest() * 2).SerializeToString()
@@ -553,7 +572,11 @@ if __name__ == "__main__":
                         help="the earlier load generator: one aiokafka send() per record, ~10x the CPU per record "
                              "(it cannot pace: its overload run is as fast as Kafka takes them)")
     parser.add_argument("--fsck-entries", type=int, default=0, help="instead: fsck a live ledger of this many entries")
+    parser.add_argument("--identity-share", type=float, default=None,
+                        help="put this share of the events on identity.events and the rest evenly on the other "
+                             "three topics (default: a quarter on each of the four)")
     parsed = parser.parse_args()
+    IDENTITY_SHARE = parsed.identity_share
     producers = ProducerPool(2 if parsed.fsck_entries else max(parsed.producers), parsed.producer_nice,
                              parsed.one_send_each)
     try:
