@@ -33,7 +33,7 @@ unit: venv     ## only the tests that need no broker or database
 	$(PY) -m pytest tests/unit
 
 lint: venv
-	$(VENV)/bin/mypy services
+	$(VENV)/bin/mypy -p medledger  # through .mypy/medledger: pyproject.toml says why
 
 bench: venv    ## benchmarks; prints figures and the command that made them
 	bash deploy/bench.sh

@@ -135,7 +135,7 @@ def verify(request: VerifyRequest) -> int:
     options = pipeline.Options(
         request.verifier, request.origin, request.producers, state,
         inclusion_samples=request.inclusion_samples, patient_sink=writer.add if writer else None,
-        **({"threads": request.threads} if request.threads else {}),
+        threads=request.threads or pipeline.Options.threads,
     )
     try:
         outcome = pipeline.run(source, options, for_stderr(request.progress and not request.json))

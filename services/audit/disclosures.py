@@ -64,7 +64,8 @@ class AccessLine:
 
 
 def _purpose(value: int) -> str:
-    return PURPOSE_CODES.get(value, consent_pb2.Purpose.Name(value) if value in consent_pb2.Purpose.values() else str(value))
+    known = consent_pb2.Purpose.DESCRIPTOR.values_by_number.get(value)
+    return PURPOSE_CODES.get(value, known.name if known else str(value))
 
 
 def _what(category: str, record_ids: Iterable[str]) -> str:
@@ -110,10 +111,11 @@ def line_of(index: int, event: bytes) -> AccessLine | None:
             event_id=env.event_id,
         )
     if env.event_type == BREAK_GLASS_REVIEWED:
-        r = consent_pb2.BreakGlassReviewed.FromString(env.payload.value)
-        outcome = _short_enum(consent_pb2.ReviewStatus.Name(r.outcome), "REVIEW_STATUS_")
-        return AccessLine(index, at, REVIEW, r.reviewer_id, "", "-", basis=r.break_glass_id,
-                          organization=r.organization_id, asked_by=env.actor, event_id=env.event_id, review=outcome)
+        reviewed = consent_pb2.BreakGlassReviewed.FromString(env.payload.value)
+        outcome = _short_enum(consent_pb2.ReviewStatus.Name(reviewed.outcome), "REVIEW_STATUS_")
+        return AccessLine(index, at, REVIEW, reviewed.reviewer_id, "", "-", basis=reviewed.break_glass_id,
+                          organization=reviewed.organization_id, asked_by=env.actor, event_id=env.event_id,
+                          review=outcome)
     return None
 
 

@@ -184,9 +184,10 @@ def _statement(index: int, env: events_pb2.EventEnvelope) -> SignedStatement | N
         appointed = consent_pb2.RepresentativeRegistered.FromString(env.payload.value)
         if not appointed.appointment:
             return None  # appointed by an organization on a legal basis: no patient signature
-        a = consent_pb2.RepresentativeAppointment.FromString(appointed.appointment)
-        return SignedStatement(index, APPOINTMENT_SIGNATURE, f"appointment {a.appointment_id}", a.patient_id,
-                               a.signer_key_id, _utc(a.signed_at), at, APPOINTMENT_CONTEXT + appointed.appointment,
+        appointment = consent_pb2.RepresentativeAppointment.FromString(appointed.appointment)
+        return SignedStatement(index, APPOINTMENT_SIGNATURE, f"appointment {appointment.appointment_id}",
+                               appointment.patient_id, appointment.signer_key_id, _utc(appointment.signed_at), at,
+                               APPOINTMENT_CONTEXT + appointed.appointment,
                                appointed.signature)
     if kind == _ERASED:
         erased = records_pb2.PatientDataErased.FromString(env.payload.value)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from typing import Iterable, cast
 
 from medledger.client.session import Session
 from medledger.consent.domain import timestamp
@@ -32,6 +32,11 @@ class Purpose(enum.IntEnum):
     OPERATIONS = consent_pb2.PURPOSE_OPERATIONS
     RESEARCH = consent_pb2.PURPOSE_RESEARCH
     EMERGENCY = consent_pb2.PURPOSE_EMERGENCY
+
+
+def wire_purpose(purpose: int) -> consent_pb2.Purpose.ValueType:
+    """A purpose (or its number) as consent.proto's fields take it."""
+    return cast("consent_pb2.Purpose.ValueType", int(purpose))
 
 
 class ConsentClient:
@@ -64,7 +69,7 @@ class ConsentClient:
             consent_id=consent_id or str(uuid.uuid4()),
             patient_id=patient_id or self._session.identity_id,
             grantee_id=grantee_id,
-            purposes=[int(p) for p in purposes],
+            purposes=[wire_purpose(p) for p in purposes],
             scope=scope,
             valid_from=timestamp(start),
             valid_until=timestamp(valid_until or start + DEFAULT_VALIDITY),
@@ -110,6 +115,6 @@ class ConsentClient:
     ) -> consent_pb2.AccessDecision:
         """ALLOW or DENY for this session's identity; the decision is on the ledger."""
         request = consent_pb2.CheckAccessRequest(
-            patient_id=patient_id, purpose=int(purpose), category=category, record_id=record_id
+            patient_id=patient_id, purpose=wire_purpose(purpose), category=category, record_id=record_id
         )
         return self._session.call("consent CheckAccess", AUDIENCE, self._stub.CheckAccess, request)

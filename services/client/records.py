@@ -23,17 +23,17 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar, cast
 
 from medledger.client.attestation import (
     attestation_message, canonical, canonical_json, commitment, erasure_message, new_salt,
 )
-from medledger.client.consent import Purpose
+from medledger.client.consent import Purpose, wire_purpose
 from medledger.client.identity import IdentityClient
 from medledger.client.proofs import ProofInvalid, TrustAnchors, VerifiedRecord, verify_record
 from medledger.client.session import Session
 from medledger.consent.domain import timestamp
-from medledger.v1 import records_pb2, records_pb2_grpc
+from medledger.v1 import consent_pb2, records_pb2, records_pb2_grpc
 
 AUDIENCE = ("records", "consent")
 """Records reads ask consent's CheckAccess with the caller's own token, so the
@@ -73,8 +73,8 @@ def _parsed(resource: Resource) -> Mapping[str, Any]:
     return parsed
 
 
-def _purpose(purpose: Purpose | None) -> int:
-    return int(purpose) if purpose is not None else 0
+def _purpose(purpose: Purpose | None) -> consent_pb2.Purpose.ValueType:
+    return wire_purpose(purpose if purpose is not None else consent_pb2.PURPOSE_UNSPECIFIED)
 
 
 class RecordsClient:
@@ -252,7 +252,8 @@ class RecordsClient:
         """Register the SHA-256 of a trial document (the document never leaves
         this process) for a RESEARCH organization."""
         request = records_pb2.RegisterResearchArtifactRequest(
-            trial_id=trial_id, kind=int(kind), sha256=hashlib.sha256(document).digest(), organization_id=organization_id
+            trial_id=trial_id, kind=cast("records_pb2.ResearchArtifactKind.ValueType", int(kind)),
+            sha256=hashlib.sha256(document).digest(), organization_id=organization_id,
         )
         return self._session.call("records RegisterResearchArtifact", AUDIENCE, self._stub.RegisterResearchArtifact, request)
 

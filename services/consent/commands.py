@@ -21,7 +21,7 @@ import asyncio
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Sequence, TypeAlias
 
 import asyncpg
 from google.protobuf.message import Message
@@ -48,6 +48,9 @@ from medledger.runtime.sealing import Sealer
 from medledger.v1 import consent_pb2, events_pb2
 
 SERVICE = "consent"
+# consent.proto numbers, as its fields carry them
+ReviewOutcome: TypeAlias = "consent_pb2.ReviewStatus.ValueType"
+BreakGlassReason: TypeAlias = "consent_pb2.BreakGlassReason.ValueType"
 
 
 def utcnow() -> datetime:
@@ -62,7 +65,7 @@ def actor(caller: Caller) -> Actor:
     return Actor(caller.subject, caller.kind)
 
 
-def outcome_name(outcome: int) -> str:
+def outcome_name(outcome: ReviewOutcome) -> str:
     """A review outcome as the database stores it (APPROVED, INAPPROPRIATE)."""
     return consent_pb2.ReviewStatus.Name(outcome).removeprefix("REVIEW_STATUS_")
 
@@ -207,7 +210,7 @@ class ConsentCommands:
     # ---- break-glass ----
 
     async def invoke_break_glass(
-        self, caller: Caller, patient_id: str, justification: str, organization_id: str, reason: int
+        self, caller: Caller, patient_id: str, justification: str, organization_id: str, reason: BreakGlassReason
     ) -> tuple[BreakGlassRecord, str]:
         """Allowed for an active practitioner with an active membership, a
         reason code and a justification, within the daily limit. The
@@ -247,7 +250,9 @@ class ConsentCommands:
             raise NotFound(f"break-glass {break_glass_id} not found")
         return record
 
-    async def review_break_glass(self, caller: Caller, break_glass_id: str, outcome: int, note: str) -> tuple[BreakGlassRecord, str]:
+    async def review_break_glass(
+        self, caller: Caller, break_glass_id: str, outcome: ReviewOutcome, note: str
+    ) -> tuple[BreakGlassRecord, str]:
         """An auditor or the organization reviews a break-glass once; the note
         goes sealed to the database, its hash to BreakGlassReviewed."""
         text = await self._review_input(break_glass_id, "break_glass_id", outcome, note)
@@ -262,7 +267,7 @@ class ConsentCommands:
         await self._record_reviewed(events, caller, now, keep_note)
         return self._break_glass(break_glass_id), text
 
-    async def _review_input(self, subject_id: str, name: str, outcome: int, note: str) -> str:
+    async def _review_input(self, subject_id: str, name: str, outcome: ReviewOutcome, note: str) -> str:
         """The checked note of a review request, once the projection is at the log end."""
         if not subject_id:
             raise InvalidArgument(f"{name} is required")
@@ -272,7 +277,8 @@ class ConsentCommands:
         return text
 
     async def _insert_review(
-        self, conn: Conn, kind: str, subject_id: str, patient_id: str, outcome: int, caller: Caller, now: datetime, note: str
+        self, conn: Conn, kind: str, subject_id: str, patient_id: str, outcome: ReviewOutcome, caller: Caller,
+        now: datetime, note: str,
     ) -> None:
         try:
             await store.insert_review(
@@ -353,7 +359,7 @@ class ConsentCommands:
         return record
 
     async def review_representation(
-        self, caller: Caller, rid: str, outcome: int, note: str
+        self, caller: Caller, rid: str, outcome: ReviewOutcome, note: str
     ) -> tuple[RepresentationRecord, str]:
         """An auditor reviews an organization's appointment once;
         INAPPROPRIATE ends it in the same transaction."""

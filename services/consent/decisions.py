@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, cast
 
 from medledger.consent.domain import BreakGlassRecord, ConsentRecord, IdentityFacts, PatientState
 from medledger.v1 import consent_pb2 as pb
@@ -40,7 +40,7 @@ class AccessView(Protocol):
 class AccessQuery:
     requester_id: str
     patient_id: str
-    purpose: int
+    purpose: pb.Purpose.ValueType
     category: str = ""
     record_id: str = ""
 
@@ -48,13 +48,13 @@ class AccessQuery:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     allowed: bool
-    reason: int
+    reason: pb.DecisionReason.ValueType
     consent_id: str = ""
     break_glass_id: str = ""
     detail: str = ""
 
     @property
-    def decision(self) -> int:
+    def decision(self) -> pb.Decision.ValueType:
         return pb.DECISION_ALLOW if self.allowed else pb.DECISION_DENY
 
 
@@ -66,7 +66,7 @@ _MISS_ORDER = (
     pb.REASON_PURPOSE_NOT_COVERED,
     pb.REASON_OUT_OF_SCOPE,
 )
-_COVERED = -1
+_COVERED = cast("pb.DecisionReason.ValueType", -1)  # not a reason: the consent covers the query
 _STATUS_MISS = {
     pb.CONSENT_STATUS_REVOKED: pb.REASON_CONSENT_REVOKED,
     pb.CONSENT_STATUS_EXPIRED: pb.REASON_CONSENT_EXPIRED,
@@ -74,11 +74,11 @@ _STATUS_MISS = {
 }
 
 
-def _consent_purpose(purpose: int) -> int:
+def _consent_purpose(purpose: pb.Purpose.ValueType) -> pb.Purpose.ValueType:
     return pb.PURPOSE_TREATMENT if purpose == pb.PURPOSE_EMERGENCY else purpose
 
 
-def miss(consent: ConsentRecord, query: AccessQuery, now: datetime) -> int:
+def miss(consent: ConsentRecord, query: AccessQuery, now: datetime) -> pb.DecisionReason.ValueType:
     """_COVERED, or the reason the consent does not cover the query."""
     status = consent.status(now)
     if status != pb.CONSENT_STATUS_ACTIVE:
@@ -117,7 +117,7 @@ def check_access(view: AccessView, query: AccessQuery, now: datetime) -> Verdict
     if requester is None or not requester.active:
         return Verdict(False, pb.REASON_REQUESTER_NOT_ACTIVE, detail=f"requester {query.requester_id} is not an active identity")
     state = view.patient(query.patient_id) or PatientState(query.patient_id)
-    best: tuple[int, ConsentRecord] | None = None
+    best: tuple[pb.DecisionReason.ValueType, ConsentRecord] | None = None
     for consent, via_organization in _candidates(state, requester):
         reason = miss(consent, query, now)
         if reason == _COVERED:
@@ -149,12 +149,12 @@ class Grantee:
     members: tuple[str, ...]
 
 
-def who_can_access(view: AccessView, patient_id: str, now: datetime) -> dict[int, list[Grantee]]:
+def who_can_access(view: AccessView, patient_id: str, now: datetime) -> dict[pb.Purpose.ValueType, list[Grantee]]:
     """purpose -> the grantees of consents in effect now (organizations with the
     practitioners they cover now). EMERGENCY is not listed: a TREATMENT
     consent covers it, and otherwise only a break-glass does."""
     state = view.patient(patient_id) or PatientState(patient_id)
-    by_purpose: dict[int, list[Grantee]] = {}
+    by_purpose: dict[pb.Purpose.ValueType, list[Grantee]] = {}
     for consent in state.consents.values():
         if consent.status(now) != pb.CONSENT_STATUS_ACTIVE:
             continue

@@ -55,7 +55,7 @@ PURPOSE_NAMES: Mapping[int, str] = MappingProxyType({
 # A consent grants these; EMERGENCY is covered by TREATMENT or by break-glass.
 GRANTABLE_PURPOSES = frozenset({pb.PURPOSE_TREATMENT, pb.PURPOSE_PAYMENT, pb.PURPOSE_OPERATIONS, pb.PURPOSE_RESEARCH})
 
-GRANTEE_KINDS: Mapping[str, int] = MappingProxyType({
+GRANTEE_KINDS: Mapping[str, pb.GranteeKind.ValueType] = MappingProxyType({
     "PRACTITIONER": pb.GRANTEE_KIND_PRACTITIONER,
     "ORGANIZATION": pb.GRANTEE_KIND_ORGANIZATION,
 })
@@ -141,21 +141,21 @@ class ConsentRecord:
     consent_id: str
     patient_id: str
     grantee_id: str
-    grantee_kind: int
-    purposes: frozenset[int]
+    grantee_kind: pb.GranteeKind.ValueType
+    purposes: frozenset[pb.Purpose.ValueType]
     scope: Scope
     valid_from: datetime
     valid_until: datetime
     encoded_terms: bytes
     signature: bytes
-    signer_role: int
+    signer_role: pb.SignerRole.ValueType
     granted_at: datetime
     granted_event_id: str
     revoked_at: datetime | None = None
     revoked_by: str = ""
     expiry_recorded: bool = False
 
-    def status(self, now: datetime) -> int:
+    def status(self, now: datetime) -> pb.ConsentStatus.ValueType:
         if self.revoked_at is not None:
             return pb.CONSENT_STATUS_REVOKED
         if now >= self.valid_until:
@@ -180,7 +180,7 @@ class Actor:
 class Review:
     """Where the review of a break-glass or an appointment stands."""
 
-    status: int
+    status: pb.ReviewStatus.ValueType
     reviewer_id: str = ""
     reviewed_at: datetime | None = None
     note_sha256: bytes = b""
@@ -204,7 +204,7 @@ class BreakGlassRecord:
     invoked_at: datetime
     valid_until: datetime
     event_id: str
-    reason: int = pb.BREAK_GLASS_REASON_UNSPECIFIED
+    reason: pb.BreakGlassReason.ValueType = pb.BREAK_GLASS_REASON_UNSPECIFIED
     review: Review = PENDING_REVIEW
 
     def in_effect(self, now: datetime) -> bool:
@@ -220,7 +220,7 @@ class RepresentationRecord:
     patient_id: str
     representative_id: str
     appointed_by: str
-    legal_basis: int
+    legal_basis: pb.LegalBasis.ValueType
     evidence_sha256: bytes
     appointed_at: datetime
     review: Review
@@ -269,7 +269,7 @@ class Recorded:
     payload: Message
 
 
-def signer_role(terms: pb.ConsentTerms, state: PatientState) -> int:
+def signer_role(terms: pb.ConsentTerms, state: PatientState) -> pb.SignerRole.ValueType:
     """The patient, or a registered representative; PermissionDenied otherwise."""
     if terms.signer_id == terms.patient_id:
         return pb.SIGNER_ROLE_PATIENT
@@ -280,7 +280,7 @@ def signer_role(terms: pb.ConsentTerms, state: PatientState) -> int:
     )
 
 
-def grantee_kind(grantee: IdentityFacts) -> int:
+def grantee_kind(grantee: IdentityFacts) -> pb.GranteeKind.ValueType:
     """A practitioner or an organization that is active."""
     kind = GRANTEE_KINDS.get(grantee.kind)
     if kind is None:
@@ -332,14 +332,14 @@ class InvokeBreakGlass:
     organization_id: str
     justification_sha256: bytes
     valid_until: datetime
-    reason: int
+    reason: pb.BreakGlassReason.ValueType
 
 
 @dataclass(frozen=True, slots=True)
 class ReviewBreakGlass:
     break_glass_id: str
     reviewer: Actor
-    outcome: int
+    outcome: pb.ReviewStatus.ValueType
     note_sha256: bytes
 
 
@@ -353,7 +353,7 @@ class RegisterRepresentative:
     representative: IdentityFacts
     patient: IdentityFacts
     by: str
-    legal_basis: int = pb.LEGAL_BASIS_UNSPECIFIED
+    legal_basis: pb.LegalBasis.ValueType = pb.LEGAL_BASIS_UNSPECIFIED
     evidence_sha256: bytes = b""
     appointment: bytes = b""
     signature: bytes = b""
@@ -374,7 +374,7 @@ class EndRepresentation:
 class ReviewRepresentation:
     representation_id: str
     reviewer: Actor
-    outcome: int
+    outcome: pb.ReviewStatus.ValueType
     note_sha256: bytes
 
 
@@ -411,12 +411,12 @@ def require_break_glass_allowance(invoked_in_last_day: int, daily_limit: int) ->
         )
 
 
-def require_break_glass_reason(reason: int) -> None:
+def require_break_glass_reason(reason: pb.BreakGlassReason.ValueType) -> None:
     if reason not in BREAK_GLASS_REASONS:
         raise InvalidArgument("reason is required: a BreakGlassReason other than UNSPECIFIED")
 
 
-def require_review_outcome(outcome: int) -> None:
+def require_review_outcome(outcome: pb.ReviewStatus.ValueType) -> None:
     if outcome not in REVIEW_OUTCOMES:
         raise InvalidArgument("outcome must be REVIEW_STATUS_APPROVED or REVIEW_STATUS_INAPPROPRIATE")
 

@@ -51,7 +51,9 @@ CONSENTS = Gauge("medledger_consent_projection_consents", "Consents held in this
 
 
 @functools.cache
-def _decisions(purpose: int, decision: int, reason: int) -> Any:
+def _decisions(
+    purpose: pb.Purpose.ValueType, decision: pb.Decision.ValueType, reason: pb.DecisionReason.ValueType
+) -> Any:
     """The counter child for one combination (enum values, so a bounded set)."""
     return DECISIONS.labels(
         pb.Purpose.Name(purpose).removeprefix("PURPOSE_"),
@@ -60,19 +62,19 @@ def _decisions(purpose: int, decision: int, reason: int) -> Any:
     )
 
 
-def decided(purpose: int, verdict: Verdict) -> None:
+def decided(purpose: pb.Purpose.ValueType, verdict: Verdict) -> None:
     _decisions(purpose, verdict.decision, verdict.reason).inc()
 
 
-def break_glass_invoked(reason: int) -> None:
+def break_glass_invoked(reason: pb.BreakGlassReason.ValueType) -> None:
     BREAK_GLASS_INVOKED.labels(pb.BreakGlassReason.Name(reason).removeprefix("BREAK_GLASS_REASON_")).inc()
 
 
-def _review_outcome(outcome: int) -> Any:
+def _review_outcome(outcome: pb.ReviewStatus.ValueType) -> Any:
     return BREAK_GLASS_REVIEWS.labels(pb.ReviewStatus.Name(outcome).removeprefix("REVIEW_STATUS_"))
 
 
-def break_glass_reviewed(outcome: int) -> None:
+def break_glass_reviewed(outcome: pb.ReviewStatus.ValueType) -> None:
     """A review was recorded (a break-glass is reviewed once: a second review is refused)."""
     _review_outcome(outcome).inc()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -21,6 +21,10 @@ CATEGORY_PATTERN = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 MAX_SCOPE_ENTRIES = 1000
 MIN_JUSTIFICATION_CHARS = 10
 MAX_JUSTIFICATION_CHARS = 2000
+# Timestamps every consent's terms must carry.
+_REQUIRED_TIMES: tuple[Literal["valid_from", "valid_until", "signed_at"], ...] = (
+    "valid_from", "valid_until", "signed_at",
+)
 MAX_NOTE_CHARS = 2000
 
 
@@ -103,7 +107,7 @@ def validate_terms(
     if len(set(terms.purposes)) != len(terms.purposes):
         raise InvalidArgument("purposes lists a purpose twice")
     _validate_scope(terms.scope, known_category)
-    for name in ("valid_from", "valid_until", "signed_at"):
+    for name in _REQUIRED_TIMES:
         if not terms.HasField(name):
             raise InvalidArgument(f"{name} is required")
     valid_from, valid_until = utc(terms.valid_from), utc(terms.valid_until)

@@ -54,7 +54,7 @@ def representation_message(record: RepresentationRecord, note: str = "") -> pb.R
     return msg
 
 
-def grantees_message(by_purpose: dict[int, list[Grantee]]) -> list[pb.PurposeGrantees]:
+def grantees_message(by_purpose: dict[pb.Purpose.ValueType, list[Grantee]]) -> list[pb.PurposeGrantees]:
     return [
         pb.PurposeGrantees(purpose=purpose, grantees=[
             pb.EffectiveGrantee(

@@ -25,7 +25,8 @@ PRODUCER = "identity"
 def kind_from_proto(value: int) -> Kind:
     """The domain kind for an IdentityKind number; InvalidArgument for
     IDENTITY_KIND_UNSPECIFIED or a number this server does not know."""
-    name = identity_pb2.IdentityKind.Name(value) if value in identity_pb2.IdentityKind.values() else ""
+    known = identity_pb2.IdentityKind.DESCRIPTOR.values_by_number.get(value)
+    name = known.name if known else ""
     if name not in Kind.__members__:
         raise InvalidArgument(f"kind must be one of {', '.join(Kind.__members__)}, got {value}")
     return Kind(name)
@@ -47,9 +48,8 @@ def utc(ts: Timestamp) -> datetime:
 def reason_from_proto(value: int) -> str:
     """The RevocationReason name, '' for UNSPECIFIED or a number this server
     does not know (the domain refuses '' in commands)."""
-    if value == 0 or value not in identity_pb2.RevocationReason.values():
-        return ""
-    return identity_pb2.RevocationReason.Name(value)
+    known = identity_pb2.RevocationReason.DESCRIPTOR.values_by_number.get(value)
+    return known.name if known and value != 0 else ""
 
 
 def reason_to_proto(reason: str) -> identity_pb2.RevocationReason.ValueType:

@@ -40,7 +40,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from enum import Enum
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Sequence, TypeGuard, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -743,7 +743,7 @@ def check_mrn(kind: Kind, registrar: Identity | None, mrn: str) -> None:
         raise InvalidArgument(f"medical_record_number must be 1-{MAX_MRN} characters")
 
 
-def needs_audit_scope(state: Identity | None) -> bool:
+def needs_audit_scope(state: Identity | None) -> TypeGuard[Identity]:
     """Whether a token for this identity carries an audit scope (auditors)."""
     return state is not None and state.kind is Kind.AUDITOR and bool(state.registered_by)
 

@@ -117,9 +117,10 @@ class Sequencer:
         self.role = "leader"
         log.info("sequencing", extra={"tree_size": self.state.size})
         leading = asyncio.Event()
+        publisher = self.publisher
         followers = (
-            asyncio.create_task(keep_running("publisher", lambda: self.publisher.run(leading), leading))
-            if self.publisher
+            asyncio.create_task(keep_running("publisher", lambda: publisher.run(leading), leading))
+            if publisher
             else None
         )
         checked: asyncio.Queue[Checked] = asyncio.Queue(maxsize=2)

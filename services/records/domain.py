@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypeAlias
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -25,6 +25,9 @@ from medledger.runtime.errors import FailedPrecondition, InvalidArgument, NotFou
 from medledger.runtime.signed import SigningKey
 from medledger.v1 import consent_pb2, records_pb2 as pb
 from medledger.runtime.times import timestamp, utc  # noqa: F401 - part of this core's vocabulary
+
+# A Purpose number, as consent.proto's fields carry it.
+PurposeCode: TypeAlias = "consent_pb2.Purpose.ValueType"
 
 ATTESTATION_PREFIX = b"medledger.v1.RecordAttestation\n"
 ERASURE_PREFIX = b"medledger.v1.ErasureRequest\n"
@@ -154,7 +157,7 @@ class PatientFacts:
 
 @dataclass(frozen=True)
 class WriteGrant:
-    basis: int
+    basis: pb.WriteBasis.ValueType
     consent_id: str = ""
     break_glass_id: str = ""
 
@@ -240,7 +243,7 @@ class Reader:
 
     identity_id: str
     kind: str
-    purpose: int
+    purpose: PurposeCode
     organization_id: str  # as requested; may be empty
     organizations: frozenset[str]  # active memberships (projection)
 
@@ -256,7 +259,9 @@ def check_reader(reader: Reader) -> None:
         raise PermissionDenied(f"the caller has no active membership in organization {reader.organization_id}")
 
 
-def own_basis(reader: Reader, patient_id: str, representatives: frozenset[str], custodian_id: str) -> int | None:
+def own_basis(
+    reader: Reader, patient_id: str, representatives: frozenset[str], custodian_id: str
+) -> pb.DisclosureBasis.ValueType | None:
     """The basis on which the reader may read without asking consent, or None.
     Purpose RESEARCH always needs a consent, even for the custodian."""
     if reader.identity_id == patient_id:
@@ -268,7 +273,7 @@ def own_basis(reader: Reader, patient_id: str, representatives: frozenset[str], 
     return None
 
 
-def disclosed_organization(reader: Reader, basis: int, custodian_id: str) -> str:
+def disclosed_organization(reader: Reader, basis: pb.DisclosureBasis.ValueType, custodian_id: str) -> str:
     """The organization a disclosure names: the one the reader named, else the
     custodian for a custodian read, else the reader's only membership."""
     if basis in (pb.DISCLOSURE_BASIS_PATIENT, pb.DISCLOSURE_BASIS_REPRESENTATIVE) and reader.kind == "PATIENT":
@@ -280,7 +285,7 @@ def disclosed_organization(reader: Reader, basis: int, custodian_id: str) -> str
     return next(iter(reader.organizations)) if len(reader.organizations) == 1 else ""
 
 
-def decision_basis(reason: int) -> int:
+def decision_basis(reason: consent_pb2.DecisionReason.ValueType) -> pb.DisclosureBasis.ValueType:
     """The disclosure basis of a consent service ALLOW."""
     return pb.DISCLOSURE_BASIS_BREAK_GLASS if reason == consent_pb2.REASON_BREAK_GLASS else pb.DISCLOSURE_BASIS_CONSENT
 
@@ -299,7 +304,7 @@ def record_scoped(consents: Iterable[ConsentFact], now: datetime) -> frozenset[s
 class Grounds:
     """Why one or more records were disclosed: one RecordsDisclosed event each."""
 
-    basis: int
+    basis: pb.DisclosureBasis.ValueType
     consent_id: str = ""
     break_glass_id: str = ""
     decision_event_id: str = ""
@@ -359,7 +364,7 @@ NEEDS_PROTOCOL_FIRST = frozenset({pb.ARTIFACT_ANALYSIS_PLAN, pb.ARTIFACT_RESULTS
 MAX_TRIAL_ARTIFACTS = 1000
 
 
-def validate_artifact(trial_id: str, kind: int, sha256: bytes) -> None:
+def validate_artifact(trial_id: str, kind: pb.ResearchArtifactKind.ValueType, sha256: bytes) -> None:
     if not trial_id:
         raise InvalidArgument("trial_id is required")
     if not TRIAL_ID_PATTERN.match(trial_id):
@@ -393,7 +398,7 @@ def research_organization(caller_id: str, caller_kind: str, requested: str, orga
 
 @dataclass(frozen=True)
 class ArtifactEntry:
-    kind: int
+    kind: pb.ResearchArtifactKind.ValueType
     registered_at: datetime
     artifact_id: str = field(default="")
 

@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 import grpc
 
+from medledger.records.domain import PurposeCode
 from medledger.runtime.errors import DependencyUnavailable, NotFound
 from medledger.runtime.grpc_status import error_for
 from medledger.runtime.identity_client import ServiceCredentials
@@ -57,7 +58,7 @@ def forwarded_authorization(metadata: object) -> Metadata:
 
 class AccessGate(Protocol):
     async def check(
-        self, authorization: Metadata, patient_id: str, purpose: int, category: str, record_id: str
+        self, authorization: Metadata, patient_id: str, purpose: PurposeCode, category: str, record_id: str
     ) -> consent_pb2.AccessDecision: ...
 
 
@@ -74,7 +75,7 @@ class ConsentGate:
         return consent_pb2_grpc.ConsentServiceStub(self._channel)
 
     async def check(
-        self, authorization: Metadata, patient_id: str, purpose: int, category: str, record_id: str
+        self, authorization: Metadata, patient_id: str, purpose: PurposeCode, category: str, record_id: str
     ) -> consent_pb2.AccessDecision:
         request = consent_pb2.CheckAccessRequest(
             patient_id=patient_id, purpose=purpose, category=category, record_id=record_id

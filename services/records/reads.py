@@ -23,7 +23,7 @@ import asyncpg
 
 from medledger.records import crypto, domain, store, views
 from medledger.records.crypto import Payload
-from medledger.records.domain import Grounds, Reader, RecordHead
+from medledger.records.domain import Grounds, PurposeCode, Reader, RecordHead
 from medledger.records.peers import AccessGate, Metadata, Prover, discard
 from medledger.records.settings import RecordsSettings
 from medledger.records.store import StoredVersion
@@ -106,7 +106,7 @@ class RecordsReads:
         self.ports = ports
         self.clock = clock
 
-    async def _reader(self, conn: Conn, caller: Caller, purpose: int, organization_id: str) -> Reader:
+    async def _reader(self, conn: Conn, caller: Caller, purpose: PurposeCode, organization_id: str) -> Reader:
         organizations = await store.organizations(conn, caller.subject) if caller.kind == "PRACTITIONER" else frozenset()
         reader = Reader(caller.subject, caller.kind, purpose, organization_id, organizations)
         domain.check_reader(reader)
@@ -157,7 +157,7 @@ class RecordsReads:
 
     # ---- GetRecord / GetRecordHistory ----
 
-    async def _record(self, conn: Conn, caller: Caller, authorization: Metadata, record_id: str, purpose: int,
+    async def _record(self, conn: Conn, caller: Caller, authorization: Metadata, record_id: str, purpose: PurposeCode,
                       organization_id: str) -> tuple[Reader, RecordHead, Authorizer]:
         """The reader, the record's head and who may read it, from one query."""
         facts = await store.read_facts(conn, caller.subject if caller.kind == "PRACTITIONER" else "", record_id)
@@ -169,7 +169,7 @@ class RecordsReads:
                                 domain.record_scoped(facts.consents, self.clock()))
         return reader, facts.head, authorizer
 
-    async def _one(self, caller: Caller, authorization: Metadata, record_id: str, purpose: int,
+    async def _one(self, caller: Caller, authorization: Metadata, record_id: str, purpose: PurposeCode,
                    organization_id: str) -> tuple[Reader, RecordHead, Grounds]:
         async with self.ports.pool().acquire() as conn:
             reader, head, authorizer = await self._record(conn, caller, authorization, record_id, purpose,
@@ -239,7 +239,7 @@ class RecordsReads:
     # ---- ListPatientRecords / ExportPatientRecords ----
 
     async def _readable(
-        self, caller: Caller, authorization: Metadata, patient_id: str, purpose: int, organization_id: str,
+        self, caller: Caller, authorization: Metadata, patient_id: str, purpose: PurposeCode, organization_id: str,
         heads_of: Callable[[Conn], Awaitable[list[RecordHead]]], want: int | None,
     ) -> tuple[Reader, list[tuple[Grounds, RecordHead]], bool]:
         """The reader and up to ``want`` readable records (in the order given),

@@ -15,6 +15,7 @@ from medledger.identity.domain import Key
 from medledger.records import domain
 from medledger.records.domain import BreakGlassFact, ConsentFact, Party, PatientFacts, RecordHead
 from medledger.runtime.outbox import Conn, QueuedEvent
+from medledger.v1 import records_pb2
 
 # ---- facts (projection) -------------------------------------------------------------
 
@@ -66,7 +67,7 @@ _CONSENTS = ("ARRAY(SELECT row(consent_id, grantee_id, purposes::text[], record_
              " FROM consents WHERE patient_id = {})")
 
 
-def _party_of(row: tuple[object, ...] | None, organizations: list[str]) -> Party | None:
+def _party_of(row: tuple[str, str, bool, str, str] | None, organizations: list[str]) -> Party | None:
     if row is None:
         return None
     identity_id, kind, active, registered_by, organization_type = row
@@ -148,7 +149,8 @@ async def read_facts(conn: Conn, reader_id: str, record_id: str) -> ReadFacts:
     head_row = row["head"]
     return ReadFacts(
         frozenset(row["organizations"]),
-        RecordHead(*head_row[:5], head_row[6], head_row[5]) if head_row is not None else None,
+        RecordHead(head_row[0], head_row[1], head_row[2], head_row[3], head_row[4], head_row[6], head_row[5])
+        if head_row is not None else None,
         frozenset(row["representatives"]),
         tuple(_consent(c) for c in row["consents"]),
     )
@@ -390,7 +392,7 @@ async def remember_ledger_indices(conn: Conn, indices: Sequence[tuple[str, int]]
 class StoredArtifact:
     artifact_id: str
     trial_id: str
-    kind: int
+    kind: records_pb2.ResearchArtifactKind.ValueType
     sha256: bytes
     organization_id: str
     registered_by: str

@@ -29,7 +29,7 @@ import logging
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Collection, Mapping, Sequence
+from typing import Collection, Mapping, Sequence, TypedDict
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -48,13 +48,20 @@ log = logging.getLogger(__name__)
 # Fetch options for a reader nothing waits on (docs/architecture.md, Consumers
 # and positions): the broker holds each fetch until 1 MiB or 250 ms have
 # gathered, instead of waking the reader (and its commit) for every record.
-GATHERED_FETCH: dict[str, object] = {"fetch_max_wait_ms": 250, "fetch_min_bytes": 1024 * 1024}
+class FetchOptions(TypedDict):
+    """How long the broker may hold a fetch, and what it waits to gather."""
+
+    fetch_max_wait_ms: int
+    fetch_min_bytes: int
+
+
+GATHERED_FETCH: FetchOptions = {"fetch_max_wait_ms": 250, "fetch_min_bytes": 1024 * 1024}
 # Fetch options for a reader a command waits on (a projection that commands
 # sync() on, a revocation feed): the broker answers as soon as one record
 # lands (fetch.min.bytes 1), so the wait only bounds how often an idle reader
 # asks again. Kafka's own default, 500 ms: each empty answer costs the broker
 # about a millisecond of CPU on a two-core machine (docs/benchmarks.md).
-WAKE_PER_RECORD: dict[str, object] = {"fetch_max_wait_ms": 500, "fetch_min_bytes": 1}
+WAKE_PER_RECORD: FetchOptions = {"fetch_max_wait_ms": 500, "fetch_min_bytes": 1}
 # From this many records a batch's envelopes are opened on a worker thread
 # (``opened``): the native batch check releases the GIL, so the event loop (a
 # service's rpcs, the ledger's sequencing) runs on while thousands of

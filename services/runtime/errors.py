@@ -13,6 +13,10 @@ class MedLedgerError(Exception):
     """Base of every error MedLedger raises on purpose."""
 
     retriable: bool = False
+    # On an error the client library translated from a gRPC status
+    # (client/rpc.py): that status (a grpc.StatusCode) and its details.
+    code: object
+    detail: str
 
 
 class RetriableError(MedLedgerError):

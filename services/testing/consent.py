@@ -34,7 +34,7 @@ def terms(
     *,
     signer_id: str | None = None,
     signer_key_id: str = "key-1",
-    purposes: Iterable[int] = (pb.PURPOSE_TREATMENT,),
+    purposes: Iterable[pb.Purpose.ValueType] = (pb.PURPOSE_TREATMENT,),
     categories: Iterable[str] = (),
     record_ids: Iterable[str] = (),
     valid_from: datetime | None = None,
@@ -74,7 +74,7 @@ def event(payload: Message, aggregate_id: str, at: datetime | None = None, actor
 def granted(
     t: pb.ConsentTerms,
     signature: bytes = b"\x01" * 64,
-    grantee_kind: int = pb.GRANTEE_KIND_PRACTITIONER,
+    grantee_kind: pb.GranteeKind.ValueType = pb.GRANTEE_KIND_PRACTITIONER,
     at: datetime | None = None,
 ) -> events_pb2.EventEnvelope:
     role = pb.SIGNER_ROLE_PATIENT if t.signer_id == t.patient_id else pb.SIGNER_ROLE_REPRESENTATIVE
