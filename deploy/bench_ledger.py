@@ -12,8 +12,13 @@
    client, sequential calls, random indices and sizes).
 4. Ledger RSS at N entries.
 
+--forged-every K: every K-th preloaded event carries a signature its
+producer made over other bytes (well formed, so only the curve arithmetic
+refuses it), as an insider who can write to the topics would send; the run
+stops after the sequencing throughput and RSS, and counts the rejections.
+
 Everything runs on loopback against a throw-away topic prefix and database.
-Usage: python deploy/bench_ledger.py [--events N] [--rate R] [--seconds S] [--sequencing-only]
+Usage: python deploy/bench_ledger.py [--events N] [--rate R] [--seconds S] [--sequencing-only] [--forged-every K]
        [--without-grpc-metrics | --scrape-metrics-every SECONDS]   (the metrics' cost: docs/benchmarks.md)
 """
 
@@ -46,7 +51,7 @@ from medledger.runtime.envelope import envelope
 from medledger.runtime.kafka import delete_topics, ensure_topics, fill_batch, make_producer, topic_specs
 from medledger.runtime.postgres import drop_database
 from medledger.runtime.settings import Topics
-from medledger.v1 import ledger_pb2, ledger_pb2_grpc
+from medledger.v1 import events_pb2, ledger_pb2, ledger_pb2_grpc
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.ledger import sample_envelope
 from medledger.testing.metrics import Scraper, add_metrics_arguments, metrics_env, metrics_note
@@ -58,14 +63,22 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def events_for(topics: Topics, n: int, offset: int = 0) -> list[tuple[str, bytes, bytes]]:
+def events_for(topics: Topics, n: int, offset: int = 0, forged_every: int = 0) -> list[tuple[str, bytes, bytes]]:
     """Realistic-size envelopes (ids, type, timestamps; no PHI) of the types
     each topic allows, signed by the bench's producer keys ahead of the timed
-    window (as Tessera's hammer generates its leaves ahead), pre-serialized."""
+    window (as Tessera's hammer generates its leaves ahead), pre-serialized.
+    forged_every K: every K-th carries its producer's signature of other bytes."""
     out = []
     for i in range(offset, offset + n):
         env = sample_envelope(i % 4, i, f"patient-{i % 5000:05d}", f"practitioner-{i % 300}")
-        out.append((topics.event_topics[i % 4], PRODUCERS.seal(env), env.aggregate_id.encode()))
+        value = PRODUCERS.seal(env)
+        if forged_every and i % forged_every == forged_every - 1:
+            other = events_pb2.EventEnvelope()
+            other.CopyFrom(env)
+            other.actor += " (other bytes)"
+            env.signature = PRODUCERS.signers[env.producer].sign(other).signature
+            value = env.SerializeToString()
+        out.append((topics.event_topics[i % 4], value, env.aggregate_id.encode()))
     return out
 
 
@@ -126,11 +139,12 @@ async def produce_prepared(prepared: Prepared, rate: float | None = None) -> Non
         await producer.stop()
 
 
-async def count_entries(url: str) -> tuple[int, float | None]:
+async def count_entries(url: str) -> tuple[int, int]:
+    """(entries, rejected records) so far."""
     conn = await asyncpg.connect(url)
     try:
-        row = await conn.fetchrow("SELECT count(*) AS n FROM entries")
-        return int(row["n"]), None
+        row = await conn.fetchrow("SELECT (SELECT count(*) FROM entries) AS n, (SELECT count(*) FROM rejected) AS r")
+        return int(row["n"]), int(row["r"])
     finally:
         await conn.close()
 
@@ -233,8 +247,6 @@ async def checkpoint_latencies(
 
 
 def _event_id(value: bytes) -> str:
-    from medledger.v1 import events_pb2
-
     return events_pb2.EventEnvelope.FromString(value).event_id
 
 
@@ -290,6 +302,8 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--proof-calls", type=int, default=2000)
     parser.add_argument("--sequencing-only", action="store_true", help="stop after the sequencing throughput and RSS")
+    parser.add_argument("--forged-every", type=int, default=0,
+                        help="every K-th preloaded event carries a signature of other bytes (implies --sequencing-only)")
     add_metrics_arguments(parser)
     args = parser.parse_args()
     command = "python deploy/bench_ledger.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -306,8 +320,10 @@ async def main() -> None:
     print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine", flush=True)
 
     t = time.monotonic()
-    await produce_all(events_for(topics, args.events))
-    print(f"preloaded {args.events} events into Kafka in {time.monotonic() - t:.1f}s", flush=True)
+    await produce_all(events_for(topics, args.events, forged_every=args.forged_every))
+    forged = args.events // args.forged_every if args.forged_every else 0
+    print(f"preloaded {args.events} events into Kafka in {time.monotonic() - t:.1f}s"
+          + (f", {forged:,} of them forged" if forged else ""), flush=True)
 
     ledger = ServiceProcess("ledger", env, port, tmp / "ledger.log").start()
     try:
@@ -315,8 +331,8 @@ async def main() -> None:
         t = time.monotonic()
         with Scraper([ledger.metrics_url], args.scrape_metrics_every) as scraper:
             while True:
-                n, _ = await count_entries(db)
-                if n >= args.events:
+                n, rejected = await count_entries(db)
+                if n + rejected >= args.events:
                     break
                 if time.monotonic() - t > 1800:
                     raise SystemExit(f"sequencing stalled at {n}")
@@ -324,12 +340,13 @@ async def main() -> None:
         n, span = await sequencing_window(db)
         rate = n / span if span else float("nan")
         print(f"sequencing throughput: {n} events in {span:.2f}s = {rate:,.0f} events/s (target >= 20,000; "
-              f"{metrics_note(args, scraper)})", flush=True)
+              f"{metrics_note(args, scraper)})"
+              + (f"; {rejected:,} forged records rejected beside them" if forged else ""), flush=True)
 
         proc = psutil.Process(ledger.proc.pid)
         rss = proc.memory_info().rss / 2**20
         print(f"ledger RSS at {n:,} entries: {rss:.0f} MB (target <= 300 MB)", flush=True)
-        if args.sequencing_only:
+        if args.sequencing_only or forged:
             return
 
         t = time.monotonic()
