@@ -20,13 +20,10 @@ import sys
 import time
 from typing import Callable
 
+import medledger_ed25519
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import medledger_ed25519  # noqa: E402
-
-from medledger.identity.keyfiles import raw_public_key  # noqa: E402
-from medledger.runtime.forgeries import invalid_positions  # noqa: E402
+from medledger.identity.keyfiles import raw_public_key
+from medledger.runtime.forgeries import invalid_positions
 
 Check = Callable[[list[bytes], list[bytes], list[bytes]], list[int]]
 

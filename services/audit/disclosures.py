@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 
 from medledger.audit.envelopes import ACCESS_DECIDED, BREAK_GLASS_INVOKED, BREAK_GLASS_REVIEWED, RECORDS_DISCLOSED
 from medledger.consent.domain import PURPOSE_CODES, PURPOSE_NAMES, PURPOSE_SYSTEM
+from medledger.runtime.enums import enum_name
 from medledger.v1 import consent_pb2, events_pb2, records_pb2
 
 DISCLOSURE, DECISION, BREAK_GLASS, REVIEW = "disclosure", "access decision", "break-glass", "break-glass review"
@@ -64,8 +65,7 @@ class AccessLine:
 
 
 def _purpose(value: int) -> str:
-    known = consent_pb2.Purpose.DESCRIPTOR.values_by_number.get(value)
-    return PURPOSE_CODES.get(value, known.name if known else str(value))
+    return PURPOSE_CODES.get(value, enum_name(consent_pb2.Purpose, value, str(value)))
 
 
 def _what(category: str, record_ids: Iterable[str]) -> str:

@@ -22,6 +22,7 @@ from medledger.consent.domain import (
     BreakGlassRecord, ConsentRecord, IdentityFacts, PatientState, Recorded, RepresentationRecord, aggregate_id, evolve,
     representation_id,
 )
+from medledger.runtime.enums import enum_name
 from medledger.v1 import consent_pb2 as cpb
 from medledger.v1 import events_pb2
 from medledger.v1 import identity_pb2 as ipb
@@ -190,7 +191,7 @@ class Projection:
         if isinstance(event, ipb.IdentityRegistered):
             changed = event.identity_id
             entry = self._identities.setdefault(changed, _Identity())
-            entry.kind = ipb.IdentityKind.Name(event.kind) if event.kind in ipb.IdentityKind.values() else "UNKNOWN"
+            entry.kind = enum_name(ipb.IdentityKind, event.kind, "UNKNOWN")
             entry.registered_by = event.registered_by
         elif isinstance(event, ipb.IdentityRevoked):
             changed = event.identity_id

@@ -13,6 +13,7 @@ from typing import Callable, Literal
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.consent.domain import GRANTABLE_PURPOSES, utc
+from medledger.runtime.enums import enum_name
 from medledger.runtime.errors import InvalidArgument
 from medledger.v1 import consent_pb2 as pb
 
@@ -102,7 +103,7 @@ def validate_terms(
         raise InvalidArgument("purposes is empty: name at least one of TREATMENT, PAYMENT, OPERATIONS, RESEARCH")
     for purpose in terms.purposes:
         if purpose not in GRANTABLE_PURPOSES:
-            name = pb.Purpose.Name(purpose) if purpose in pb.Purpose.values() else str(purpose)
+            name = enum_name(pb.Purpose, purpose, str(purpose))
             raise InvalidArgument(f"purpose {name} cannot be granted by a consent (EMERGENCY is break-glass)")
     if len(set(terms.purposes)) != len(terms.purposes):
         raise InvalidArgument("purposes lists a purpose twice")

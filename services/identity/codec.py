@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.identity import domain
 from medledger.identity.domain import Acceptance, Event, Identity, Key, Kind, Membership
+from medledger.runtime.enums import enum_name
 from medledger.runtime.errors import InvalidArgument
 from medledger.runtime.envelope import envelope
 from medledger.v1 import events_pb2, identity_pb2
@@ -25,8 +26,7 @@ PRODUCER = "identity"
 def kind_from_proto(value: int) -> Kind:
     """The domain kind for an IdentityKind number; InvalidArgument for
     IDENTITY_KIND_UNSPECIFIED or a number this server does not know."""
-    known = identity_pb2.IdentityKind.DESCRIPTOR.values_by_number.get(value)
-    name = known.name if known else ""
+    name = enum_name(identity_pb2.IdentityKind, value)
     if name not in Kind.__members__:
         raise InvalidArgument(f"kind must be one of {', '.join(Kind.__members__)}, got {value}")
     return Kind(name)
@@ -48,8 +48,7 @@ def utc(ts: Timestamp) -> datetime:
 def reason_from_proto(value: int) -> str:
     """The RevocationReason name, '' for UNSPECIFIED or a number this server
     does not know (the domain refuses '' in commands)."""
-    known = identity_pb2.RevocationReason.DESCRIPTOR.values_by_number.get(value)
-    return known.name if known and value != 0 else ""
+    return enum_name(identity_pb2.RevocationReason, value) if value != 0 else ""
 
 
 def reason_to_proto(reason: str) -> identity_pb2.RevocationReason.ValueType:

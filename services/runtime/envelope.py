@@ -226,7 +226,8 @@ class EnvelopeVerifier:
         trusted, else why not. Every signature is checked in one batch
         verification, several times cheaper per event than one by one, and
         exact: under ZIP 215 a batch verifies iff each of its signatures does.
-        When the batch fails, halving it names the forgeries (forgeries.py)."""
+        When the batch fails, checking it again in chunks names the
+        forgeries (forgeries.py)."""
         verdicts: list[UnauthenticatedEvent | None] = []
         signed: list[tuple[int, ProducerKey, bytes, bytes]] = []
         for position, (topic, env) in enumerate(items):
