@@ -58,9 +58,7 @@ class LedgerApp:
         self.feed = CheckpointFeed(self._pool, settings.max_watchers, settings.watch_poll_s)
         self.sequencer: Sequencer | None = None
         self.background = BackgroundTasks()
-        # Tokens revoked since issue, read in a process of its own: the sequencer
-        # is bound by this process's GIL (runtime/revocation_feed.py).
-        self.revocations = RevocationFeed.from_env(settings.events, own_process=True)
+        self.revocations = RevocationFeed.from_env(settings.events)  # tokens revoked since issue
         self.tokens = caching_verifier(settings.identity_address)
         self.tiles: TilesServer | None = None  # the tlog-tiles HTTP reads (tiles.py)
         self.tile_cache = TileCache(self._pool, settings.leaf_tile_cache)  # proofs from memory

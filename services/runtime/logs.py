@@ -40,12 +40,3 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiokafka logs every failed reconnect at ERROR; our own monitor reports outages.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL if level.upper() != "DEBUG" else logging.DEBUG)
-
-
-def logging_service() -> str | None:
-    """The service name configure_logging gave this process's logs, if any
-    (a child process logs under its parent's name)."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler.formatter, JsonFormatter):
-            return handler.formatter.service
-    return None

@@ -7,20 +7,8 @@ the replay is cheap to hold); only envelopes that pass event signing are
 applied, so a record forged onto identity.events can neither revoke nor
 un-revoke anyone.
 
-Where it reads: in the service's own process, or (``own_process``) in a
-child process of its own that verifies and sends only the changes, so a flood
-of identity events costs the service's interpreter a pickled tuple per
-revocation instead of a fetch, parse and signature check per record. The
-ledger reads there: its sequencer is bound by its own GIL, and under overload
-the feed's second reading of identity.events took a third of a core of it
-(docs/benchmarks.md). The child is spawned fresh (never forked from a process
-running gRPC), restarted with the positions already applied when it exits,
-and exits itself when the service is gone (its next send finds the pipe
-closed, within ``PROBE_INTERVAL_S``).
-
 Freshness: each round notes the time, asks for the log end, reads up to it,
-and is then fresh as of that time (``time.monotonic`` in a child: the same
-clock in every process of the machine). A token is checked only while the list is
+and is then fresh as of that time. A token is checked only while the list is
 fresh within ``MEDLEDGER_TOKEN_REVOCATION_MAX_STALENESS_S`` (default 5 s):
 otherwise the call fails closed with UNAVAILABLE. Until the first catch-up a
 call waits up to that bound, so a process just started does not refuse its
@@ -32,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import multiprocessing
 import time
 from datetime import datetime, timedelta, timezone
-from multiprocessing.connection import Connection
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Sequence
 
 from google.protobuf.message import DecodeError
 
@@ -44,10 +30,9 @@ from medledger.runtime.auth import MAX_TOKEN_TTL_S
 from medledger.runtime.consumer import WAKE_PER_RECORD, PositionedConsumer
 from medledger.runtime.envelope import EnvelopeVerifier
 from medledger.runtime.errors import DependencyUnavailable, SettingsError
-from medledger.runtime.logs import configure_logging, logging_service
 from medledger.runtime.positions import Delivery, Position
 from medledger.runtime.retry import keep_running, until_stopped
-from medledger.runtime.revocations import FOLDED_TYPES, Change, RevocationList, TokenClaims, change_of
+from medledger.runtime.revocations import FOLDED_TYPES, RevocationList, TokenClaims
 from medledger.runtime.settings import env_float
 
 log = logging.getLogger(__name__)
@@ -60,44 +45,27 @@ RETENTION_MARGIN_S = 5 * 60  # clock skew and verification leeway, generously
 # fetch, so 0.25 here meant a probe every 0.25-0.75 s; 1 s keeps the broker's
 # idle load at what it was.
 PROBE_INTERVAL_S = 1.0
-# A child sends at most this many changes at once, so the service's event
-# loop applies a flood in slices of a few milliseconds.
-CHANGES_PER_MESSAGE = 1000
-
-
-class ReadSink(Protocol):
-    """Where a reading round's results go: the feed itself, or a pipe to it."""
-
-    def changed(self, changes: Sequence[Change], positions: Mapping[Position, int]) -> None: ...
-
-    def fresh_since(self, probe_at: float) -> None: ...
 
 
 class RevocationFeed:
     """The process's view of token revocations and how fresh it is."""
 
     def __init__(
-        self, verifier: EnvelopeVerifier, max_staleness_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
-        own_process: bool = False,
+        self, verifier: EnvelopeVerifier, max_staleness_s: float = 5.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         if max_staleness_s <= 0:
             raise SettingsError("MEDLEDGER_TOKEN_REVOCATION_MAX_STALENESS_S must be positive")
-        if own_process and clock is not time.monotonic:
-            raise ValueError("a reader in its own process measures freshness with time.monotonic")
         self.verifier = verifier
         self.max_staleness_s = max_staleness_s
         self.clock = clock
-        self.own_process = own_process
         self.revocations = RevocationList(timedelta(seconds=MAX_TOKEN_TTL_S + RETENTION_MARGIN_S))
         self.caught_up = asyncio.Event()
         self.fresh_as_of = -math.inf
         self._positions: dict[Position, int] = {}
 
     @classmethod
-    def from_env(
-        cls, verifier: EnvelopeVerifier, env: Mapping[str, str] | None = None, own_process: bool = False
-    ) -> "RevocationFeed":
-        return cls(verifier, env_float("MEDLEDGER_TOKEN_REVOCATION_MAX_STALENESS_S", 5.0, env), own_process=own_process)
+    def from_env(cls, verifier: EnvelopeVerifier, env: Mapping[str, str] | None = None) -> "RevocationFeed":
+        return cls(verifier, env_float("MEDLEDGER_TOKEN_REVOCATION_MAX_STALENESS_S", 5.0, env))
 
     def staleness(self) -> float:
         return self.clock() - self.fresh_as_of
@@ -120,159 +88,37 @@ class RevocationFeed:
         if error is not None:
             raise error
 
-    # ---- ReadSink: what a reading round reports ----------------------------------
-
-    def changed(self, changes: Sequence[Change], positions: Mapping[Position, int]) -> None:
-        for change in changes:
-            self.revocations.apply_change(change)
-        self._positions.update(positions)
-
-    def fresh_since(self, probe_at: float) -> None:
-        self.fresh_as_of = max(self.fresh_as_of, probe_at)
-        self.caught_up.set()
-        self.revocations.prune(datetime.now(timezone.utc).replace(tzinfo=None))
-
-    # ---- reading -----------------------------------------------------------------
-
     async def follow(self, bootstrap: str, topic: str, stop: asyncio.Event) -> None:
         """Keep the list current until stop is set (restarting after Kafka
-        errors or a child's exit); ``run`` reads until cancelled, so stop cancels it."""
+        errors); ``run`` reads until cancelled, so stop cancels it."""
         await until_stopped(keep_running("token revocations", lambda: self.run(bootstrap, topic), stop), stop)
 
     async def run(self, bootstrap: str, topic: str) -> None:
-        """Read identity.events until cancelled or a failure; a restart resumes
-        at the positions already applied."""
-        if self.own_process:
-            await self._run_in_child(bootstrap, topic)
-        else:
-            await read_revocations(bootstrap, topic, self.verifier, self._positions, self, self.clock)
-
-    async def _run_in_child(self, bootstrap: str, topic: str) -> None:
-        loop = asyncio.get_running_loop()
-        context = multiprocessing.get_context("spawn")
-        receiving, sending = context.Pipe(duplex=False)
-        child = context.Process(
-            target=_read_in_child, name="medledger-token-revocations", daemon=True,
-            args=(bootstrap, topic, self.verifier, dict(self._positions), sending, _child_log_name(), _log_level()),
-        )
-        await asyncio.to_thread(child.start)
-        sending.close()  # the child holds the only writing end: its exit is our EOF
-        relay = asyncio.ensure_future(asyncio.to_thread(
-            _relay_messages, receiving, lambda message: loop.call_soon_threadsafe(self._receive, message)
-        ))
+        """Read identity.events until cancelled or a Kafka error; a restart
+        resumes at the positions already applied."""
+        consumer = PositionedConsumer(bootstrap, [topic], reader="token revocations", **WAKE_PER_RECORD)
+        await consumer.start(self._positions)
         try:
-            await asyncio.shield(relay)
-            raise DependencyUnavailable(f"the token revocation reader exited (code {child.exitcode})")
+            while True:
+                probe_at = self.clock()
+                ends = await consumer.end_offsets()
+                while await consumer.behind(ends):
+                    await self._apply(consumer, await consumer.fetch(timeout_ms=200, max_records=5000))
+                self.fresh_as_of = probe_at
+                self.caught_up.set()
+                self.revocations.prune(datetime.now(timezone.utc).replace(tzinfo=None))
+                await self._apply(consumer, await consumer.fetch(timeout_ms=int(PROBE_INTERVAL_S * 1000)))
         finally:
-            child.kill()
-            await asyncio.to_thread(child.join)
-            await asyncio.gather(relay, return_exceptions=True)  # ends at EOF once the child is gone
-            receiving.close()
+            await consumer.stop()
 
-    def _receive(self, message: tuple[str, object, object]) -> None:
-        kind, first, second = message
-        if kind == "changed":
-            self.changed(first, second)  # type: ignore[arg-type]
-        else:
-            self.fresh_since(first)  # type: ignore[arg-type]
-
-
-async def read_revocations(
-    bootstrap: str, topic: str, verifier: EnvelopeVerifier, positions: Mapping[Position, int], sink: ReadSink,
-    clock: Callable[[], float] = time.monotonic,
-) -> None:
-    """Read identity.events from ``positions`` until cancelled or a Kafka
-    error, reporting verified changes and each round's freshness to ``sink``."""
-    consumer = PositionedConsumer(bootstrap, [topic], reader="token revocations", **WAKE_PER_RECORD)
-    await consumer.start(positions)
-    try:
-        while True:
-            probe_at = clock()
-            ends = await consumer.end_offsets()
-            while await consumer.behind(ends):
-                await _report(consumer, await consumer.fetch(timeout_ms=200, max_records=5000), verifier, sink)
-            sink.fresh_since(probe_at)
-            await _report(consumer, await consumer.fetch(timeout_ms=int(PROBE_INTERVAL_S * 1000)), verifier, sink)
-    finally:
-        await consumer.stop()
-
-
-async def changes_in(
-    consumer: PositionedConsumer, deliveries: Sequence[Delivery], verifier: EnvelopeVerifier
-) -> list[Change]:
-    """The changes the authentic folded events among ``deliveries`` make;
-    forgeries are dropped by ``opened``, malformed payloads logged and skipped."""
-    changes = []
-    for opened in await consumer.opened(deliveries, verifier, types=FOLDED_TYPES):
-        try:
-            change = change_of(opened.envelope)
-        except DecodeError as exc:
-            d = opened.delivery
-            log.warning("ignored a malformed identity event", extra={
-                "topic": d.topic, "partition": d.partition, "offset": d.offset, "error": str(exc)
-            })
-            continue
-        if change is not None:
-            changes.append(change)
-    return changes
-
-
-async def _report(
-    consumer: PositionedConsumer, deliveries: Sequence[Delivery], verifier: EnvelopeVerifier, sink: ReadSink
-) -> None:
-    if deliveries:
-        sink.changed(await changes_in(consumer, deliveries, verifier), await consumer.positions())
-
-
-# ---- the child process -------------------------------------------------------------
-
-
-class _PipeSink:
-    """A ReadSink in the child: each report goes to the service as a message."""
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-
-    def changed(self, changes: Sequence[Change], positions: Mapping[Position, int]) -> None:
-        for start in range(0, max(len(changes), 1), CHANGES_PER_MESSAGE):
-            last = start + CHANGES_PER_MESSAGE >= len(changes)
-            self.connection.send(("changed", list(changes[start:start + CHANGES_PER_MESSAGE]), dict(positions) if last else {}))
-
-    def fresh_since(self, probe_at: float) -> None:
-        self.connection.send(("fresh", probe_at, None))
-
-
-def _read_in_child(
-    bootstrap: str, topic: str, verifier: EnvelopeVerifier, positions: dict[Position, int],
-    connection: Connection, log_name: str, log_level: str,
-) -> None:
-    """The child's main: read until a failure, or until a send finds the
-    service gone (BrokenPipeError), then exit; the service restarts it."""
-    configure_logging(log_name, log_level)
-    try:
-        asyncio.run(read_revocations(bootstrap, topic, verifier, positions, _PipeSink(connection)))
-    except (BrokenPipeError, KeyboardInterrupt):
-        pass
-    except Exception as exc:  # noqa: BLE001 - reported, then the service restarts us with backoff
-        log.warning("token revocation reader failed", extra={"error": repr(exc)})
-        raise SystemExit(1) from None
-
-
-def _relay_messages(connection: Connection, deliver: Callable[[tuple[str, object, object]], object]) -> None:
-    """On a worker thread in the service: hand each message to the event loop
-    until the child's end closes."""
-    while True:
-        try:
-            message = connection.recv()
-        except (EOFError, OSError):
-            return
-        deliver(message)
-
-
-def _child_log_name() -> str:
-    service = logging_service()
-    return f"{service}.revocations" if service else "token-revocations"
-
-
-def _log_level() -> str:
-    return logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    async def _apply(self, consumer: PositionedConsumer, deliveries: Sequence[Delivery]) -> None:
+        for opened in await consumer.opened(deliveries, self.verifier, types=FOLDED_TYPES):
+            try:
+                self.revocations.apply(opened.envelope)
+            except DecodeError as exc:
+                d = opened.delivery
+                log.warning("ignored a malformed identity event", extra={
+                    "topic": d.topic, "partition": d.partition, "offset": d.offset, "error": str(exc)
+                })
+        if deliveries:
+            self._positions.update(await consumer.positions())

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Collection, Hashable, NamedTuple, Protocol, TypeVar
+from typing import Collection, Hashable, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -69,35 +69,6 @@ _GRANTED, _ENDED = _TYPE + "MembershipGranted", _TYPE + "MembershipEnded"
 FOLDED_TYPES = frozenset({_REVOKED, _KEY_REVOKED, _GRANTED, _ENDED})
 
 
-class Change(NamedTuple):
-    """What one folded identity event does to a RevocationList: small and
-    picklable, so a reader in another process can send it (revocation_feed.py)."""
-
-    event_type: str
-    key: tuple[str, ...]  # (identity,), (identity, key id) or (member, organization)
-    at: datetime  # the event's occurred_at, naive UTC
-
-
-def change_of(env: events_pb2.EventEnvelope) -> Change | None:
-    """The change a verified identity.events envelope makes, None for a type
-    the list ignores. DecodeError for a payload that is not its declared type."""
-    kind = env.event_type
-    if kind == _REVOKED:
-        key: tuple[str, ...] = (_unpack(env, identity_pb2.IdentityRevoked()).identity_id,)
-    elif kind == _KEY_REVOKED:
-        revoked = _unpack(env, identity_pb2.KeyRevoked())
-        key = (revoked.identity_id, revoked.key_id)
-    elif kind == _ENDED:
-        ended = _unpack(env, identity_pb2.MembershipEnded())
-        key = (ended.member_id, ended.organization_id)
-    elif kind == _GRANTED:
-        granted = _unpack(env, identity_pb2.MembershipGranted())
-        key = (granted.member_id, granted.organization_id)
-    else:
-        return None
-    return Change(kind, key, env.occurred_at.ToDatetime())
-
-
 @dataclass
 class RevocationList:
     """The revocations of the last ``retention`` seconds, from identity.events
@@ -117,20 +88,19 @@ class RevocationList:
     def apply(self, env: events_pb2.EventEnvelope) -> None:
         """Fold one verified identity.events envelope; other types are ignored.
         DecodeError for a payload that is not its declared type."""
-        change = change_of(env)
-        if change is not None:
-            self.apply_change(change)
-
-    def apply_change(self, change: Change) -> None:
-        kind, key, at = change
+        at = env.occurred_at.ToDatetime()
+        kind = env.event_type
         if kind == _REVOKED:
-            _note(self.revoked_identities, key[0], at)
+            _note(self.revoked_identities, _unpack(env, identity_pb2.IdentityRevoked()).identity_id, at)
         elif kind == _KEY_REVOKED:
-            _note(self.revoked_keys, (key[0], key[1]), at)
+            key = _unpack(env, identity_pb2.KeyRevoked())
+            _note(self.revoked_keys, (key.identity_id, key.key_id), at)
         elif kind == _ENDED:
-            _note(self.ended_memberships, (key[0], key[1]), at)
+            ended = _unpack(env, identity_pb2.MembershipEnded())
+            _note(self.ended_memberships, (ended.member_id, ended.organization_id), at)
         elif kind == _GRANTED:
-            self.ended_memberships.pop((key[0], key[1]), None)
+            granted = _unpack(env, identity_pb2.MembershipGranted())
+            self.ended_memberships.pop((granted.member_id, granted.organization_id), None)
 
     def refusal(self, claims: TokenClaims) -> CallerError | None:
         ended = [

@@ -20,7 +20,7 @@ from medledger.runtime.errors import DependencyUnavailable, PermissionDenied, Se
 from medledger.runtime.identity_client import check_key_fetch, make_verifier, parse_pinned_keys, token_verifier
 from medledger.runtime.positions import Delivery
 from medledger.runtime.rate_limit import TokenBuckets, peer_host
-from medledger.runtime.revocation_feed import RevocationFeed, changes_in
+from medledger.runtime.revocation_feed import RevocationFeed
 from medledger.runtime.revocations import RevocationList
 from medledger.runtime.transport import GrpcTls
 from medledger.testing.producers import TestProducers
@@ -101,11 +101,9 @@ def test_a_forged_revocation_on_identity_events_revokes_nobody() -> None:
     forgeries = PRODUCERS.forgeries(genuine, "consent")
     feed = RevocationFeed(PRODUCERS.verifier(), max_staleness_s=5)
     deliveries = [Delivery(TOPIC, 0, i, value) for i, value in enumerate(forgeries.values())]
-    reader = _Offline("unused:9092", [TOPIC])
-    feed.changed(asyncio.run(changes_in(reader, deliveries, feed.verifier)), {})
+    asyncio.run(feed._apply(_Offline("unused:9092", [TOPIC]), deliveries))
     assert feed.revocations.refusal(caller()) is None
-    genuine_delivery = Delivery(TOPIC, 0, 99, PRODUCERS.seal(genuine))
-    feed.changed(asyncio.run(changes_in(reader, [genuine_delivery], feed.verifier)), {})
+    asyncio.run(feed._apply(_Offline("unused:9092", [TOPIC]), [Delivery(TOPIC, 0, 99, PRODUCERS.seal(genuine))]))
     assert isinstance(feed.revocations.refusal(caller()), PermissionDenied)
 
 
