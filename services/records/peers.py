@@ -27,7 +27,7 @@ from medledger.records.domain import PurposeCode
 from medledger.runtime.errors import DependencyUnavailable, NotFound
 from medledger.runtime.grpc_status import error_for
 from medledger.runtime.identity_client import ServiceCredentials
-from medledger.runtime.transport import GrpcTls
+from medledger.runtime.transport import LazyStub
 from medledger.v1 import consent_pb2, consent_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 T = TypeVar("T")
@@ -67,12 +67,10 @@ class ConsentGate:
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self._channel: grpc.aio.Channel | None = None
+        self._consent = LazyStub(address, consent_pb2_grpc.ConsentServiceStub)
 
     def _stub(self) -> consent_pb2_grpc.ConsentServiceStub:
-        if self._channel is None:
-            self._channel = GrpcTls.from_env().aio_channel(self.address)
-        return consent_pb2_grpc.ConsentServiceStub(self._channel)
+        return self._consent.stub()
 
     async def check(
         self, authorization: Metadata, patient_id: str, purpose: PurposeCode, category: str, record_id: str
@@ -85,9 +83,7 @@ class ConsentGate:
                            lambda: stub.CheckAccess(request, metadata=authorization, timeout=CALL_TIMEOUT_S))
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await self._consent.close()
 
 
 class Prover(Protocol):
@@ -103,12 +99,10 @@ class LedgerProver:
     def __init__(self, address: str, credentials: ServiceCredentials) -> None:
         self.address = address
         self.credentials = credentials
-        self._channel: grpc.aio.Channel | None = None
+        self._ledger = LazyStub(address, ledger_pb2_grpc.LedgerServiceStub)
 
     def _stub(self) -> ledger_pb2_grpc.LedgerServiceStub:
-        if self._channel is None:
-            self._channel = GrpcTls.from_env().aio_channel(self.address)
-        return ledger_pb2_grpc.LedgerServiceStub(self._channel)
+        return self._ledger.stub()
 
     async def prove(self, event_id: str) -> ledger_pb2.ProofBundle | None:
         """None (pending) on NOT_FOUND: not sequenced yet, or sequenced but
@@ -123,9 +117,7 @@ class LedgerProver:
             return None
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        await self._ledger.close()
 
 
 def missing_credentials() -> DependencyUnavailable:

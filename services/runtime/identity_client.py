@@ -40,7 +40,7 @@ from medledger.identity.domain import key_id_for
 from medledger.runtime import errors
 from medledger.runtime.grpc_status import error_for
 from medledger.runtime.settings import env_str
-from medledger.runtime.transport import GrpcTls, is_loopback
+from medledger.runtime.transport import GrpcTls, LazyStub, is_loopback
 from medledger.runtime.auth import AUDIENCES, TokenVerifier
 from medledger.v1 import identity_pb2, identity_pb2_grpc
 
@@ -146,23 +146,11 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-class _Channel:
-    """A grpc.aio channel opened lazily, inside the running event loop (grpc.aio
-    binds a channel to the loop that created it)."""
+class _Channel(LazyStub[identity_pb2_grpc.IdentityServiceStub]):
+    """The identity service, reached lazily (transport.LazyStub)."""
 
     def __init__(self, address: str) -> None:
-        self.address = address
-        self._channel: grpc.aio.Channel | None = None
-
-    def stub(self) -> identity_pb2_grpc.IdentityServiceStub:
-        if self._channel is None:
-            self._channel = GrpcTls.from_env().aio_channel(self.address)
-        return identity_pb2_grpc.IdentityServiceStub(self._channel)
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        super().__init__(address, identity_pb2_grpc.IdentityServiceStub)
 
 
 class ServiceCredentials(_Channel):

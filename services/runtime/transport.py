@@ -14,7 +14,7 @@ import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Generic, Mapping, TypeVar
 
 import grpc
 
@@ -137,3 +137,31 @@ def kafka_security(env: Mapping[str, str] | None = None) -> dict[str, object]:
             sasl_plain_password=password,
         )
     return options
+
+
+Stub = TypeVar("Stub")
+
+
+class LazyStub(Generic[Stub]):
+    """A grpc.aio channel to ``address`` and one stub on it, both made on first
+    use: inside the running event loop (grpc.aio binds a channel to the loop
+    that created it), with the settings' TLS. One stub, kept: building one
+    makes a callable per rpc of the service, about 1% of records' CPU per
+    read when it was done per call."""
+
+    def __init__(self, address: str, make: Callable[[grpc.aio.Channel], Stub]) -> None:
+        self.address = address
+        self._make = make
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Stub | None = None
+
+    def stub(self) -> Stub:
+        if self._stub is None:
+            self._channel = GrpcTls.from_env().aio_channel(self.address)
+            self._stub = self._make(self._channel)
+        return self._stub
+
+    async def close(self) -> None:
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
