@@ -34,6 +34,7 @@ unit: venv     ## only the tests that need no broker or database
 
 lint: venv
 	$(VENV)/bin/mypy -p medledger  # through .mypy/medledger: pyproject.toml says why
+	$(VENV)/bin/mypy tests deploy
 
 bench: venv    ## benchmarks; prints figures and the command that made them
 	bash deploy/bench.sh

@@ -34,6 +34,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import Message
 
 from bench_ledger import produce_all  # deploy/ is this script's directory
 from medledger.audit import disclosures, index
@@ -65,7 +66,7 @@ def log_events(total: int, patients: int, target_accesses: int) -> tuple[list[tu
     """(logical topic, key, signed envelope) in publishing order, and the patient with target_accesses."""
     out: list[tuple[str, str, bytes]] = []
 
-    def add(topic: str, payload: object, aggregate: str, at: datetime, actor: str = "") -> None:
+    def add(topic: str, payload: Message, aggregate: str, at: datetime, actor: str = "") -> None:
         producer = "identity" if topic == "identity.events" else "records" if topic == "records.events" else "consent"
         env = envelope(payload, aggregate_id=aggregate, producer=producer, actor=actor, occurred_at=at)
         out.append((topic, aggregate, PRODUCERS.seal(env)))

@@ -205,7 +205,10 @@ async def main() -> None:
             processes.append(replica)
             replicas.append(replica.wait_serving(120))
             load_s.append(time.monotonic() - t)
-        rss = [psutil.Process(r.proc.pid).memory_info().rss / 2**20 for r in replicas]
+        rss = []
+        for r in replicas:
+            assert r.proc is not None  # started above
+            rss.append(psutil.Process(r.proc.pid).memory_info().rss / 2**20)
         print(f"replicas a and b started, loaded {len(records):,} consents from consent.events and were SERVING after "
               f"{load_s[0]:.1f}s and {load_s[1]:.1f}s (RSS {rss[0]:.0f} MB, {rss[1]:.0f} MB)", flush=True)
 

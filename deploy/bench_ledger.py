@@ -343,6 +343,7 @@ async def main() -> None:
               f"{metrics_note(args, scraper)})"
               + (f"; {rejected:,} forged records rejected beside them" if forged else ""), flush=True)
 
+        assert ledger.proc is not None  # started above
         proc = psutil.Process(ledger.proc.pid)
         rss = proc.memory_info().rss / 2**20
         print(f"ledger RSS at {n:,} entries: {rss:.0f} MB (target <= 300 MB)", flush=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, cast
 
 import asyncpg
 import pytest
@@ -60,7 +60,8 @@ async def audited(stack: None, producer_env: dict[str, str], tmp_path_factory: p
     env = service_environment(topics, database_for, run_dir, producer_env, ORIGIN)
     operator_key = generate_key()
     env.update(identity_env(run_dir, operator_key))
-    s = AuditedStack(env, topics, None, run_dir, History())
+    # no identity harness until the identity process serves (set below): None until then, cast for the checker
+    s = AuditedStack(env, topics, cast(IdentityHarness, None), run_dir, History())
     try:
         identity = s.spawn("identity").wait_serving()
         s.identity = IdentityHarness(identity.address, operator_key, identity, env)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, TypedDict, Unpack
 
 import asyncpg
 import grpc
@@ -45,6 +45,19 @@ APPROVED, INAPPROPRIATE, PENDING = pb.REVIEW_STATUS_APPROVED, pb.REVIEW_STATUS_I
 JUSTIFICATION = "unconscious in ER, allergies unknown"
 
 
+class TermsOptions(TypedDict, total=False):
+    """medledger.testing.consent.terms' keywords other than the signer's key."""
+
+    signer_id: str | None
+    purposes: Iterable[pb.Purpose.ValueType]
+    categories: Iterable[str]
+    record_ids: Iterable[str]
+    valid_from: datetime | None
+    valid_until: datetime | None
+    signed_at: datetime | None
+    consent_id: str | None
+
+
 @dataclass
 class World:
     identity: IdentityHarness
@@ -59,10 +72,10 @@ class World:
         request = grant_request(key or self.patient.private_key, t)
         return self.stub.GrantConsent(request, metadata=(by or self.patient).metadata, timeout=15)
 
-    def terms(self, grantee: Party | None = None, **kw: object) -> pb.ConsentTerms:
+    def terms(self, grantee: Party | None = None, **kw: Unpack[TermsOptions]) -> pb.ConsentTerms:
         return terms(self.patient.identity_id, (grantee or self.doc).identity_id, signer_key_id=self.patient.key_id, **kw)
 
-    def check(self, requester: Party | None = None, purpose: int = TREAT, category: str = "Observation",
+    def check(self, requester: Party | None = None, purpose: pb.Purpose.ValueType = TREAT, category: str = "Observation",
               stub: consent_pb2_grpc.ConsentServiceStub | None = None, patient: Party | None = None) -> pb.AccessDecision:
         """CheckAccess as the records service asks it: forwarding the reader's own token."""
         request = pb.CheckAccessRequest(
@@ -71,7 +84,7 @@ class World:
         return (stub or self.stub).CheckAccess(request, metadata=(requester or self.doc).metadata, timeout=5)
 
     def invoke(self, doc: Party | None = None, patient: Party | None = None,
-               reason: int = LIFE_THREATENING) -> pb.BreakGlass:
+               reason: pb.BreakGlassReason.ValueType = LIFE_THREATENING) -> pb.BreakGlass:
         request = pb.InvokeBreakGlassRequest(
             patient_id=(patient or self.patient).identity_id, justification=JUSTIFICATION, reason=reason,
         )
@@ -85,7 +98,7 @@ class World:
         request = pb.ListPendingReviewsRequest(organization_id=organization)
         return self.stub.ListPendingReviews(request, metadata=by.metadata, timeout=5)
 
-    def appoint(self, representative: Party, by: Party | None = None, basis: int = pb.LEGAL_BASIS_COURT_ORDER,
+    def appoint(self, representative: Party, by: Party | None = None, basis: pb.LegalBasis.ValueType = pb.LEGAL_BASIS_COURT_ORDER,
                 evidence: bytes = hashlib.sha256(b"court order 2024/117").digest()) -> pb.Representation:
         request = pb.RegisterRepresentativeRequest(
             patient_id=self.patient.identity_id, representative_id=representative.identity_id,
@@ -458,7 +471,7 @@ async def test_break_glass_is_reviewed_once_by_the_organization_or_an_auditor(wo
     assert status_of(lambda: w.pending(other_org, w.org.identity_id)) == grpc.StatusCode.PERMISSION_DENIED
     assert status_of(lambda: w.pending(w.doc)) == grpc.StatusCode.PERMISSION_DENIED
 
-    def review(by: Party, outcome: int = APPROVED, note: str = "confirmed with the ER log") -> pb.BreakGlass:
+    def review(by: Party, outcome: pb.ReviewStatus.ValueType = APPROVED, note: str = "confirmed with the ER log") -> pb.BreakGlass:
         request = pb.ReviewBreakGlassRequest(break_glass_id=record.break_glass_id, outcome=outcome, note=note)
         return w.stub.ReviewBreakGlass(request, metadata=by.metadata, timeout=15)
 

@@ -34,7 +34,7 @@ def status_of(call: Callable[[], Any]) -> grpc.StatusCode:
     return info.value.code()
 
 
-def register_request(kind: int, public_key: bytes, **fields: Any) -> identity_pb2.RegisterIdentityRequest:
+def register_request(kind: identity_pb2.IdentityKind.ValueType, public_key: bytes, **fields: Any) -> identity_pb2.RegisterIdentityRequest:
     return identity_pb2.RegisterIdentityRequest(kind=kind, public_key=public_key, **fields)
 
 

@@ -132,7 +132,7 @@ async def _scenario(network: Network, identity: IdentityHarness) -> None:
     granted = consent_stub.GrantConsent(grant_request(patient.private_key, t), metadata=patient.metadata, timeout=15)
     network.ids.update([granted.terms.consent_id, granted.granted_event_id])
 
-    def check(purpose: int) -> pb.AccessDecision:
+    def check(purpose: pb.Purpose.ValueType) -> pb.AccessDecision:
         request = pb.CheckAccessRequest(patient_id=patient.identity_id, purpose=purpose, category="Observation")
         decision = consent_stub.CheckAccess(request, metadata=doc.metadata, timeout=5)  # the reader's own token
         network.ids.add(decision.decision_event_id)

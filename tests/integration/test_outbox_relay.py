@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, TypedDict, Unpack
 
 import asyncpg
 import pytest
@@ -43,6 +43,12 @@ async def _topic_event_ids(topic: str, verifier: EnvelopeVerifier, count: int, t
         return found
 
 
+class RelayOptions(TypedDict, total=False):
+    """What a test may set on a relay beyond its lock (OutboxRelay's keywords)."""
+
+    linger_s: float
+
+
 @dataclass
 class Setting:
     """An outbox table in a fresh database, its topic and a producer."""
@@ -54,7 +60,7 @@ class Setting:
     conn: asyncpg.Connection
     database_url: str
 
-    def relay(self, lock_id: int, **options: float) -> OutboxRelay:
+    def relay(self, lock_id: int, **options: Unpack[RelayOptions]) -> OutboxRelay:
         return OutboxRelay(self.outbox, self.database_url, self.producer, BOOTSTRAP, self.verifier, lock_id,
                            standby_poll_s=0.05, **options)
 
@@ -145,11 +151,11 @@ async def test_a_standby_replica_hears_what_the_leader_published(setting: Settin
             for env in envs:
                 await outbox.enqueue(conn, env)
         ids = [env.event_id for env in envs]
-        assert await standby.wait_published(ids, _NeverPublished(), timeout=20)  # type: ignore[arg-type]
+        assert await standby.wait_published(ids, _NeverPublished(), timeout=20)
         assert await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL") == len(ids)
         # and an event nobody committed is never reported published
         never = sample_envelope(TOPIC_INDEX, 999, aggregate_id="patient-0").event_id
-        assert not await standby.wait_published([never], _NeverPublished(), timeout=0.3)  # type: ignore[arg-type]
+        assert not await standby.wait_published([never], _NeverPublished(), timeout=0.3)
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*running), 30)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Callable, TypedDict, Unpack
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from medledger.records.domain import timestamp
 from medledger.testing.consent import read_topic
@@ -29,7 +30,16 @@ EMERGENCY = cpb.PURPOSE_EMERGENCY
 BREAK_GLASS_TYPES = ("medledger.v1.BreakGlassInvoked", "medledger.v1.BreakGlassReviewed")
 
 
-def listed(w: World, who: Party, **kw: object) -> list[pb.DisclosureEntry]:
+class ListOptions(TypedDict, total=False):
+    """ListDisclosuresRequest's fields other than the patient's id."""
+
+    since: Timestamp | None
+    until: Timestamp | None
+    page_size: int
+    page_token: str
+
+
+def listed(w: World, who: Party, **kw: Unpack[ListOptions]) -> list[pb.DisclosureEntry]:
     """Every page, following next_page_token."""
     request = pb.ListDisclosuresRequest(patient_id=w.patient.identity_id, **kw)
     entries: list[pb.DisclosureEntry] = []

@@ -20,11 +20,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.observation import Observation
+from google.protobuf.message import Message
 
 from medledger.client import (
     ArtifactKind, Client, Connection, Demographics, Endpoints, Purpose, TrustAnchors, raw_public_key, verify_proof,
@@ -164,9 +166,14 @@ async def test_a_record_shared_under_consent_from_registration_to_erasure(stack:
     export = patient.records.export()
     bundle = Bundle.model_validate(export.bundle)
     assert bundle.type == "collection" and export.record_count == 1
-    exported = [entry.resource for entry in bundle.entry or []]
+    exported = []
+    for entry in bundle.entry or []:
+        assert entry.resource is not None
+        exported.append(entry.resource)
     assert [r.get_resource_type() for r in exported] == ["Observation"]
-    assert exported[0].note[0].text == MARKER
+    exported_observation = exported[0]
+    assert isinstance(exported_observation, Observation) and exported_observation.note is not None
+    assert exported_observation.note[0].text == MARKER
 
     # -- the patient's accounting of disclosures (ListDisclosures through the
     # client) lists B's read and B's refusals; B may not see it
@@ -272,7 +279,10 @@ async def sequenced_entries(stack: Stack, wanted: set[str]) -> Entries:
         channel.close()
 
 
-def payloads(envelopes: list[events_pb2.EventEnvelope], cls: type) -> list:  # type: ignore[type-arg]
+M = TypeVar("M", bound=Message)
+
+
+def payloads(envelopes: list[events_pb2.EventEnvelope], cls: type[M]) -> list[M]:
     return [cls.FromString(e.payload.value) for e in envelopes if e.event_type == cls.DESCRIPTOR.full_name]
 
 

@@ -70,11 +70,11 @@ class World:
         fields.update(kw)
         return create_request(kw.pop("key", doc.private_key), **{k: v for k, v in fields.items() if k != "key"})
 
-    def read(self, who: Party, record_id: str, purpose: int = TREAT, version: int = 0) -> pb.GetRecordResponse:
+    def read(self, who: Party, record_id: str, purpose: cpb.Purpose.ValueType = TREAT, version: int = 0) -> pb.GetRecordResponse:
         request = pb.GetRecordRequest(record_id=record_id, purpose=purpose, version=version)
         return self.records.GetRecord(request, metadata=who.metadata, timeout=20)
 
-    def listing(self, who: Party, purpose: int = TREAT, **kw: Any) -> pb.ListPatientRecordsResponse:
+    def listing(self, who: Party, purpose: cpb.Purpose.ValueType = TREAT, **kw: Any) -> pb.ListPatientRecordsResponse:
         request = pb.ListPatientRecordsRequest(patient_id=self.patient.identity_id, purpose=purpose, **kw)
         return self.records.ListPatientRecords(request, metadata=who.metadata, timeout=20)
 
@@ -249,7 +249,7 @@ async def test_bad_input_is_refused_and_nothing_is_stored_or_published(world: Wo
         assert (code, detail in message) == (expected, True), f"{name}: {code} {message}"
         assert "Ottoline" not in message
     # Nothing was stored (the patient sees no record) and nothing published.
-    assert not w.listing(w.patient, purpose=0).records
+    assert not w.listing(w.patient, purpose=cpb.PURPOSE_UNSPECIFIED).records
     assert not [e for e in await read_topic(w.topics.records_events)]
 
 
@@ -282,7 +282,7 @@ async def test_a_rotated_out_or_revoked_author_key_signs_nothing_from_the_moment
                               metadata=w.org_a.metadata, timeout=15)
     code, message = status_of(lambda: with_old_key(signed_at=before_rotation))
     assert (code, "has been revoked" in message) == (grpc.StatusCode.PERMISSION_DENIED, True), message
-    assert len(w.listing(w.patient, purpose=0).records) == 3
+    assert len(w.listing(w.patient, purpose=cpb.PURPOSE_UNSPECIFIED).records) == 3
 
 
 async def test_amendments_history_and_a_scoped_consent_export(world: World) -> None:
@@ -329,11 +329,11 @@ async def test_amendments_history_and_a_scoped_consent_export(world: World) -> N
     assert {e.fullUrl for e in bundle.entry or []} == {f"urn:medledger:record:{first.record_id}:2", f"urn:medledger:record:{other.record_id}:1"}
 
     # Paging: one record per page, each token revealing only readable positions.
-    page = w.listing(w.patient, purpose=0, page_size=1)
-    rest = w.listing(w.patient, purpose=0, page_size=1, page_token=page.next_page_token)
+    page = w.listing(w.patient, purpose=cpb.PURPOSE_UNSPECIFIED, page_size=1)
+    rest = w.listing(w.patient, purpose=cpb.PURPOSE_UNSPECIFIED, page_size=1, page_token=page.next_page_token)
     assert [page.records[0].record_id, rest.records[0].record_id] == [other.record_id, first.record_id]
     assert not rest.next_page_token
-    assert status_of(lambda: w.listing(w.patient, purpose=0, page_token="garbage!"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(lambda: w.listing(w.patient, purpose=cpb.PURPOSE_UNSPECIFIED, page_token="garbage!"))[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_erasure_shreds_content_and_demographics_and_the_ledger_still_proves(world: World) -> None:
@@ -459,7 +459,7 @@ async def test_research_artifacts_timeline_and_proofs(world: World) -> None:
     trial = f"NCT{uuid.uuid4().int % 10**8:08d}"
     results = hashlib.sha256(b"results").digest()
 
-    def register(who: Party, kind: int, digest: bytes, org: str = "") -> pb.ResearchArtifact:
+    def register(who: Party, kind: pb.ResearchArtifactKind.ValueType, digest: bytes, org: str = "") -> pb.ResearchArtifact:
         request = pb.RegisterResearchArtifactRequest(trial_id=trial, kind=kind, sha256=digest, organization_id=org)
         return w.records.RegisterResearchArtifact(request, metadata=who.metadata, timeout=20)
 

@@ -96,8 +96,12 @@ def test_json_and_csv_carry_every_line() -> None:
 def test_fhir_output_is_a_valid_bundle_of_balp_audit_events() -> None:
     text = disclosures.render(disclosures.report(PATIENT, patient_history()), "fhir")
     bundle = Bundle.model_validate_json(text)
-    events = [e.resource for e in bundle.entry]
-    assert [e.get_resource_type() for e in events] == ["AuditEvent"] * 5
+    assert bundle.entry is not None
+    types = []
+    for e in bundle.entry:
+        assert e.resource is not None
+        types.append(e.resource.get_resource_type())
+    assert types == ["AuditEvent"] * 5
     decided, denied, _, read, _ = json.loads(text)["entry"]
     assert decided["resource"]["outcome"] == "0" and denied["resource"]["outcome"] == "8"
     assert decided["resource"]["type"]["code"] == "110113"

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from medledger.client import ConsentClient, Purpose, RecordsClient, Session
 from medledger.client.attestation import attestation_message, canonical_json, erasure_message
+from medledger.client.session import Audience
 from medledger.consent.signing import parse_canonical, signature_valid
 from medledger.identity.domain import key_id_for
 from medledger.v1 import consent_pb2, records_pb2
@@ -43,7 +44,7 @@ class Captured:
 class TokenlessSession(Session):
     """A session whose tokens need no identity service."""
 
-    def token(self, audience: str) -> str:
+    def token(self, audience: Audience) -> str:
         return f"token-for-{audience}"
 
 

@@ -43,7 +43,7 @@ def apply(view: Projection, *events: events_pb2.EventEnvelope) -> None:
         assert view.apply(e)
 
 
-def ask(view: Projection, requester: str = "doc", purpose: int = TREAT, category: str = "Observation",
+def ask(view: Projection, requester: str = "doc", purpose: pb.Purpose.ValueType = TREAT, category: str = "Observation",
         record_id: str = "", at: datetime | None = None) -> tuple[int, int, str]:
     v = check_access(view, AccessQuery(requester, "pat", purpose, category, record_id), at or NOW)
     return v.decision, v.reason, v.consent_id
@@ -70,7 +70,7 @@ def test_expiry_needs_no_event(view: Projection) -> None:
 
 
 @pytest.mark.parametrize("purpose", [TREAT, PAY, pb.PURPOSE_OPERATIONS, RESEARCH])
-def test_each_purpose_is_granted_only_by_name(view: Projection, purpose: int) -> None:
+def test_each_purpose_is_granted_only_by_name(view: Projection, purpose: pb.Purpose.ValueType) -> None:
     apply(view, granted(terms("pat", "doc", purposes=[purpose])))
     for asked in (TREAT, PAY, pb.PURPOSE_OPERATIONS, RESEARCH):
         expected = (ALLOW, pb.REASON_CONSENT) if asked == purpose else (DENY, pb.REASON_PURPOSE_NOT_COVERED)

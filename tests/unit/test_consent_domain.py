@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from google.protobuf.message import Message
 
 from medledger.consent import domain, validation
 from medledger.consent.domain import IdentityFacts, PatientState, Recorded
@@ -33,7 +34,7 @@ def validate(t: pb.ConsentTerms) -> None:
     validation.validate_terms(t, NOW, WINDOW, is_resource_type)
 
 
-def fold(state: PatientState, *events: object, at: datetime | None = None) -> PatientState:
+def fold(state: PatientState, *events: Message, at: datetime | None = None) -> PatientState:
     for i, event in enumerate(events):
         state = domain.evolve(state, Recorded(f"e{i}-{id(event)}", at or NOW, "", event))
     return state

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf.message import Message
 
 from medledger.consent import domain, signing, validation
 from medledger.consent.decisions import AccessQuery, check_access
@@ -42,7 +44,7 @@ APPROVED, INAPPROPRIATE = pb.REVIEW_STATUS_APPROVED, pb.REVIEW_STATUS_INAPPROPRI
 WINDOW = validation.SigningWindow(skew=timedelta(minutes=5), max_age=timedelta(hours=24))
 
 
-def fold(state: PatientState, *events: object) -> PatientState:
+def fold(state: PatientState, *events: Message) -> PatientState:
     for i, e in enumerate(events):
         state = domain.evolve(state, Recorded(f"e{i}-{id(e)}", NOW, "", e))
     return state
@@ -52,7 +54,7 @@ def decide_and_fold(state: PatientState, command: domain.Command) -> PatientStat
     return fold(state, *domain.decide(state, command))
 
 
-def broken_glass(reason: int = pb.BREAK_GLASS_REASON_LIFE_THREATENING) -> PatientState:
+def broken_glass(reason: pb.BreakGlassReason.ValueType = pb.BREAK_GLASS_REASON_LIFE_THREATENING) -> PatientState:
     command = domain.InvokeBreakGlass("bg-1", DOC, "", b"h" * 32, NOW + timedelta(hours=4), reason)
     return decide_and_fold(PatientState("pat"), command)
 
@@ -61,7 +63,7 @@ def broken_glass(reason: int = pb.BREAK_GLASS_REASON_LIFE_THREATENING) -> Patien
 
 
 @pytest.mark.parametrize("reason", [pb.BREAK_GLASS_REASON_UNSPECIFIED, 99])
-def test_break_glass_needs_a_reason_from_the_list(reason: int) -> None:
+def test_break_glass_needs_a_reason_from_the_list(reason: pb.BreakGlassReason.ValueType) -> None:
     with pytest.raises(InvalidArgument, match="reason"):
         broken_glass(reason)
 
@@ -120,14 +122,26 @@ def test_an_inappropriate_review_ends_the_emergency_access() -> None:
     view.apply(event(reviewed, "pat", NOW))
     assert check_access(view, query, NOW).reason == pb.REASON_BREAK_GLASS_REQUIRED
     assert list(view.pending_break_glass()) == []
-    assert view.break_glass("bg-1") is not None and view.break_glass("bg-1").review.status == INAPPROPRIATE
+    record = view.break_glass("bg-1")
+    assert record is not None and record.review.status == INAPPROPRIATE
 
 
 # ---- representatives ----------------------------------------------------------------
 
 
-def by_organization(**kw: object) -> domain.RegisterRepresentative:
-    fields: dict[str, object] = dict(
+class Appointment(TypedDict, total=False):
+    """RegisterRepresentative's fields for an appointment by the organization."""
+
+    representation_id: str
+    representative: IdentityFacts
+    patient: IdentityFacts
+    by: str
+    legal_basis: pb.LegalBasis.ValueType
+    evidence_sha256: bytes
+
+
+def by_organization(**kw: Unpack[Appointment]) -> domain.RegisterRepresentative:
+    fields = Appointment(
         representation_id="r-1", representative=MUM, patient=PATIENT, by="org",
         legal_basis=pb.LEGAL_BASIS_COURT_ORDER, evidence_sha256=b"e" * 32,
     )
@@ -158,7 +172,7 @@ def test_an_organization_appoints_with_legal_basis_and_evidence_flagged_for_revi
     ({"representative": IdentityFacts("x", "ORGANIZATION", True)}, InvalidArgument, "person"),
     ({"representative": IdentityFacts("pat", "PATIENT", True)}, InvalidArgument, "own representative"),
 ])
-def test_appointments_that_are_refused(change: dict[str, object], error: type[Exception], message: str) -> None:
+def test_appointments_that_are_refused(change: Appointment, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         domain.decide(PatientState("pat"), by_organization(**change))
 

@@ -916,6 +916,7 @@ def test_production_services_reach_kafka_over_tls_as_their_own_user(tmp_path: Pa
         options = kafka_security({**value, **files})
         assert options["security_protocol"] == PROTOCOL_FOR[mechanism], where
         context = options["ssl_context"]
+        assert isinstance(context, ssl.SSLContext), where
         assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED, where
         if mechanism == "scram-sha-512":
             assert options["sasl_mechanism"] == "SCRAM-SHA-512", where
@@ -1071,13 +1072,14 @@ def test_compose_key_step_makes_keys_the_services_accept(tmp_path: Path) -> None
     assert identity_settings.load_bootstrap_key(identity_env) is not None
     operator_id = (tmp_path / "operator" / "operator.id").read_text().strip()
     bootstrap = identity_settings.load_bootstrap_key(identity_env)
+    assert bootstrap is not None
     assert operator_id == identity_settings.bootstrap_identity_id(bootstrap)
     # Every event producer's key (the monitor's too, for its AccessAlerts) loads as that
     # producer's and is pinned in the one producer-keys file every process reads.
     pinned = parse_producer_keys(paths["MEDLEDGER_EVENT_PRODUCER_KEYS_FILE"].read_text())
     for name in sorted(EVENT_SIGNERS):
-        signer = event_signer(name, {k: str(v) for k, v in paths.items()})
-        assert signer.key_id in pinned and pinned[signer.key_id].service == name, f"{name}'s event key is not pinned"
+        producer = event_signer(name, {k: str(v) for k, v in paths.items()})
+        assert producer.key_id in pinned and pinned[producer.key_id].service == name, f"{name}'s event key is not pinned"
     assert {k.service for k in pinned.values()} == EVENT_SIGNERS
     register = (DOCKER / "register-services.sh").read_text()
     for needed in ("operator/operator.id", "operator/operator.key", "$svc/identity.key.pub", "$svc/identity-id"):

@@ -16,8 +16,8 @@ from medledger.runtime.errors import SettingsError
 BASE = {"MEDLEDGER_KAFKA_BOOTSTRAP": "k:9092"}
 
 
-def _ms(*args: int, tz: timezone = timezone.utc) -> int:
-    return int(datetime(*args, tzinfo=tz).timestamp() * 1000)  # type: ignore[misc]
+def _ms(year: int, month: int, day: int, hour: int, minute: int, *, tz: timezone = timezone.utc) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=tz).timestamp() * 1000)
 
 
 def test_defaults_are_the_documented_ones() -> None:

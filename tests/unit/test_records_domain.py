@@ -95,26 +95,27 @@ def test_amendments_follow_the_latest_version_of_the_custodian() -> None:
             domain.check_amendment(bad, head)
 
 
-def reader(who: str, kind: str = "PRACTITIONER", purpose: int = cpb.PURPOSE_TREATMENT, orgs: frozenset[str] = frozenset()) -> Reader:
+def reader(who: str, kind: str = "PRACTITIONER", purpose: cpb.Purpose.ValueType = cpb.PURPOSE_TREATMENT,
+           orgs: frozenset[str] = frozenset()) -> Reader:
     return Reader(who, kind, purpose, "", orgs)
 
 
 def test_readers_without_consent_are_the_patient_representatives_and_custodian_members() -> None:
     reps = frozenset({"rep"})
-    assert domain.own_basis(reader("patient", "PATIENT", 0), "patient", reps, "org-a") == pb.DISCLOSURE_BASIS_PATIENT
-    assert domain.own_basis(reader("rep", "PATIENT", 0), "patient", reps, "org-a") == pb.DISCLOSURE_BASIS_REPRESENTATIVE
+    assert domain.own_basis(reader("patient", "PATIENT", cpb.PURPOSE_UNSPECIFIED), "patient", reps, "org-a") == pb.DISCLOSURE_BASIS_PATIENT
+    assert domain.own_basis(reader("rep", "PATIENT", cpb.PURPOSE_UNSPECIFIED), "patient", reps, "org-a") == pb.DISCLOSURE_BASIS_REPRESENTATIVE
     member = reader("doc-a", orgs=frozenset({"org-a"}))
     assert domain.own_basis(member, "patient", reps, "org-a") == pb.DISCLOSURE_BASIS_CUSTODIAN
     assert domain.own_basis(member, "patient", reps, "org-b") is None
-    assert domain.own_basis(reader("stranger", "PATIENT", 0), "patient", reps, "org-a") is None
+    assert domain.own_basis(reader("stranger", "PATIENT", cpb.PURPOSE_UNSPECIFIED), "patient", reps, "org-a") is None
     research = reader("doc-a", purpose=cpb.PURPOSE_RESEARCH, orgs=frozenset({"org-a"}))
     assert domain.own_basis(research, "patient", reps, "org-a") is None  # research always needs a consent
 
 
 def test_reader_checks() -> None:
     with pytest.raises(InvalidArgument, match="purpose"):
-        domain.check_reader(reader("doc", purpose=0))
-    domain.check_reader(reader("patient", "PATIENT", 0))
+        domain.check_reader(reader("doc", purpose=cpb.PURPOSE_UNSPECIFIED))
+    domain.check_reader(reader("patient", "PATIENT", cpb.PURPOSE_UNSPECIFIED))
     with pytest.raises(PermissionDenied):
         domain.check_reader(reader("svc", "SERVICE"))
     with pytest.raises(PermissionDenied, match="membership"):

@@ -67,7 +67,7 @@ def resolved_by_identity(state: identity.Identity, identity_id: str, key_id: str
     request = identity_pb2.ResolveKeyRequest(identity_id=identity_id, key_id=key_id)
     request.at_time.FromDatetime(at)
     try:
-        key = asyncio.run(api.ResolveKey(request, None))  # type: ignore[arg-type]
+        key = asyncio.run(api.ResolveKey(request, None))
     except NotFound:
         return None
     return SigningKey(

@@ -6,7 +6,7 @@ under a checkpoint yet) is PENDING (None); any other failure is an error."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -15,7 +15,8 @@ from medledger.audit.prove import verify_bundle
 from medledger.ledger import merkle, note, proofs
 from medledger.records.peers import LedgerProver
 from medledger.runtime.errors import DependencyUnavailable
-from medledger.v1 import ledger_pb2
+from medledger.runtime.identity_client import ServiceCredentials
+from medledger.v1 import ledger_pb2, ledger_pb2_grpc
 
 ORIGIN = "records.test/log"
 TOKEN = (("authorization", "Bearer records-service"),)
@@ -61,10 +62,21 @@ class FakeLedger:
         raise rpc_error(self.failure, f"no proof for {request.event_id}")
 
 
+class FakeLedgerProver(LedgerProver):
+    """The real LedgerProver with its stub replaced by a FakeLedger."""
+
+    def __init__(self, ledger: FakeLedger) -> None:
+        # FakeCredentials has metadata(), all that prove() asks of ServiceCredentials
+        super().__init__("127.0.0.1:1", cast(ServiceCredentials, FakeCredentials()))
+        self.ledger = ledger
+
+    def _stub(self) -> ledger_pb2_grpc.LedgerServiceStub:
+        # FakeLedger has GetProofBundle, the only call prove() makes on the stub
+        return cast(ledger_pb2_grpc.LedgerServiceStub, self.ledger)
+
+
 def prover_for(ledger: FakeLedger) -> LedgerProver:
-    prover = LedgerProver("127.0.0.1:1", FakeCredentials())
-    prover._stub = lambda: ledger
-    return prover
+    return FakeLedgerProver(ledger)
 
 
 async def test_one_call_as_the_service_and_the_bundle_verifies_against_its_own_checkpoint() -> None:
