@@ -150,7 +150,7 @@ async def live(topics: Topics, rate: int, duration: float) -> dict[str, float]:
     for k in range(8):
         subject, events = work.abuse()
         tick = (k + 1) * ticks // 10
-        plan[tick] = plan[tick][: per_tick - len(events)] + events
+        plan[tick] = plan[tick][: max(0, per_tick - len(events))] + events  # a burst larger than a tick replaces all its events
         planted[subject] = {e[3] for e in events}
     producer = make_producer(BOOTSTRAP, linger_ms=5)
     await producer.start()
