@@ -66,7 +66,6 @@ class ConsentGate:
     """CheckAccess on the consent service, as the reading user."""
 
     def __init__(self, address: str) -> None:
-        self.address = address
         self._consent = LazyStub(address, consent_pb2_grpc.ConsentServiceStub)
 
     def _stub(self) -> consent_pb2_grpc.ConsentServiceStub:
@@ -97,7 +96,6 @@ class LedgerProver:
     round trip, and the entry, proof and checkpoint agree by construction."""
 
     def __init__(self, address: str, credentials: ServiceCredentials) -> None:
-        self.address = address
         self.credentials = credentials
         self._ledger = LazyStub(address, ledger_pb2_grpc.LedgerServiceStub)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, cast
 
 import asyncpg
 import grpc
@@ -16,6 +16,10 @@ from google.protobuf.message import Message
 
 from medledger.audit.verify import LogAuditor
 from medledger.ledger import note
+from medledger.ledger.api import LedgerApi
+from medledger.ledger.settings import LedgerSettings
+from medledger.ledger.tile_cache import TileCache
+from medledger.ledger.watch import CheckpointFeed
 from medledger.runtime.envelope import envelope
 from medledger.runtime.kafka import make_consumer, make_producer
 from medledger.runtime.settings import Topics
@@ -169,3 +173,10 @@ async def consume_all(topic: str, expected: int, timeout: float = 60) -> list[Co
     finally:
         await consumer.stop()
     return records
+
+
+def pool_only_api(pool: asyncpg.Pool) -> LedgerApi:
+    """The ledger's rpcs on a database alone, for handlers that reach no
+    settings, checkpoint feed or tile cache (None for each, cast for the
+    type checker): a call that does reach one fails loudly."""
+    return LedgerApi(cast(LedgerSettings, None), lambda: pool, cast(CheckpointFeed, None), cast(TileCache, None))

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, cast
+from typing import Callable
 
 import asyncpg
 import grpc
@@ -16,16 +16,14 @@ import medledger.ledger
 from medledger.audit.prove import verify_bundle
 from medledger.ledger import merkle, note
 from medledger.ledger import store
-from medledger.ledger.api import LedgerApi
 from medledger.ledger.publisher import entry_message
-from medledger.ledger.settings import LedgerSettings
-from medledger.ledger.tile_cache import TileCache
-from medledger.ledger.watch import CheckpointFeed
 from medledger.runtime.errors import DependencyUnavailable, NotFound
 from medledger.runtime.postgres import apply_migrations, ensure_database
 from medledger.runtime.settings import Topics
 from medledger.v1 import events_pb2, ledger_pb2
-from medledger.testing.ledger import audit, consume_all, produce, produce_raw, sample_events, stub, wait_for_checkpoint
+from medledger.testing.ledger import (
+    audit, consume_all, pool_only_api, produce, produce_raw, sample_events, stub, wait_for_checkpoint,
+)
 from medledger.testing.identity import IdentityHarness
 from medledger.testing.stack import PRODUCERS, ServiceProcess
 
@@ -376,8 +374,7 @@ async def test_a_sequenced_event_not_yet_under_a_checkpoint_has_no_bundle_yet(
     pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
     try:
         await apply_migrations(conn, Path(medledger.ledger.__file__).parent / "migrations")
-        # no tile or key is reached: no settings, feed or tile cache (None, cast for the checker)
-        api = LedgerApi(cast(LedgerSettings, None), lambda: pool, cast(CheckpointFeed, None), cast(TileCache, None))
+        api = pool_only_api(pool)
         request = ledger_pb2.GetProofBundleRequest(event_id="e-0")
         with pytest.raises(DependencyUnavailable):
             await api.GetProofBundle(request, None)

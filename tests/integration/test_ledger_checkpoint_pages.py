@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import AsyncIterator, Callable, cast
+from typing import AsyncIterator, Callable
 
 import asyncpg
 import pytest
 
 from medledger.ledger.api import LedgerApi
-from medledger.ledger.settings import LedgerSettings
-from medledger.ledger.tile_cache import TileCache
-from medledger.ledger.watch import CheckpointFeed
+from medledger.testing.ledger import pool_only_api
 from medledger.runtime.postgres import apply_migrations, ensure_database
 from medledger.v1 import ledger_pb2
 
@@ -59,8 +57,7 @@ async def all_pages(api: LedgerApi, start: int, page_size: int) -> list[ledger_p
 
 
 async def test_list_checkpoints_pages_past_a_thousand(pool: asyncpg.Pool) -> None:
-    # ListCheckpoints uses the pool only: no settings, feed or tile cache (None, cast for the checker)
-    api = LedgerApi(cast(LedgerSettings, None), lambda: pool, cast(CheckpointFeed, None), cast(TileCache, None))
+    api = pool_only_api(pool)
 
     pages = await all_pages(api, 0, 0)  # 0 means 1,000
     assert [len(p.checkpoints) for p in pages] == [1000, 1000, 345]

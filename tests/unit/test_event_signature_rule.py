@@ -66,7 +66,7 @@ def _forge(signatures: list[bytes], positions: set[int]) -> list[bytes]:
 
 @settings(max_examples=80, deadline=None)
 @given(data=st.data(), count=st.integers(min_value=1, max_value=200))
-def test_halving_names_exactly_the_signatures_that_fail_alone(data: st.DataObject, count: int) -> None:
+def test_the_chunked_check_names_exactly_the_signatures_that_fail_alone(data: st.DataObject, count: int) -> None:
     """Whatever the forgeries' number and places (none, one, a few, a
     cluster, all; in batches of one to four chunks), the chunked check finds
     exactly what checking each alone finds."""
