@@ -77,10 +77,31 @@ def postgres() -> list[psutil.Process]:
     return []
 
 
+def _is_service(proc: psutil.Process) -> bool:
+    """A process started as ``medledger serve <name>`` (testing.stack)."""
+    try:
+        return "serve" in (proc.cmdline() or [])
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
 def load_generator() -> list[psutil.Process]:
-    """This process and its children that are not services (e.g. forked producers)."""
-    me = psutil.Process(os.getpid())
-    return [me, *(c for c in me.children(recursive=True) if "serve" not in (c.cmdline() or []))]
+    """This process and its descendants (e.g. forked producers), except the
+    services and everything under them: a service's own children are counted
+    with the service (``processes``), and were counted twice until 2026-12-02."""
+    found = [psutil.Process(os.getpid())]
+    walked = 0
+    while walked < len(found):
+        found += [child for child in _children(found[walked]) if not _is_service(child)]
+        walked += 1
+    return found
 
 
 @dataclass(frozen=True)
