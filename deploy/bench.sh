@@ -24,6 +24,7 @@ fi
 "$py" deploy/bench_metrics.py   # the metrics' own cost, in-process
 "$py" deploy/bench_verify.py    # what a forged record costs a verifier, in-process
 "$py" deploy/bench_records.py
+"$py" deploy/bench_hops.py     # one hop between processes: the floor under the read target
 "$py" deploy/bench_audit.py --events "${BENCH_EVENTS:-1000000}"
 "$py" deploy/bench_disclosures.py --rows "${BENCH_EVENTS:-1000000}"   # records' ListDisclosures index
 "$py" deploy/bench_monitor.py
