@@ -89,13 +89,17 @@ def sized_observation(patient_id: str, size: int, rng: random.Random) -> dict[st
 
 
 class ServerTime:
-    """The records service's own handling time for one rpc, from its
+    """A service's own handling time for one rpc, from its
     ``grpc_server_handling_seconds`` histogram (the gRPC metrics interceptor):
     what the service spends, without the client, the network and the
-    benchmark's own threads. Summed over every replica."""
+    benchmark's own threads. Summed over every replica. ``histogram`` and
+    ``labels`` read another latency histogram the same way (records'
+    ``medledger_records_peer_call_seconds``: a call as the caller waits for it)."""
 
-    def __init__(self, replicas: list[ServiceProcess], method: str) -> None:
-        self.urls, self.method = [replica.metrics_url for replica in replicas], method
+    def __init__(self, replicas: list[ServiceProcess], method: str, histogram: str = "grpc_server_handling_seconds",
+                 labels: dict[str, str] | None = None) -> None:
+        self.urls = [replica.metrics_url for replica in replicas]
+        self.histogram, self.labels = histogram, labels or {"grpc_method": method}
         self.before = self._read()
 
     def _read(self) -> tuple[dict[float, float], float]:
@@ -103,24 +107,24 @@ class ServerTime:
         total = 0.0
         for url in self.urls:
             samples = scrape(url)
-            for s in present(samples, "grpc_server_handling_seconds_bucket", grpc_method=self.method):
+            for s in present(samples, f"{self.histogram}_bucket", **self.labels):
                 buckets[float(s.labels["le"])] = buckets.get(float(s.labels["le"]), 0.0) + s.value
-            total += value(samples, "grpc_server_handling_seconds_sum", grpc_method=self.method)
+            total += value(samples, f"{self.histogram}_sum", **self.labels)
         return buckets, total
 
-    def since(self) -> str:
+    def since(self, what: str = "server-side") -> str:
         """Mean and bucket-bound p50/p99 of the calls since this was made."""
         (old, old_sum), (new, new_sum) = self.before, self._read()
         counts = {le: new[le] - old.get(le, 0.0) for le in sorted(new)}
         total = counts.get(float("inf"), 0.0)
         if not total:
-            return "server: no calls counted (metrics off?)"
+            return f"{what}: no calls counted (metrics off?)"
 
         def bound(q: float) -> str:
             le = next(le for le, n in counts.items() if n >= q * total)
             return "> 10 s" if le == float("inf") else f"<= {le * 1000:g} ms"
 
-        return f"server-side: mean {(new_sum - old_sum) / total * 1000:.2f} ms, p50 {bound(.5)}, p99 {bound(.99)}"
+        return f"{what}: mean {(new_sum - old_sum) / total * 1000:.2f} ms, p50 {bound(.5)}, p99 {bound(.99)}"
 
 
 def login(connection: Connection, harness: IdentityHarness, hospital: Client, role: str = "physician") -> Client:
@@ -289,6 +293,11 @@ async def main() -> None:
                 server = ServerTime(replicas, "GetRecord")
                 hops = {"consent CheckAccess": ServerTime([consent], "CheckAccess"),
                         "ledger GetProofBundle": ServerTime([ledger], "GetProofBundle")}
+                # the same two calls as records waits for them: transport and wake-ups included
+                waits = {hop: ServerTime(replicas, method, "medledger_records_peer_call_seconds",
+                                         {"grpc_service": f"medledger.v1.{service}", "grpc_method": method})
+                         for hop, (service, method) in {"consent CheckAccess": ("ConsentService", "CheckAccess"),
+                                                        "ledger GetProofBundle": ("LedgerService", "GetProofBundle")}.items()}
                 cpu.start()
                 paced_from = time.perf_counter()
                 for i in range(args.reads):
@@ -305,7 +314,7 @@ async def main() -> None:
                       flush=True)
                 print(f"  {server.since()}", flush=True)
                 for hop, timer in hops.items():  # the two calls a read makes, each in its own server
-                    print(f"  {hop}, {timer.since()}", flush=True)
+                    print(f"  {hop}, {timer.since()}; {waits[hop].since('as records waits for it')}", flush=True)
                 usage = cpu.stop()
                 print(f"  {usage.per_op_line(len(read_ms), 'read')}; "
                       f"{usage.busiest_line('records', 'consent', 'ledger')}", flush=True)

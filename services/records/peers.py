@@ -19,10 +19,12 @@ domain.resolve_key). Identity is still called for the service's own token
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 import grpc
 
+from medledger.records import metrics
 from medledger.records.domain import PurposeCode
 from medledger.runtime.errors import DependencyUnavailable, NotFound
 from medledger.runtime.grpc_status import error_for
@@ -35,11 +37,26 @@ CALL_TIMEOUT_S = 5.0
 Metadata = tuple[tuple[str, str], ...]
 
 
+# The peers' gRPC services, as the grpc_service label of metrics.PEER_CALL_SECONDS names them.
+PEER_SERVICES = {
+    "consent": consent_pb2.DESCRIPTOR.services_by_name["ConsentService"].full_name,
+    "ledger": ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
+}
+
+
 async def _call(peer: str, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """One call to a peer, timed as this service waits for it until the answer
+    or error (metrics.PEER_CALL_SECONDS); a call dropped unanswered (a read
+    refused meanwhile) is not counted."""
+    timer = metrics.PEER_CALL_SECONDS.labels(PEER_SERVICES[peer], what)
+    started = time.perf_counter()
     try:
-        return await call()
+        answer = await call()
     except grpc.aio.AioRpcError as exc:
+        timer.observe(time.perf_counter() - started)
         raise error_for(exc.code())(f"{peer} service, {what}: {exc.details()}") from None
+    timer.observe(time.perf_counter() - started)
+    return answer
 
 
 async def discard(task: asyncio.Future[Any] | None) -> None:

@@ -330,6 +330,10 @@ def test_records_counts_writes_reads_and_disclosures_by_category(network: Networ
     assert n.delta("records", "medledger_records_written_total", operation="CreateRecord", category="Observation") == 1
     assert n.delta("records", "medledger_records_served_total", operation="GetRecord", category="Observation") == 1
     assert n.delta("records", "medledger_records_disclosures_total", operation="GetRecord") == 1
+    # the read's two calls, timed as records waited for them (the custodian's own read: consent was not asked)
+    waited = "medledger_records_peer_call_seconds_count"
+    assert n.delta("records", waited, grpc_service="medledger.v1.LedgerService", grpc_method="GetProofBundle") == 1
+    assert n.delta("records", waited, grpc_service="medledger.v1.ConsentService", grpc_method="CheckAccess") == 0
     assert n.delta("records", "grpc_server_handled_total", grpc_method="CreateRecord", grpc_code="OK") == 1
     assert n.delta("records", "medledger_outbox_published_events_total", topic=n.topics.access_events) == 1
 

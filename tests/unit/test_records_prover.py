@@ -6,14 +6,16 @@ under a checkpoint yet) is PENDING (None); any other failure is an error."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from medledger.audit.prove import verify_bundle
 from medledger.ledger import merkle, note, proofs
-from medledger.records.peers import LedgerProver
+from medledger.records.peers import LedgerProver, discard
 from medledger.runtime.errors import DependencyUnavailable
 from medledger.runtime.identity_client import ServiceCredentials
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -108,3 +110,28 @@ async def test_not_found_is_pending_whether_unknown_or_not_yet_under_a_checkpoin
 async def test_an_unreachable_ledger_is_an_error_not_pending(code: grpc.StatusCode) -> None:
     with pytest.raises(DependencyUnavailable, match="ledger service, GetProofBundle"):
         await prover_for(FakeLedger({}, failure=code)).prove("event-1")
+
+
+def _calls_counted(method: str) -> float:
+    labels = {"grpc_service": "medledger.v1.LedgerService", "grpc_method": method}
+    return REGISTRY.get_sample_value("medledger_records_peer_call_seconds_count", labels) or 0.0
+
+
+async def test_each_answered_or_failed_call_is_timed_as_records_waits_for_it_and_a_dropped_one_is_not() -> None:
+    signer = note.NoteSigner.generate(ORIGIN)
+    before = _calls_counted("GetProofBundle")
+    await prover_for(FakeLedger({"event-1": signed_bundle(signer, size=3, index=1)})).prove("event-1")
+    await prover_for(FakeLedger({})).prove("pending")  # NOT_FOUND: answered, pending
+    with pytest.raises(DependencyUnavailable):
+        await prover_for(FakeLedger({}, failure=grpc.StatusCode.UNAVAILABLE)).prove("event-1")
+    assert _calls_counted("GetProofBundle") == before + 3
+
+    class Stalled(FakeLedger):
+        async def GetProofBundle(self, request: ledger_pb2.GetProofBundleRequest, metadata: Any = None, **_: Any) -> ledger_pb2.ProofBundle:
+            await asyncio.Event().wait()
+            raise AssertionError("never answered")
+
+    dropped = asyncio.ensure_future(prover_for(Stalled({})).prove("event-1"))
+    await asyncio.sleep(0.01)
+    await discard(dropped)
+    assert _calls_counted("GetProofBundle") == before + 3
