@@ -51,16 +51,12 @@ from medledger.v1 import consent_pb2 as pb
 from medledger.v1 import consent_pb2_grpc
 from medledger.testing.consent import consent_env, grant_request, terms
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
+from medledger.testing.latency import pct
 from medledger.testing.metrics import Scraper, add_metrics_arguments, metrics_env, metrics_note
 from medledger.testing.stack import BOOTSTRAP, PRODUCERS, PG_SERVER_URL, ServiceProcess, free_port, tear_down
 
 CATEGORIES = ["Observation", "Condition", "MedicationRequest", "DiagnosticReport", "Immunization"]
 PURPOSES = [pb.PURPOSE_TREATMENT, pb.PURPOSE_PAYMENT, pb.PURPOSE_OPERATIONS, pb.PURPOSE_RESEARCH]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def summary(ms: list[float]) -> str:

@@ -33,14 +33,10 @@ import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from medledger.testing.latency import pct
 from medledger.testing.stack import PG_SERVER_URL, free_port
 
 WARM_UP = 200
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def line(what: str, pause_ms: float, ms: list[float]) -> str:

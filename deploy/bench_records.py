@@ -59,11 +59,13 @@ from typing import Callable
 import grpc
 
 from medledger.client import Client, Connection, Endpoints, Purpose, raw_public_key
+from medledger.records.peers import PEER_SERVICES
 from medledger.runtime.kafka import ensure_topics, topic_specs
 from medledger.runtime.settings import Topics
 from medledger.testing.consent import consent_env
 from medledger.testing.cpu import CpuMeter
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
+from medledger.testing.latency import pct
 from medledger.testing.metrics import present, scrape, value
 from medledger.testing.records import observation, records_env
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port, service_environment, tear_down
@@ -71,11 +73,6 @@ from medledger.v1 import ledger_pb2, ledger_pb2_grpc, records_pb2
 
 BIG_PATIENT_RECORDS = 1000
 OTHER_PATIENTS = 50
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def summary(ms: list[float]) -> str:
@@ -295,9 +292,9 @@ async def main() -> None:
                         "ledger GetProofBundle": ServerTime([ledger], "GetProofBundle")}
                 # the same two calls as records waits for them: transport and wake-ups included
                 waits = {hop: ServerTime(replicas, method, "medledger_records_peer_call_seconds",
-                                         {"grpc_service": f"medledger.v1.{service}", "grpc_method": method})
-                         for hop, (service, method) in {"consent CheckAccess": ("ConsentService", "CheckAccess"),
-                                                        "ledger GetProofBundle": ("LedgerService", "GetProofBundle")}.items()}
+                                         {"grpc_service": PEER_SERVICES[peer], "grpc_method": method})
+                         for hop, (peer, method) in {"consent CheckAccess": ("consent", "CheckAccess"),
+                                                     "ledger GetProofBundle": ("ledger", "GetProofBundle")}.items()}
                 cpu.start()
                 paced_from = time.perf_counter()
                 for i in range(args.reads):

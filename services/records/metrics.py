@@ -16,7 +16,6 @@ from fhir.resources.R4B import get_fhir_model_class
 from prometheus_client import Counter, Histogram
 
 from medledger.runtime.metrics import LATENCY_BUCKETS
-
 from medledger.v1 import records_pb2 as pb
 
 WRITTEN = Counter(
