@@ -52,6 +52,7 @@ from medledger.testing.identity import IdentityHarness, generate_key, identity_e
 from medledger.testing.ledger import stub as ledger_stub
 from medledger.testing.ledger import wait_for_checkpoint
 from medledger.testing.stack import BOOTSTRAP, MEDLEDGER, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port
+from medledger.testing.machine import machine_line
 from medledger.v1 import consent_pb2, identity_pb2, records_pb2
 from medledger.consent.domain import timestamp
 
@@ -132,7 +133,7 @@ async def main() -> None:
     args = parser.parse_args()
     command = "python deploy/bench_audit.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"# audit benchmark: {command}", flush=True)
-    print(f"# machine: {os.cpu_count()} cores; Kafka, PostgreSQL, the ledger and the auditor on this machine", flush=True)
+    print(machine_line("Kafka, PostgreSQL, the ledger and the auditor on this machine"), flush=True)
     topics, identity_topics = Topics(f"bench_audit_{uuid.uuid4().hex[:8]}."), Topics(f"bench_audit_id_{uuid.uuid4().hex[:8]}.")
     tmp = Path(tempfile.mkdtemp(prefix="medledger-bench-audit-"))
     signer = NoteSigner.generate("bench.medledger.local/ledger")

@@ -54,6 +54,7 @@ from medledger.testing.identity import IdentityHarness, generate_key, identity_e
 from medledger.testing.latency import pct
 from medledger.testing.metrics import Scraper, add_metrics_arguments, metrics_env, metrics_note
 from medledger.testing.stack import BOOTSTRAP, PRODUCERS, PG_SERVER_URL, ServiceProcess, free_port, tear_down
+from medledger.testing.machine import machine_line
 
 CATEGORIES = ["Observation", "Condition", "MedicationRequest", "DiagnosticReport", "Immunization"]
 PURPOSES = [pb.PURPOSE_TREATMENT, pb.PURPOSE_PAYMENT, pb.PURPOSE_OPERATIONS, pb.PURPOSE_RESEARCH]
@@ -159,7 +160,7 @@ async def main() -> None:
     args = parser.parse_args()
     command = "python deploy/bench_consent.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"# consent benchmark: {command}", flush=True)
-    print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine", flush=True)
+    print(machine_line("Kafka and PostgreSQL on this machine"), flush=True)
     started = time.monotonic()
     topics = Topics(f"bench_consent_{uuid.uuid4().hex[:8]}.")
     await ensure_topics(BOOTSTRAP, topic_specs(topics))

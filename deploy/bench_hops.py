@@ -35,6 +35,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from medledger.testing.latency import pct
 from medledger.testing.stack import PG_SERVER_URL, free_port
+from medledger.testing.machine import machine_line
 
 WARM_UP = 200
 
@@ -99,8 +100,7 @@ def main() -> None:
     parser.add_argument("--pauses-ms", type=lambda v: [float(p) for p in v.split(",")], default=[5.0, 20.0])
     args = parser.parse_args()
     print(f"# hops benchmark: python deploy/bench_hops.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}", flush=True)
-    print(f"# machine: {os.cpu_count()} cores; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
-          f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')!r}", flush=True)
+    print(machine_line(f"GRPC_EXPERIMENTS={os.environ.get('GRPC_EXPERIMENTS', '')!r}"), flush=True)
     pauses = [0.0, *args.pauses_ms]
     port = free_port()
     peer = multiprocessing.get_context("spawn").Process(target=serve_health, args=(port,), daemon=True)

@@ -57,6 +57,7 @@ from medledger.testing.latency import pct
 from medledger.testing.ledger import sample_envelope
 from medledger.testing.metrics import Scraper, add_metrics_arguments, metrics_env, metrics_note
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port
+from medledger.testing.machine import machine_line
 
 
 def events_for(topics: Topics, n: int, offset: int = 0, forged_every: int = 0) -> list[tuple[str, bytes, bytes]]:
@@ -313,7 +314,7 @@ async def main() -> None:
     identity_db = f"{PG_SERVER_URL}/bench_identity_{uuid.uuid4().hex[:8]}"
     env = dict(bench_env(tmp, topics, db, port, identity_port, identity_db), **metrics_env(args))
     print(f"# ledger benchmark: {command}", flush=True)
-    print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine", flush=True)
+    print(machine_line("Kafka and PostgreSQL on this machine"), flush=True)
 
     t = time.monotonic()
     await produce_all(events_for(topics, args.events, forged_every=args.forged_every))

@@ -69,6 +69,7 @@ from medledger.testing.latency import pct
 from medledger.testing.metrics import present, scrape, value
 from medledger.testing.records import observation, records_env
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port, service_environment, tear_down
+from medledger.testing.machine import machine_line
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc, records_pb2
 
 BIG_PATIENT_RECORDS = 1000
@@ -191,9 +192,9 @@ async def main() -> None:
     args = parser.parse_args()
     command = "python deploy/bench_records.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"# records benchmark: {command}", flush=True)
-    print(f"# machine: {os.cpu_count()} cores; Kafka and PostgreSQL on this machine; load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} before the stack starts; {args.records_replicas} records "
-          f"replica(s), called round robin", flush=True)
+    print(machine_line("Kafka and PostgreSQL on this machine",
+                       f"{args.records_replicas} records replica(s), called round robin",
+                       load_when="before the stack starts"), flush=True)
     started = time.monotonic()
     topics = Topics(f"bench_records_{uuid.uuid4().hex[:8]}.")
     await ensure_topics(BOOTSTRAP, topic_specs(topics))

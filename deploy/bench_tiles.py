@@ -84,6 +84,7 @@ from medledger.testing.disk import settle  # noqa: E402
 from medledger.testing.ledger import wait_for_checkpoint  # noqa: E402
 from medledger.testing.metrics import scrape, value  # noqa: E402
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port  # noqa: E402
+from medledger.testing.machine import machine_line
 from medledger.v1 import ledger_pb2, records_pb2  # noqa: E402
 from tests.interop.tessera import TESSERA_VERSION, _cache_dir, _go_env, _run_go, build_tools  # noqa: E402
 
@@ -540,7 +541,7 @@ async def fsck_at_scale(args: argparse.Namespace, pool: ProducerPool) -> None:
 async def main(args: argparse.Namespace, pool: ProducerPool) -> None:
     command = "python deploy/bench_tiles.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     print(f"# tlog-tiles benchmark: {command}", flush=True)
-    print(f"# machine: {os.cpu_count()} cores; Kafka, PostgreSQL and Tessera on this machine", flush=True)
+    print(machine_line("Kafka, PostgreSQL and Tessera on this machine"), flush=True)
     sample = sized_events(Topics("sample."), 4000)
     print(f"# events: signed envelopes of {sum(len(v) for _, v, _ in sample) / len(sample):.0f} bytes on average", flush=True)
     if args.fsck_entries:
