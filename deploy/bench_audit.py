@@ -51,8 +51,8 @@ from medledger.testing.consent import terms
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.ledger import stub as ledger_stub
 from medledger.testing.ledger import wait_for_checkpoint
-from medledger.testing.stack import BOOTSTRAP, MEDLEDGER, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port
 from medledger.testing.machine import machine_line
+from medledger.testing.stack import BOOTSTRAP, MEDLEDGER, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port
 from medledger.v1 import consent_pb2, identity_pb2, records_pb2
 from medledger.consent.domain import timestamp
 

@@ -52,9 +52,9 @@ from medledger.v1 import consent_pb2_grpc
 from medledger.testing.consent import consent_env, grant_request, terms
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.latency import pct
+from medledger.testing.machine import machine_line
 from medledger.testing.metrics import Scraper, add_metrics_arguments, metrics_env, metrics_note
 from medledger.testing.stack import BOOTSTRAP, PRODUCERS, PG_SERVER_URL, ServiceProcess, free_port, tear_down
-from medledger.testing.machine import machine_line
 
 CATEGORIES = ["Observation", "Condition", "MedicationRequest", "DiagnosticReport", "Immunization"]
 PURPOSES = [pb.PURPOSE_TREATMENT, pb.PURPOSE_PAYMENT, pb.PURPOSE_OPERATIONS, pb.PURPOSE_RESEARCH]

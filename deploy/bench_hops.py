@@ -34,8 +34,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from medledger.testing.latency import pct
-from medledger.testing.stack import PG_SERVER_URL, free_port
 from medledger.testing.machine import machine_line
+from medledger.testing.stack import PG_SERVER_URL, free_port
 
 WARM_UP = 200
 

@@ -55,9 +55,9 @@ from medledger.v1 import events_pb2, ledger_pb2, ledger_pb2_grpc
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.latency import pct
 from medledger.testing.ledger import sample_envelope
+from medledger.testing.machine import machine_line
 from medledger.testing.metrics import Scraper, add_metrics_arguments, metrics_env, metrics_note
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port
-from medledger.testing.machine import machine_line
 
 
 def events_for(topics: Topics, n: int, offset: int = 0, forged_every: int = 0) -> list[tuple[str, bytes, bytes]]:

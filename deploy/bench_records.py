@@ -66,10 +66,10 @@ from medledger.testing.consent import consent_env
 from medledger.testing.cpu import CpuMeter
 from medledger.testing.identity import IdentityHarness, generate_key, identity_env
 from medledger.testing.latency import pct
+from medledger.testing.machine import machine_line
 from medledger.testing.metrics import present, scrape, value
 from medledger.testing.records import observation, records_env
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port, service_environment, tear_down
-from medledger.testing.machine import machine_line
 from medledger.v1 import ledger_pb2, ledger_pb2_grpc, records_pb2
 
 BIG_PATIENT_RECORDS = 1000
@@ -289,13 +289,13 @@ async def main() -> None:
                 read_ms: list[float] = []
                 proved = 0
                 server = ServerTime(replicas, "GetRecord")
-                hops = {"consent CheckAccess": ServerTime([consent], "CheckAccess"),
-                        "ledger GetProofBundle": ServerTime([ledger], "GetProofBundle")}
+                calls = {"consent CheckAccess": ("consent", consent, "CheckAccess"),
+                         "ledger GetProofBundle": ("ledger", ledger, "GetProofBundle")}
+                hops = {hop: ServerTime([callee], method) for hop, (_, callee, method) in calls.items()}
                 # the same two calls as records waits for them: transport and wake-ups included
                 waits = {hop: ServerTime(replicas, method, "medledger_records_peer_call_seconds",
                                          {"grpc_service": PEER_SERVICES[peer], "grpc_method": method})
-                         for hop, (peer, method) in {"consent CheckAccess": ("consent", "CheckAccess"),
-                                                     "ledger GetProofBundle": ("ledger", "GetProofBundle")}.items()}
+                         for hop, (peer, _, method) in calls.items()}
                 cpu.start()
                 paced_from = time.perf_counter()
                 for i in range(args.reads):

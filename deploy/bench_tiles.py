@@ -82,9 +82,9 @@ from medledger.testing.ledger import sample_payload, sample_envelope, stub, tamp
 from medledger.testing.cpu import CpuMeter, Usage  # noqa: E402
 from medledger.testing.disk import settle  # noqa: E402
 from medledger.testing.ledger import wait_for_checkpoint  # noqa: E402
+from medledger.testing.machine import machine_line  # noqa: E402
 from medledger.testing.metrics import scrape, value  # noqa: E402
 from medledger.testing.stack import BOOTSTRAP, PG_SERVER_URL, PRODUCERS, ServiceProcess, free_port  # noqa: E402
-from medledger.testing.machine import machine_line
 from medledger.v1 import ledger_pb2, records_pb2  # noqa: E402
 from tests.interop.tessera import TESSERA_VERSION, _cache_dir, _go_env, _run_go, build_tools  # noqa: E402
 
